@@ -1,0 +1,1 @@
+"""flowstate: typed, scoped, concurrency-safe state for AI and automation flows."""

@@ -1,0 +1,154 @@
+"""The flowstate error hierarchy: every error a user can catch, in one place.
+
+Each error has a stable machine-readable ``code`` (used by the HTTP layer) and a message that
+names the scope, field or key involved and the rule that was broken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = [
+    "AuthError",
+    "CollectionFullError",
+    "ConcurrentModificationError",
+    "CrossFlowSchemaConflictError",
+    "DefinitionError",
+    "FlowStateError",
+    "FlowStateWarning",
+    "KeyPatternError",
+    "ResourceAlreadyExistsError",
+    "ResourceNotFoundError",
+    "ResourceReadOnlyError",
+    "SchemaConflictError",
+    "SessionNotFoundError",
+    "StateValidationError",
+]
+
+
+class FlowStateWarning(UserWarning):
+    """Warned when something works but deserves a look (e.g. two flows' schemas differ)."""
+
+
+class FlowStateError(Exception):
+    """Base of every flowstate error; ``code`` is the stable wire name."""
+
+    code: str = "flowstate_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class StateValidationError(FlowStateError):
+    """A state operation would produce a value the schema rejects; nothing was written.
+
+    ``errors`` follows Pydantic's shape: a list of dicts with ``loc``, ``msg`` and ``type``.
+    """
+
+    code = "validation_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        scope: str | None = None,
+        errors: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.errors = [dict(e) for e in errors]
+
+    def with_scope(self, scope: str) -> StateValidationError:
+        """Return a copy that names ``scope`` (errors are raised below the scope layer)."""
+        if self.scope == scope:
+            return self
+        return StateValidationError(f"{scope} state: {self.message}", scope=scope, errors=self.errors)
+
+
+class ConcurrentModificationError(FlowStateError):
+    """``update_state`` lost the compare-and-swap race ``attempts`` times in a row."""
+
+    code = "concurrent_modification"
+
+    def __init__(self, message: str, *, attempts: int) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
+class SchemaConflictError(FlowStateError):
+    """Two declarations of one field or resource disagree (raised at ``define_flow``)."""
+
+    code = "schema_conflict"
+
+
+class CrossFlowSchemaConflictError(SchemaConflictError):
+    """Two flows on one server declare incompatible shared user or project state."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        scope: str,
+        field: str,
+        flow_a: str,
+        flow_b: str,
+        reason: str,
+        detail: str,
+    ) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.field = field
+        self.flow_a = flow_a
+        self.flow_b = flow_b
+        self.reason = reason
+        self.detail = detail
+
+
+class ResourceNotFoundError(FlowStateError):
+    """A resource name is not registered, or a collection instance does not exist."""
+
+    code = "resource_not_found"
+
+
+class ResourceAlreadyExistsError(FlowStateError):
+    """``create`` of a collection key that already exists (without ``replace=True``)."""
+
+    code = "resource_already_exists"
+
+
+class ResourceReadOnlyError(FlowStateError):
+    """A write to a resource declared with ``writable=False``."""
+
+    code = "resource_read_only"
+
+
+class KeyPatternError(FlowStateError):
+    """A collection key is malformed or does not match the collection's pattern."""
+
+    code = "invalid_key"
+
+
+class CollectionFullError(FlowStateError):
+    """A collection with ``eviction="none"`` is at ``max_instances``."""
+
+    code = "collection_full"
+
+
+class SessionNotFoundError(FlowStateError):
+    """The session does not exist for this user, flow kind and project."""
+
+    code = "session_not_found"
+
+
+class DefinitionError(FlowStateError):
+    """A flow, block, resource or collection definition is malformed."""
+
+    code = "definition_error"
+
+
+class AuthError(FlowStateError):
+    """The caller could not be authenticated."""
+
+    code = "auth_error"

@@ -1,0 +1,202 @@
+"""State operations as pure values, and how a change resolves against a stored record.
+
+No I/O here. A :class:`Change` is built by a handle (``patch_state`` …) and handed to the
+store, which calls :meth:`Change.resolve` exactly once, inside its write transaction, with the
+record's current version and fields. Resolution applies the field operations, validates the
+result against the schema and returns the :class:`Mutation` to write, or None for a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Final, Literal
+
+from .errors import StateValidationError
+from .schema import Schema
+
+__all__ = [
+    "MISSING",
+    "UNCHANGED",
+    "Change",
+    "FieldOp",
+    "Mutation",
+    "apply_field_op",
+    "same_json",
+]
+
+JSON = Any
+
+
+class _Sentinel(Enum):
+    MISSING = "missing"
+    UNCHANGED = "unchanged"
+
+
+MISSING: Final = _Sentinel.MISSING
+"""A field or record that does not exist."""
+UNCHANGED: Final = _Sentinel.UNCHANGED
+"""Content left as it is by a change."""
+
+OpKind = Literal["set", "inc", "append", "record_set", "record_delete"]
+
+
+@dataclass(frozen=True, slots=True)
+class FieldOp:
+    """One operation on one top-level field."""
+
+    kind: OpKind
+    field: str
+    value: Any = None
+    key: str | None = None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _op_error(op: FieldOp, message: str, type_: str) -> StateValidationError:
+    loc: list[str] = [op.field] if op.key is None else [op.field, op.key]
+    return StateValidationError(
+        f'field "{op.field}": {message}', errors=[{"loc": loc, "msg": message, "type": type_}]
+    )
+
+
+def apply_field_op(op: FieldOp, current: Any) -> Any:
+    """The new value of ``op.field`` given its ``current`` value (``MISSING`` if absent)."""
+    if op.kind == "set":
+        return op.value
+    if op.kind == "inc":
+        if not _is_number(op.value):
+            raise _op_error(op, f"inc_state needs a number amount, got {op.value!r}", "inc_amount")
+        if current is MISSING or current is None:
+            return op.value
+        if not _is_number(current):
+            found = type(current).__name__
+            raise _op_error(op, f"inc_state needs a number field, found {found}", "inc_target")
+        return current + op.value
+    if op.kind == "append":
+        if current is MISSING or current is None:
+            return [op.value]
+        if not isinstance(current, list):
+            found = type(current).__name__
+            raise _op_error(op, f"push_state needs a list field, found {found}", "push_target")
+        return [*current, op.value]
+    if op.kind in ("record_set", "record_delete"):
+        name = "set_state_record" if op.kind == "record_set" else "delete_state_record"
+        if not isinstance(op.key, str):
+            raise _op_error(op, f"{name} needs a string key, got {op.key!r}", "record_key")
+        if current is MISSING or current is None:
+            current = {}
+        if not isinstance(current, dict):
+            found = type(current).__name__
+            raise _op_error(op, f"{name} needs a dict field, found {found}", "record_target")
+        if op.kind == "record_set":
+            return {**current, op.key: op.value}
+        if op.key not in current:
+            return current
+        return {k: v for k, v in current.items() if k != op.key}
+    raise ValueError(f"unknown operation {op.kind!r}")  # pragma: no cover
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equality that also tells ``1``, ``1.0`` and ``True`` apart (a change of type is a change)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_json(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+@dataclass(frozen=True, slots=True)
+class Mutation:
+    """What a store writes: fields to set, fields to delete, content (or ``UNCHANGED``)."""
+
+    set: Mapping[str, JSON]
+    delete: frozenset[str] = frozenset()
+    content: str | None | _Sentinel = UNCHANGED
+    before: Mapping[str, JSON] = field(default_factory=dict)
+
+    @property
+    def changed_fields(self) -> list[str]:
+        return sorted({*self.set, *self.delete})
+
+
+@dataclass(frozen=True)
+class Change:
+    """A requested write to one record, resolved by the store under its write lock.
+
+    ``ops`` apply in order; ``replace`` (a whole new state) excludes ``ops``.
+    ``expected_version`` turns the write into a compare-and-swap. ``must_exist`` refuses to
+    create the record (collection instances are created explicitly).
+    """
+
+    schema: Schema
+    ops: tuple[FieldOp, ...] = ()
+    replace: Mapping[str, Any] | None = None
+    content: str | None | _Sentinel = UNCHANGED
+    expected_version: int | None = None
+    must_exist: bool = False
+    operation: str = "patch"
+
+    @property
+    def needed_fields(self) -> frozenset[str] | None:
+        """Fields the store must load for :meth:`resolve`; None means all of them."""
+        if self.replace is not None or self.schema.full_validation:
+            return None
+        return frozenset(op.field for op in self.ops)
+
+    def resolve(
+        self, stored: Mapping[str, JSON], content: str | None | _Sentinel = UNCHANGED
+    ) -> Mutation | None:
+        """Compute the mutation from the stored fields (only ``needed_fields`` need be given)."""
+        schema = self.schema
+        if self.replace is not None:
+            new = schema.validate_state(self.replace)
+            visible = schema.with_defaults(stored)
+            sets = {k: v for k, v in new.items() if k not in stored or not same_json(stored[k], v)}
+            deletes = frozenset(k for k in stored if k not in new)
+            changed = {k for k in sets if not same_json(visible.get(k, MISSING), sets[k])}
+            changed |= {k for k in deletes if k not in new}
+            before = {k: visible.get(k) for k in changed}
+        else:
+            schema.check_known(op.field for op in self.ops)
+            work: dict[str, Any] = {}
+            for op in self.ops:
+                if op.field in work:
+                    current = work[op.field]
+                elif op.field in stored:
+                    current = stored[op.field]
+                else:
+                    has, current = schema.default(op.field)
+                    if not has:
+                        current = MISSING
+                work[op.field] = apply_field_op(op, current)
+            if schema.full_validation:
+                merged = {**schema.with_defaults(stored), **work}
+                validated = schema.validate_state(merged)
+                new = {k: validated[k] for k in work}
+            else:
+                new = schema.validate_fields(work)
+            sets = {}
+            before = {}
+            for k, v in new.items():
+                has_default, default = schema.default(k)
+                old = stored[k] if k in stored else (default if has_default else MISSING)
+                if old is MISSING or not same_json(old, v):
+                    sets[k] = v
+                    before[k] = None if old is MISSING else old
+            deletes = frozenset()
+            changed = set(sets)
+        content_changed = self.content is not UNCHANGED and self.content != content
+        if not changed and not content_changed:
+            return None
+        return Mutation(
+            set=sets,
+            delete=deletes,
+            content=self.content if content_changed else UNCHANGED,
+            before=before,
+        )

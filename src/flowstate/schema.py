@@ -1,0 +1,394 @@
+"""Schemas: Pydantic models as state schemas, their compatibility check and their merging.
+
+Pure logic, no I/O. A block declares a *partial* model with only the fields it uses; at
+``define_flow`` all partial models of a scope merge into one combined :class:`Schema`
+("bubbling"). Two declarations of one field must be compatible (see :func:`compare`).
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from .errors import DefinitionError, SchemaConflictError, StateValidationError
+
+__all__ = [
+    "Declaration",
+    "Incompatibility",
+    "Schema",
+    "compare",
+    "merge_declarations",
+    "type_name",
+]
+
+JSON = Any
+
+
+@dataclass(frozen=True)
+class Incompatibility:
+    """Why two annotations cannot share one field: ``reason`` code plus a readable detail."""
+
+    reason: str
+    path: str
+    left: str
+    right: str
+
+    @property
+    def detail(self) -> str:
+        return f'field "{self.path}": {self.left} vs {self.right}'
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """One partial schema for one scope, and who declared it (a block or the flow)."""
+
+    model: type[BaseModel]
+    declared_by: str
+
+
+# ---------------------------------------------------------------------------- type helpers
+
+
+def _unwrap(ann: Any) -> Any:
+    """Strip ``Annotated`` and ``Optional`` so that only the value type is compared."""
+    while True:
+        origin = get_origin(ann)
+        if origin is Annotated:
+            ann = get_args(ann)[0]
+            continue
+        if origin in (Union, types.UnionType):
+            args = [a for a in get_args(ann) if a is not type(None)]
+            if len(args) == 1:
+                ann = args[0]
+                continue
+        return ann
+
+
+def type_name(ann: Any) -> str:
+    """A short readable name for an annotation: ``str``, ``list[int]``, ``Literal['a', 'b']``."""
+    ann = _unwrap(ann)
+    if ann is Any:
+        return "Any"
+    origin = get_origin(ann)
+    if origin is Literal:
+        return "Literal[" + ", ".join(repr(v) for v in get_args(ann)) + "]"
+    if origin in (Union, types.UnionType):
+        return " | ".join(type_name(a) for a in get_args(ann))
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join(type_name(a) for a in get_args(ann))}]"
+    if isinstance(ann, type):
+        return ann.__name__
+    return str(ann).replace("typing.", "")
+
+
+def _is_model(ann: Any) -> bool:
+    return isinstance(ann, type) and issubclass(ann, BaseModel)
+
+
+def _literal_base(values: tuple[Any, ...]) -> type | None:
+    kinds = {type(v) for v in values}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+_CONTAINER_ALIASES: dict[Any, Any] = {
+    typing.List: list,  # noqa: UP006
+    typing.Dict: dict,  # noqa: UP006
+    typing.Set: set,  # noqa: UP006
+    typing.Tuple: tuple,  # noqa: UP006
+}
+
+
+def _origin(ann: Any) -> Any:
+    origin = get_origin(ann)
+    return _CONTAINER_ALIASES.get(origin, origin)
+
+
+def compare(left: Any, right: Any, path: str) -> Incompatibility | None:
+    """Return why ``left`` and ``right`` cannot describe the same field, or None if they can.
+
+    Optional, Annotated and defaults are ignored; nested models compare on shared fields;
+    containers compare element types; a Literal is compatible with its values' base type.
+    """
+    a, b = _unwrap(left), _unwrap(right)
+    if a is Any or b is Any or a == b:
+        return None
+
+    def bad() -> Incompatibility:
+        return Incompatibility("incompatible-types", path, type_name(a), type_name(b))
+
+    if _is_model(a) and _is_model(b):
+        for name, fa in a.model_fields.items():
+            fb = b.model_fields.get(name)
+            if fb is not None:
+                problem = compare(fa.annotation, fb.annotation, f"{path}.{name}")
+                if problem is not None:
+                    return problem
+        return None
+    oa, ob = get_origin(a), get_origin(b)
+    if oa is Literal or ob is Literal:
+        base_a = _literal_base(get_args(a)) if oa is Literal else a
+        base_b = _literal_base(get_args(b)) if ob is Literal else b
+        return None if base_a is not None and base_a == base_b else bad()
+    ca, cb = _origin(a), _origin(b)
+    if ca is not None and ca == cb and ca not in (Union, types.UnionType):
+        args_a, args_b = get_args(a), get_args(b)
+        if len(args_a) != len(args_b):
+            return None if not args_a or not args_b else bad()
+        for x, y in zip(args_a, args_b, strict=True):
+            problem = compare(x, y, f"{path}[]")
+            if problem is not None:
+                return bad() if problem.path == f"{path}[]" else problem
+        return None
+    if ca is None and cb is not None and a in (list, dict, set, tuple) and a is cb:
+        return None  # bare ``list`` vs ``list[int]``
+    if cb is None and ca is not None and b in (list, dict, set, tuple) and b is ca:
+        return None
+    return bad()
+
+
+def _narrower(a: Any, b: Any) -> Any:
+    """Of two compatible annotations, the one to store under (Literal beats its base type)."""
+    ua, ub = _unwrap(a), _unwrap(b)
+    if ua is Any:
+        return b
+    if get_origin(ua) is Literal and get_origin(ub) is Literal:
+        values = list(dict.fromkeys([*get_args(ua), *get_args(ub)]))
+        return Literal[tuple(values)]
+    if get_origin(ub) is Literal:
+        return b
+    if _is_model(ua) and _is_model(ub) and ua is not ub:
+        return _merge_models(ua, ub)
+    return a
+
+
+def _merge_models(a: type[BaseModel], b: type[BaseModel]) -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    for name, fa in a.model_fields.items():
+        fb = b.model_fields.get(name)
+        fields[name] = _merged_field(fa, fb) if fb is not None else (fa.annotation, fa)
+    for name, fb in b.model_fields.items():
+        if name not in fields:
+            fields[name] = (fb.annotation, fb)
+    return create_model(a.__name__, __base__=None, **fields)
+
+
+def _merged_field(fa: FieldInfo, fb: FieldInfo) -> tuple[Any, FieldInfo]:
+    ann = _narrower(fa.annotation, fb.annotation)
+    info = fa if not fa.is_required() or fb.is_required() else fb
+    return ann, info
+
+
+def merge_declarations(
+    decls: Iterable[Declaration], *, flow: str, scope: str, model_name: str
+) -> Schema:
+    """Merge partial models into one combined :class:`Schema`, or raise SchemaConflictError."""
+    fields: dict[str, tuple[Any, FieldInfo]] = {}
+    owners: dict[str, tuple[Any, str]] = {}
+    validators = False
+    seen = False
+    for decl in decls:
+        seen = True
+        model = decl.model
+        if not _is_model(model):
+            raise DefinitionError(
+                f'{scope} state of "{decl.declared_by}" must be a pydantic BaseModel subclass, '
+                f"got {model!r}"
+            )
+        validators = validators or bool(model.__pydantic_decorators__.model_validators)
+        for name, info in model.model_fields.items():
+            if name not in fields:
+                fields[name] = (info.annotation, info)
+                owners[name] = (info.annotation, decl.declared_by)
+                continue
+            prev_ann, prev_owner = owners[name]
+            problem = compare(prev_ann, info.annotation, name)
+            if problem is not None:
+                raise SchemaConflictError(
+                    f'Flow "{flow}": {scope} state field "{name}" is declared as '
+                    f'{type_name(prev_ann)} by "{prev_owner}" and as {type_name(info.annotation)} '
+                    f'by "{decl.declared_by}" ({problem.reason}: {problem.detail}). '
+                    "Rename one of the fields or make the types agree."
+                )
+            fields[name] = _merged_field(fields[name][1], info)
+    if not seen:
+        return Schema(None)
+    combined = create_model(
+        model_name,
+        __config__=ConfigDict(extra="forbid"),
+        **{k: (ann, info) for k, (ann, info) in fields.items()},  # type: ignore[call-overload]
+    )
+    return Schema(combined, full_validation=validators, partials=[d.model for d in decls])
+
+
+# ----------------------------------------------------------------------------------- Schema
+
+
+def _errors_of(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
+    return [
+        {"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()
+    ]
+
+
+def describe_errors(errors: list[dict[str, Any]]) -> str:
+    """One line per error: ``field "a.b": Input should be a valid integer (int_parsing)``."""
+    parts = []
+    for e in errors:
+        loc = ".".join(str(p) for p in e["loc"]) or "(state)"
+        parts.append(f'field "{loc}": {e["msg"]} ({e["type"]})')
+    return "; ".join(parts)
+
+
+class Schema:
+    """A scope's combined state schema, or free-form JSON when ``model`` is None.
+
+    Values are stored in JSON form, field by field; this class validates single fields (so a
+    write need not read unrelated fields) or, when the model has model validators, whole states.
+    """
+
+    def __init__(
+        self,
+        model: type[BaseModel] | None,
+        *,
+        full_validation: bool | None = None,
+        partials: Iterable[type[BaseModel]] = (),
+    ) -> None:
+        self.model = model
+        if full_validation is None:
+            full_validation = bool(model and model.__pydantic_decorators__.model_validators)
+        self.full_validation = full_validation
+        self.partials = list(partials)
+
+    @classmethod
+    def of(cls, model: type[BaseModel] | None) -> Schema:
+        return cls(model)
+
+    @property
+    def free_form(self) -> bool:
+        return self.model is None
+
+    @cached_property
+    def _adapters(self) -> dict[str, TypeAdapter[Any]]:
+        assert self.model is not None
+        return {
+            name: TypeAdapter(Annotated[info.annotation, info])
+            for name, info in self.model.model_fields.items()
+        }
+
+    @cached_property
+    def field_names(self) -> frozenset[str]:
+        return frozenset(self.model.model_fields) if self.model else frozenset()
+
+    def default(self, name: str) -> tuple[bool, JSON]:
+        """(has_default, default in JSON form) for one field."""
+        if self.model is None:
+            return False, None
+        info = self.model.model_fields.get(name)
+        if info is None:
+            return False, None
+        if info.default is not PydanticUndefined:
+            value = info.default
+        elif info.default_factory is not None:
+            value = info.default_factory()  # type: ignore[call-arg]
+        else:
+            return False, None
+        return True, self._adapters[name].dump_python(value, mode="json")
+
+    def defaults(self) -> dict[str, JSON]:
+        out = {}
+        for name in self.field_names:
+            has, value = self.default(name)
+            if has:
+                out[name] = value
+        return out
+
+    def with_defaults(self, stored: Mapping[str, JSON]) -> dict[str, JSON]:
+        """The full visible state: stored fields over schema defaults."""
+        out = self.defaults()
+        out.update(stored)
+        return out
+
+    def check_known(self, names: Iterable[str]) -> None:
+        """Reject field names the schema does not declare (typo protection)."""
+        if self.model is None:
+            return
+        unknown = [n for n in names if n not in self.field_names]
+        if unknown:
+            known = ", ".join(sorted(self.field_names)) or "(none)"
+            errors = [
+                {"loc": [n], "msg": "Extra inputs are not permitted", "type": "extra_forbidden"}
+                for n in unknown
+            ]
+            raise StateValidationError(
+                f'unknown field "{unknown[0]}": the schema declares only {known}', errors=errors
+            )
+
+    def validate_fields(self, values: Mapping[str, Any]) -> dict[str, JSON]:
+        """Validate some fields on their own; return them in JSON form."""
+        if self.model is None:
+            return {k: _jsonable(k, v) for k, v in values.items()}
+        self.check_known(values)
+        out: dict[str, JSON] = {}
+        errors: list[dict[str, Any]] = []
+        for name, value in values.items():
+            adapter = self._adapters[name]
+            try:
+                out[name] = adapter.dump_python(adapter.validate_python(value), mode="json")
+            except ValidationError as exc:
+                errors.extend(_errors_of(exc, (name,)))
+        if errors:
+            raise StateValidationError(describe_errors(errors), errors=errors)
+        return out
+
+    def validate_state(self, values: Mapping[str, Any]) -> dict[str, JSON]:
+        """Validate a whole state (missing fields take defaults); return it in JSON form."""
+        if self.model is None:
+            return {k: _jsonable(k, v) for k, v in values.items()}
+        self.check_known(values)
+        try:
+            model = self.model.model_validate(dict(values))
+        except ValidationError as exc:
+            errors = _errors_of(exc)
+            raise StateValidationError(describe_errors(errors), errors=errors) from None
+        return model.model_dump(mode="json")
+
+    def view(self, model: type[BaseModel] | None, values: Mapping[str, JSON]) -> Any:
+        """Build what a block sees: an instance of its partial model (or a dict)."""
+        target = model or self.model
+        if target is None:
+            return _copy_json(dict(values))
+        wanted = {k: v for k, v in values.items() if k in target.model_fields}
+        try:
+            return target.model_validate(wanted)
+        except ValidationError:
+            # A required field that was never written: show what exists without inventing it.
+            return target.model_construct(**wanted)
+
+
+def _copy_json(value: JSON) -> JSON:
+    if isinstance(value, dict):
+        return {k: _copy_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_json(v) for v in value]
+    return value
+
+
+_ANY_ADAPTER: TypeAdapter[Any] = TypeAdapter(Any)
+
+
+def _jsonable(name: str, value: Any) -> JSON:
+    try:
+        return _ANY_ADAPTER.dump_python(value, mode="json")
+    except Exception as exc:  # pydantic raises several kinds for unserialisable values
+        raise StateValidationError(
+            f'field "{name}": value is not JSON-serialisable ({exc})',
+            errors=[{"loc": [name], "msg": "value is not JSON-serialisable", "type": "json_type"}],
+        ) from None

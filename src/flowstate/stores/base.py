@@ -1,0 +1,217 @@
+"""The storage contract every backend implements, and the in-process event broker.
+
+A store holds *records*: a string key, an integer version (0 = never written, +1 per committed
+write), a set of top-level JSON fields stored one by one, optional text content, and two
+timestamps (created, last accessed) used by collection eviction. Keys are opaque to the store;
+ordering is by code point, and prefix scans are range scans.
+
+Every state operation is written once, above the store, as a :class:`~flowstate.ops.Change`;
+the store's job is to run :meth:`Change.resolve` inside one write transaction, under a lock
+that excludes every other writer of that record (in this process and in others), and to write
+the mutation it returns. That gives atomic ``inc``/``push``/``patch`` without retries, and
+compare-and-swap through ``Change.expected_version``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..ops import Change, Mutation
+
+__all__ = [
+    "Applied",
+    "Broker",
+    "Cap",
+    "Created",
+    "Record",
+    "Store",
+    "prefix_end",
+]
+
+JSON = Any
+
+
+def prefix_end(prefix: str) -> str:
+    """The smallest string greater than every string that starts with ``prefix``.
+
+    ``key >= prefix AND key < prefix_end(prefix)`` is a prefix match that an index can serve
+    (``LIKE 'p%'`` cannot, and needs escaping).
+    """
+    return prefix + "\U0010ffff"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A stored record as read: ``fields`` holds only the fields that were asked for."""
+
+    key: str
+    version: int
+    fields: Mapping[str, JSON]
+    content: str | None = None
+    created_at: int = 0
+    accessed_at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The outcome of :meth:`Store.apply`.
+
+    ``status``: ``"committed"`` (``version`` is the new one, ``mutation`` what was written),
+    ``"noop"`` (nothing to write), ``"conflict"`` (``expected_version`` did not match; ``version``
+    is the current one) or ``"missing"`` (``must_exist`` and no record).
+    """
+
+    status: Literal["committed", "noop", "conflict", "missing"]
+    version: int
+    mutation: Mutation | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cap:
+    """A collection's cap: at most ``max_instances`` records under ``prefix``."""
+
+    prefix: str
+    max_instances: int
+    eviction: Literal["none", "lru", "oldest"]
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """The outcome of :meth:`Store.create`.
+
+    ``status``: ``"created"``, ``"replaced"``, ``"exists"`` (left alone) or ``"full"`` (cap
+    reached with eviction ``none``). ``evicted`` lists keys removed to make room.
+    """
+
+    status: Literal["created", "replaced", "exists", "full"]
+    version: int
+    evicted: tuple[str, ...] = ()
+    previous: Record | None = None
+
+
+@dataclass
+class Broker:
+    """In-process publish/subscribe of JSON messages by topic (used for live event feeds)."""
+
+    _queues: dict[str, set[asyncio.Queue[JSON]]] = field(default_factory=lambda: defaultdict(set))
+
+    def publish_local(self, topic: str, message: JSON) -> None:
+        for queue in list(self._queues.get(topic, ())):
+            queue.put_nowait(message)
+
+    @contextlib.asynccontextmanager
+    async def listen(self, topic: str) -> AsyncIterator[asyncio.Queue[JSON]]:
+        queue: asyncio.Queue[JSON] = asyncio.Queue()
+        self._queues[topic].add(queue)
+        try:
+            yield queue
+        finally:
+            self._queues[topic].discard(queue)
+            if not self._queues[topic]:
+                del self._queues[topic]
+
+
+class Store(ABC):
+    """A flowstate storage backend.
+
+    Implement the abstract methods; everything above (scopes, resources, collections) is built
+    on them. ``tests/test_store_conformance.py`` is the executable contract.
+    """
+
+    url: str = ""
+
+    def __init__(self) -> None:
+        self.broker = Broker()
+
+    @abstractmethod
+    async def read(self, key: str, fields: frozenset[str] | None = None) -> Record | None:
+        """Return the record (only ``fields`` of it, or all when None), or None if absent.
+
+        Reading never creates a record and never changes ``accessed_at``.
+        """
+
+    @abstractmethod
+    async def apply(self, key: str, change: Change, *, touch: bool = False) -> Applied:
+        """Resolve ``change`` against the record and write the result, atomically.
+
+        Under the record's write lock: load the version, the fields in
+        ``change.needed_fields`` (all when None) and, unless ``change.content`` is UNCHANGED,
+        the content. A missing record has version 0 and no fields. Then, in this order:
+        ``must_exist`` and no record → ``missing``; ``expected_version`` given and different
+        → ``conflict``; ``change.resolve(fields, content)`` (exceptions propagate, nothing is
+        written); None → ``noop``; otherwise write the mutation, bump the version (creating the
+        record at version 1 with ``created_at`` = now), set ``accessed_at`` = now, commit →
+        ``committed``. ``touch`` also sets ``accessed_at`` on a noop.
+        """
+
+    @abstractmethod
+    async def create(
+        self,
+        key: str,
+        fields: Mapping[str, JSON],
+        content: str | None = None,
+        *,
+        replace: bool = False,
+        cap: Cap | None = None,
+    ) -> Created:
+        """Create a record at version 1 (or, with ``replace``, overwrite an existing one).
+
+        An existing record without ``replace`` → ``exists``, nothing written. With ``cap``,
+        creating a *new* key while ``cap.max_instances`` records exist under ``cap.prefix``
+        evicts (``lru``: smallest ``accessed_at``; ``oldest``: smallest ``created_at``; ties
+        by key) or returns ``full`` (``none``). Count, eviction and insert commit together, so
+        the cap holds under concurrent creates. ``previous`` is the replaced record.
+        """
+
+    @abstractmethod
+    async def delete(self, key: str) -> Record | None:
+        """Delete a record; return it as it was (all fields), or None if it did not exist."""
+
+    @abstractmethod
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete every record whose key starts with ``prefix``; return how many."""
+
+    @abstractmethod
+    async def touch(self, key: str) -> None:
+        """Mark a record accessed now (for LRU eviction); a missing key is ignored."""
+
+    @abstractmethod
+    async def scan(
+        self, prefix: str, *, after: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        """Keys starting with ``prefix``, sorted, strictly after ``after``, at most ``limit``.
+
+        Cost grows with the matches, not with the number of other records.
+        """
+
+    @abstractmethod
+    async def count(self, prefix: str) -> int:
+        """How many keys start with ``prefix``."""
+
+    async def aclose(self) -> None:
+        """Release connections and threads. Idempotent."""
+
+    # Live events. Single-process backends fan out in memory; a backend shared by several
+    # processes (PostgreSQL) overrides both to carry messages between them.
+
+    async def publish(self, topic: str, message: JSON) -> None:
+        """Deliver ``message`` to every current subscriber of ``topic``."""
+        self.broker.publish_local(topic, message)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, topic: str) -> AsyncIterator[asyncio.Queue[JSON]]:
+        """Receive the messages published to ``topic`` from now on, through a queue."""
+        async with self.broker.listen(topic) as queue:
+            yield queue
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,170 @@
+"""The in-memory store: the reference implementation of the store contract, for tests.
+
+One lock guards everything, so every method is trivially atomic. Keys are kept in a sorted
+list beside the dict so that prefix scans cost what they match.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..ops import UNCHANGED, Change
+from .base import Applied, Cap, Created, Record, Store, prefix_end
+
+__all__ = ["MemoryStore"]
+
+
+@dataclass(slots=True)
+class _Row:
+    version: int
+    fields: dict[str, Any]
+    content: str | None
+    created_at: int
+    accessed_at: int = field(default=0)
+
+
+class MemoryStore(Store):
+    """Records in a dict, for tests and throwaway runs (``memory://``)."""
+
+    __slots__ = ("_keys", "_lock", "_rows")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.url = "memory://"
+        self._rows: dict[str, _Row] = {}
+        self._keys: list[str] = []
+        self._lock = threading.Lock()
+        self._clock = 0
+
+    def _now(self) -> int:
+        # Strictly increasing, so LRU order is exact even within one clock tick.
+        self._clock = max(self._clock + 1, time.time_ns())
+        return self._clock
+
+    def _record(self, key: str, row: _Row, fields: frozenset[str] | None) -> Record:
+        chosen = row.fields if fields is None else {k: row.fields[k] for k in fields if k in row.fields}
+        return Record(key, row.version, dict(chosen), row.content, row.created_at, row.accessed_at)
+
+    def _insert(self, key: str, row: _Row) -> None:
+        if key not in self._rows:
+            bisect.insort(self._keys, key)
+        self._rows[key] = row
+
+    def _remove(self, key: str) -> _Row | None:
+        row = self._rows.pop(key, None)
+        if row is not None:
+            del self._keys[bisect.bisect_left(self._keys, key)]
+        return row
+
+    async def read(self, key: str, fields: frozenset[str] | None = None) -> Record | None:
+        with self._lock:
+            row = self._rows.get(key)
+            return None if row is None else self._record(key, row, fields)
+
+    async def apply(self, key: str, change: Change, *, touch: bool = False) -> Applied:
+        with self._lock:
+            row = self._rows.get(key)
+            if row is None and change.must_exist:
+                return Applied("missing", 0)
+            version = row.version if row else 0
+            if change.expected_version is not None and change.expected_version != version:
+                return Applied("conflict", version)
+            stored = dict(row.fields) if row else {}
+            content = row.content if row else None
+            mutation = change.resolve(
+                stored, content if change.content is not UNCHANGED else UNCHANGED
+            )
+            now = self._now()
+            if mutation is None:
+                if touch and row is not None:
+                    row.accessed_at = now
+                return Applied("noop", version)
+            if row is None:
+                row = _Row(0, {}, None, now)
+                self._insert(key, row)
+            row.fields.update(mutation.set)
+            for name in mutation.delete:
+                row.fields.pop(name, None)
+            if mutation.content is not UNCHANGED:
+                row.content = mutation.content
+            row.version += 1
+            row.accessed_at = now
+            return Applied("committed", row.version, mutation)
+
+    async def create(
+        self,
+        key: str,
+        fields: Mapping[str, Any],
+        content: str | None = None,
+        *,
+        replace: bool = False,
+        cap: Cap | None = None,
+    ) -> Created:
+        with self._lock:
+            existing = self._rows.get(key)
+            now = self._now()
+            if existing is not None:
+                if not replace:
+                    return Created("exists", existing.version)
+                previous = self._record(key, existing, None)
+                existing.fields = dict(fields)
+                existing.content = content
+                existing.version += 1
+                existing.accessed_at = now
+                return Created("replaced", existing.version, previous=previous)
+            evicted: list[str] = []
+            if cap is not None:
+                members = self._scan(cap.prefix, None, None)
+                if len(members) >= cap.max_instances:
+                    if cap.eviction == "none":
+                        return Created("full", 0)
+                    attr = "accessed_at" if cap.eviction == "lru" else "created_at"
+                    ordered = sorted(members, key=lambda k: (getattr(self._rows[k], attr), k))
+                    for victim in ordered[: len(members) - cap.max_instances + 1]:
+                        self._remove(victim)
+                        evicted.append(victim)
+            self._insert(key, _Row(1, dict(fields), content, now, now))
+            return Created("created", 1, tuple(evicted))
+
+    async def delete(self, key: str) -> Record | None:
+        with self._lock:
+            row = self._remove(key)
+            return None if row is None else self._record(key, row, None)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        with self._lock:
+            keys = self._scan(prefix, None, None)
+            for key in keys:
+                self._remove(key)
+            return len(keys)
+
+    async def touch(self, key: str) -> None:
+        with self._lock:
+            row = self._rows.get(key)
+            if row is not None:
+                row.accessed_at = self._now()
+
+    def _scan(self, prefix: str, after: str | None, limit: int | None) -> list[str]:
+        lo = bisect.bisect_right(self._keys, after) if after is not None and after >= prefix else (
+            bisect.bisect_left(self._keys, prefix)
+        )
+        hi = bisect.bisect_left(self._keys, prefix_end(prefix))
+        if limit is not None:
+            hi = min(hi, lo + max(limit, 0))
+        return self._keys[lo:hi]
+
+    async def scan(
+        self, prefix: str, *, after: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        with self._lock:
+            return self._scan(prefix, after, limit)
+
+    async def count(self, prefix: str) -> int:
+        with self._lock:
+            lo = bisect.bisect_left(self._keys, prefix)
+            return bisect.bisect_left(self._keys, prefix_end(prefix)) - lo

@@ -1,0 +1,424 @@
+"""The SQLite store: the embedded default (``sqlite:///path/to/state.db``).
+
+One connection, owned by one writer thread, takes jobs from a queue. Jobs that arrive while a
+transaction is being committed are committed together in the next one (group commit, each job
+in its own savepoint so one failing job rolls back alone), so concurrent writers share fsyncs
+instead of starving each other on the file lock. ``BEGIN IMMEDIATE`` plus a busy timeout makes
+several processes on one file safe: each transaction holds the database write lock while it
+reads and writes. WAL mode lets other processes read meanwhile.
+
+Durability: ``synchronous=FULL`` by default: a committed write survives power loss. Pass
+``?synchronous=normal`` in the URL to trade that for speed (WAL stays consistent, but the last
+transactions before a power cut may be lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..ops import UNCHANGED, Change
+from .base import Applied, Cap, Created, Record, Store, prefix_end
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+_DDL = [
+    """CREATE TABLE IF NOT EXISTS fs_records (
+        key TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        content TEXT,
+        created_at INTEGER NOT NULL,
+        accessed_at INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS fs_fields (
+        key TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (key, name)
+    ) WITHOUT ROWID""",
+    "CREATE TABLE IF NOT EXISTS fs_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+]
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class _Job:
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[Any],
+    ) -> None:
+        self.fn = fn
+        self.loop = loop
+        self.future = future
+
+
+def _settle(job: _Job, ok: bool, value: Any) -> None:
+    def done() -> None:
+        if job.future.done():
+            return
+        if ok:
+            job.future.set_result(value)
+        else:
+            job.future.set_exception(value)
+
+    try:
+        job.loop.call_soon_threadsafe(done)
+    except RuntimeError:  # the caller's loop is closed; nobody is waiting
+        pass
+
+
+class SQLiteStore(Store):
+    """Records in one SQLite file, safe for several processes on one machine."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: float = 30.0,
+        max_batch: int = 64,
+    ) -> None:
+        super().__init__()
+        self.path = str(path)
+        self.url = f"sqlite:///{self.path}"
+        sync = synchronous.upper()
+        if sync not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be off, normal, full or extra, got {synchronous!r}")
+        self.synchronous = sync
+        self._busy_timeout = busy_timeout
+        self._max_batch = max_batch
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._clock = 0
+        self._closed = False
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        ready: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name=f"flowstate-sqlite:{self.path}", daemon=True
+        )
+        self._thread.start()
+        error = ready.get()
+        if error is not None:
+            raise error
+
+    # ------------------------------------------------------------------ the writer thread
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        if self.path != ":memory:":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for ddl in _DDL:
+                conn.execute(ddl)
+            conn.execute(
+                "INSERT INTO fs_meta (name, value) VALUES ('schema_version', ?) "
+                "ON CONFLICT(name) DO NOTHING",
+                (str(SCHEMA_VERSION),),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return conn
+
+    def _run(self, ready: queue.SimpleQueue[BaseException | None]) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            ready.put(exc)
+            return
+        ready.put(None)
+        try:
+            while True:
+                first = self._jobs.get()
+                if first is None:
+                    return
+                batch = [first]
+                stop = False
+                while len(batch) < self._max_batch:
+                    try:
+                        nxt = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stop = True
+                        break
+                    batch.append(nxt)
+                self._run_batch(conn, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        results: list[tuple[_Job, bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            for job in batch:
+                _settle(job, False, exc)
+            return
+        for job in batch:
+            conn.execute("SAVEPOINT job")
+            try:
+                value = job.fn(conn)
+            except BaseException as exc:  # the job's own error: undo only its writes
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                results.append((job, False, exc))
+            else:
+                conn.execute("RELEASE job")
+                results.append((job, True, value))
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            for job, _, _ in results:
+                _settle(job, False, exc)
+            return
+        for job, ok, value in results:
+            _settle(job, ok, value)
+
+    async def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise RuntimeError(f"store {self.url} is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._jobs.put(_Job(fn, loop, future))
+        return await future
+
+    def _now(self) -> int:
+        self._clock = max(self._clock + 1, time.time_ns())
+        return self._clock
+
+    # ------------------------------------------------------------------ contract
+
+    @staticmethod
+    def _load_fields(
+        conn: sqlite3.Connection, key: str, names: frozenset[str] | None
+    ) -> dict[str, Any]:
+        if names is None:
+            rows = conn.execute("SELECT name, value FROM fs_fields WHERE key = ?", (key,))
+        elif not names:
+            return {}
+        else:
+            marks = ",".join("?" * len(names))
+            rows = conn.execute(
+                f"SELECT name, value FROM fs_fields WHERE key = ? AND name IN ({marks})",
+                (key, *names),
+            )
+        return {name: json.loads(value) for name, value in rows}
+
+    async def read(self, key: str, fields: frozenset[str] | None = None) -> Record | None:
+        def job(conn: sqlite3.Connection) -> Record | None:
+            row = conn.execute(
+                "SELECT version, content, created_at, accessed_at FROM fs_records WHERE key = ?",
+                (key,),
+            ).fetchone()
+            if row is None:
+                return None
+            return Record(key, row[0], self._load_fields(conn, key, fields), row[1], row[2], row[3])
+
+        return await self._submit(job)
+
+    async def apply(self, key: str, change: Change, *, touch: bool = False) -> Applied:
+        def job(conn: sqlite3.Connection) -> Applied:
+            row = conn.execute(
+                "SELECT version, content FROM fs_records WHERE key = ?", (key,)
+            ).fetchone()
+            if row is None and change.must_exist:
+                return Applied("missing", 0)
+            version = row[0] if row else 0
+            if change.expected_version is not None and change.expected_version != version:
+                return Applied("conflict", version)
+            stored = self._load_fields(conn, key, change.needed_fields) if row else {}
+            content = UNCHANGED if change.content is UNCHANGED else (row[1] if row else None)
+            mutation = change.resolve(stored, content)
+            now = self._now()
+            if mutation is None:
+                if touch and row is not None:
+                    conn.execute("UPDATE fs_records SET accessed_at = ? WHERE key = ?", (now, key))
+                return Applied("noop", version)
+            if mutation.set:
+                conn.executemany(
+                    "INSERT INTO fs_fields (key, name, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT(key, name) DO UPDATE SET value = excluded.value",
+                    [(key, name, _dumps(value)) for name, value in mutation.set.items()],
+                )
+            if mutation.delete:
+                conn.executemany(
+                    "DELETE FROM fs_fields WHERE key = ? AND name = ?",
+                    [(key, name) for name in mutation.delete],
+                )
+            new_content = None if mutation.content is UNCHANGED else mutation.content
+            if row is None:
+                conn.execute(
+                    "INSERT INTO fs_records (key, version, content, created_at, accessed_at) "
+                    "VALUES (?, 1, ?, ?, ?)",
+                    (key, new_content, now, now),
+                )
+            elif mutation.content is UNCHANGED:
+                conn.execute(
+                    "UPDATE fs_records SET version = version + 1, accessed_at = ? WHERE key = ?",
+                    (now, key),
+                )
+            else:
+                conn.execute(
+                    "UPDATE fs_records SET version = version + 1, accessed_at = ?, content = ? "
+                    "WHERE key = ?",
+                    (now, new_content, key),
+                )
+            return Applied("committed", version + 1, mutation)
+
+        return await self._submit(job)
+
+    async def create(
+        self,
+        key: str,
+        fields: Mapping[str, Any],
+        content: str | None = None,
+        *,
+        replace: bool = False,
+        cap: Cap | None = None,
+    ) -> Created:
+        encoded = [(key, name, _dumps(value)) for name, value in fields.items()]
+
+        def job(conn: sqlite3.Connection) -> Created:
+            now = self._now()
+            row = conn.execute(
+                "SELECT version, content, created_at, accessed_at FROM fs_records WHERE key = ?",
+                (key,),
+            ).fetchone()
+            if row is not None:
+                if not replace:
+                    return Created("exists", row[0])
+                previous = Record(key, row[0], self._load_fields(conn, key, None), *row[1:])
+                conn.execute("DELETE FROM fs_fields WHERE key = ?", (key,))
+                conn.executemany(
+                    "INSERT INTO fs_fields (key, name, value) VALUES (?, ?, ?)", encoded
+                )
+                conn.execute(
+                    "UPDATE fs_records SET version = version + 1, content = ?, accessed_at = ? "
+                    "WHERE key = ?",
+                    (content, now, key),
+                )
+                return Created("replaced", row[0] + 1, previous=previous)
+            evicted: list[str] = []
+            if cap is not None:
+                lo, hi = cap.prefix, prefix_end(cap.prefix)
+                (count,) = conn.execute(
+                    "SELECT count(*) FROM fs_records WHERE key >= ? AND key < ?", (lo, hi)
+                ).fetchone()
+                excess = count - cap.max_instances + 1
+                if excess > 0:
+                    if cap.eviction == "none":
+                        return Created("full", 0)
+                    order = "accessed_at" if cap.eviction == "lru" else "created_at"
+                    victims = [
+                        k
+                        for (k,) in conn.execute(
+                            f"SELECT key FROM fs_records WHERE key >= ? AND key < ? "
+                            f"ORDER BY {order}, key LIMIT ?",
+                            (lo, hi, excess),
+                        )
+                    ]
+                    for victim in victims:
+                        conn.execute("DELETE FROM fs_fields WHERE key = ?", (victim,))
+                        conn.execute("DELETE FROM fs_records WHERE key = ?", (victim,))
+                    evicted = victims
+            conn.execute(
+                "INSERT INTO fs_records (key, version, content, created_at, accessed_at) "
+                "VALUES (?, 1, ?, ?, ?)",
+                (key, content, now, now),
+            )
+            conn.executemany("INSERT INTO fs_fields (key, name, value) VALUES (?, ?, ?)", encoded)
+            return Created("created", 1, tuple(evicted))
+
+        return await self._submit(job)
+
+    async def delete(self, key: str) -> Record | None:
+        def job(conn: sqlite3.Connection) -> Record | None:
+            row = conn.execute(
+                "SELECT version, content, created_at, accessed_at FROM fs_records WHERE key = ?",
+                (key,),
+            ).fetchone()
+            if row is None:
+                return None
+            record = Record(key, row[0], self._load_fields(conn, key, None), *row[1:])
+            conn.execute("DELETE FROM fs_fields WHERE key = ?", (key,))
+            conn.execute("DELETE FROM fs_records WHERE key = ?", (key,))
+            return record
+
+        return await self._submit(job)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        bounds = (prefix, prefix_end(prefix))
+
+        def job(conn: sqlite3.Connection) -> int:
+            conn.execute("DELETE FROM fs_fields WHERE key >= ? AND key < ?", bounds)
+            return conn.execute("DELETE FROM fs_records WHERE key >= ? AND key < ?", bounds).rowcount
+
+        return await self._submit(job)
+
+    async def touch(self, key: str) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE fs_records SET accessed_at = ? WHERE key = ?", (self._now(), key))
+
+        await self._submit(job)
+
+    async def scan(
+        self, prefix: str, *, after: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        lo = after if after is not None and after >= prefix else None
+        sql = "SELECT key FROM fs_records WHERE key < ? AND " + (
+            "key > ?" if lo is not None else "key >= ?"
+        )
+        params: list[Any] = [prefix_end(prefix), lo if lo is not None else prefix]
+        sql += " ORDER BY key"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(max(limit, 0))
+
+        def job(conn: sqlite3.Connection) -> list[str]:
+            return [k for (k,) in conn.execute(sql, params)]
+
+        return await self._submit(job)
+
+    async def count(self, prefix: str) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            (n,) = conn.execute(
+                "SELECT count(*) FROM fs_records WHERE key >= ? AND key < ?",
+                (prefix, prefix_end(prefix)),
+            ).fetchone()
+            return int(n)
+
+        return await self._submit(job)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._jobs.put(None)
+        await asyncio.to_thread(self._thread.join)
