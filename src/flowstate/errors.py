@@ -64,7 +64,9 @@ class StateValidationError(FlowStateError):
         """Return a copy that names ``scope`` (errors are raised below the scope layer)."""
         if self.scope == scope:
             return self
-        return StateValidationError(f"{scope} state: {self.message}", scope=scope, errors=self.errors)
+        return StateValidationError(
+            f"{scope} state: {self.message}", scope=scope, errors=self.errors
+        )
 
 
 class ConcurrentModificationError(FlowStateError):

@@ -117,7 +117,7 @@ class Mutation:
 
     set: Mapping[str, JSON]
     delete: frozenset[str] = frozenset()
-    content: str | None | _Sentinel = UNCHANGED
+    content: str | _Sentinel | None = UNCHANGED
     before: Mapping[str, JSON] = field(default_factory=dict)
 
     @property
@@ -137,7 +137,7 @@ class Change:
     schema: Schema
     ops: tuple[FieldOp, ...] = ()
     replace: Mapping[str, Any] | None = None
-    content: str | None | _Sentinel = UNCHANGED
+    content: str | _Sentinel | None = UNCHANGED
     expected_version: int | None = None
     must_exist: bool = False
     operation: str = "patch"
@@ -150,7 +150,7 @@ class Change:
         return frozenset(op.field for op in self.ops)
 
     def resolve(
-        self, stored: Mapping[str, JSON], content: str | None | _Sentinel = UNCHANGED
+        self, stored: Mapping[str, JSON], content: str | _Sentinel | None = UNCHANGED
     ) -> Mutation | None:
         """Compute the mutation from the stored fields (only ``needed_fields`` need be given)."""
         schema = self.schema
@@ -158,7 +158,10 @@ class Change:
             new = schema.validate_state(self.replace)
             visible = schema.with_defaults(stored)
             sets = {k: v for k, v in new.items() if k not in stored or not same_json(stored[k], v)}
-            deletes = frozenset(k for k in stored if k not in new)
+            # Fields outside this schema belong to another flow sharing the record: keep them.
+            deletes = frozenset(
+                k for k in stored if k not in new and (schema.free_form or k in schema.field_names)
+            )
             changed = {k for k in sets if not same_json(visible.get(k, MISSING), sets[k])}
             changed |= {k for k in deletes if k not in new}
             before = {k: visible.get(k) for k in changed}
@@ -176,7 +179,9 @@ class Change:
                         current = MISSING
                 work[op.field] = apply_field_op(op, current)
             if schema.full_validation:
-                merged = {**schema.with_defaults(stored), **work}
+                known = schema.field_names
+                merged = {k: v for k, v in schema.with_defaults(stored).items() if k in known}
+                merged.update(work)
                 validated = schema.validate_state(merged)
                 new = {k: validated[k] for k in work}
             else:

@@ -233,9 +233,7 @@ def merge_declarations(
 
 
 def _errors_of(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
-    return [
-        {"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()
-    ]
+    return [{"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
 
 
 def describe_errors(errors: list[dict[str, Any]]) -> str:

@@ -194,7 +194,7 @@ class Store(ABC):
     async def count(self, prefix: str) -> int:
         """How many keys start with ``prefix``."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional for backends with nothing to free
         """Release connections and threads. Idempotent."""
 
     # Live events. Single-process backends fan out in memory; a backend shared by several

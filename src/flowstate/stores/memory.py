@@ -47,7 +47,9 @@ class MemoryStore(Store):
         return self._clock
 
     def _record(self, key: str, row: _Row, fields: frozenset[str] | None) -> Record:
-        chosen = row.fields if fields is None else {k: row.fields[k] for k in fields if k in row.fields}
+        chosen = row.fields
+        if fields is not None:
+            chosen = {k: row.fields[k] for k in fields if k in row.fields}
         return Record(key, row.version, dict(chosen), row.content, row.created_at, row.accessed_at)
 
     def _insert(self, key: str, row: _Row) -> None:
@@ -90,7 +92,7 @@ class MemoryStore(Store):
             row.fields.update(mutation.set)
             for name in mutation.delete:
                 row.fields.pop(name, None)
-            if mutation.content is not UNCHANGED:
+            if isinstance(mutation.content, str) or mutation.content is None:
                 row.content = mutation.content
             row.version += 1
             row.accessed_at = now

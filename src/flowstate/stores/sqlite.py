@@ -378,7 +378,8 @@ class SQLiteStore(Store):
 
         def job(conn: sqlite3.Connection) -> int:
             conn.execute("DELETE FROM fs_fields WHERE key >= ? AND key < ?", bounds)
-            return conn.execute("DELETE FROM fs_records WHERE key >= ? AND key < ?", bounds).rowcount
+            sql = "DELETE FROM fs_records WHERE key >= ? AND key < ?"
+            return conn.execute(sql, bounds).rowcount
 
         return await self._submit(job)
 

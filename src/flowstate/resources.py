@@ -1,0 +1,500 @@
+"""Resources and resource collections: named, schema-typed containers of state and text.
+
+Each resource instance is its own versioned record, so writes to different resources never
+contend. A collection stores its instances under its own key namespace; keys are resolved by
+:class:`~flowstate.keys.KeyPattern` before they reach storage.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel
+
+from .errors import (
+    CollectionFullError,
+    DefinitionError,
+    KeyPatternError,
+    ResourceAlreadyExistsError,
+    ResourceNotFoundError,
+    StateValidationError,
+)
+from .keys import KeyPattern
+from .schema import Schema
+from .state import Commit, StateCell, StateHandle, content_change
+from .stores.base import Cap
+
+if TYPE_CHECKING:
+    from .scopes import ScopeBinding
+
+__all__ = [
+    "CollectionRef",
+    "HookContext",
+    "ResourceClient",
+    "ResourceCollectionDefinition",
+    "ResourceDefinition",
+    "ResourceRef",
+    "ResourceRegistry",
+    "define_resource",
+    "define_resource_collection",
+]
+
+log = logging.getLogger("flowstate.resources")
+
+Eviction = Literal["none", "lru", "oldest"]
+
+
+@dataclass(frozen=True, eq=False)
+class ResourceClient:
+    """What clients may see of a resource: ``data(state)``, or fields by ``expose``/``exclude``.
+
+    ``content=True`` also serves the resource's text through the content endpoint.
+    """
+
+    data: Callable[[Any], Any] | None = None
+    expose: Sequence[str] | None = None
+    exclude: Sequence[str] | None = None
+    content: bool = False
+
+    def __post_init__(self) -> None:
+        given = [n for n in ("data", "expose", "exclude") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise DefinitionError(
+                f"ResourceClient takes one of data=, expose=, exclude=; got {', '.join(given)}"
+            )
+
+    def project(self, state: Any, values: Mapping[str, Any]) -> Any:
+        """The client data of one resource state (``values`` is its JSON form)."""
+        if self.data is not None:
+            return self.data(state)
+        if self.expose is not None:
+            return {k: values.get(k) for k in self.expose}
+        if self.exclude is not None:
+            return {k: v for k, v in values.items() if k not in set(self.exclude)}
+        return {}
+
+
+def _client(value: ResourceClient | Mapping[str, Any] | None) -> ResourceClient | None:
+    if value is None or isinstance(value, ResourceClient):
+        return value
+    if isinstance(value, Mapping):
+        return ResourceClient(**value)
+    raise DefinitionError(f"client must be a ResourceClient or a dict, got {type(value).__name__}")
+
+
+def _state_model(state: Any, what: str) -> type[BaseModel] | None:
+    if state is None or (isinstance(state, type) and issubclass(state, BaseModel)):
+        return state
+    raise DefinitionError(f"{what} state must be a pydantic BaseModel subclass, got {state!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class ResourceDefinition:
+    """A static resource: one named instance per scope."""
+
+    state: type[BaseModel] | None = None
+    content: str | None = None
+    writable: bool = True
+    render: Callable[[Any, str | None], str | Awaitable[str]] | None = None
+    client: ResourceClient | None = None
+    schema: Schema = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "schema", Schema.of(self.state))
+
+
+def define_resource(
+    state: type[BaseModel] | None = None,
+    *,
+    content: str | None = None,
+    writable: bool = True,
+    render: Callable[[Any, str | None], str | Awaitable[str]] | None = None,
+    client: ResourceClient | Mapping[str, Any] | None = None,
+) -> ResourceDefinition:
+    """Define a resource: a state model, initial text ``content``, and client visibility."""
+    model = _state_model(state, "resource")
+    if content is not None and not isinstance(content, str):
+        raise DefinitionError(f"resource content must be a string, got {type(content).__name__}")
+    return ResourceDefinition(model, content, writable, render, _client(client))
+
+
+@dataclass(frozen=True, eq=False)
+class ResourceCollectionDefinition:
+    """A collection: instances created at run time under keys matching ``pattern``."""
+
+    pattern: KeyPattern
+    state: type[BaseModel] | None = None
+    max_instances: int | None = None
+    eviction: Eviction = "none"
+    writable: bool = True
+    on_instance_created: Callable[[str, Any, HookContext], None] | None = None
+    on_instance_updated: Callable[[str, Any, Any, HookContext], None] | None = None
+    on_instance_deleted: Callable[[str, HookContext], None] | None = None
+    client: ResourceClient | None = None
+    schema: Schema = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "schema", Schema.of(self.state))
+
+
+def define_resource_collection(
+    pattern: str,
+    state: type[BaseModel] | None = None,
+    *,
+    max_instances: int | None = None,
+    eviction: Eviction = "none",
+    writable: bool = True,
+    on_instance_created: Callable[[str, Any, HookContext], None] | None = None,
+    on_instance_updated: Callable[[str, Any, Any, HookContext], None] | None = None,
+    on_instance_deleted: Callable[[str, HookContext], None] | None = None,
+    client: ResourceClient | Mapping[str, Any] | None = None,
+) -> ResourceCollectionDefinition:
+    """Define a resource collection (see SPEC §4 for patterns, caps and hooks)."""
+    parsed = KeyPattern.parse(pattern)
+    if eviction not in ("none", "lru", "oldest"):
+        raise DefinitionError(
+            f'collection "{pattern}": eviction must be "none", "lru" or "oldest", got {eviction!r}'
+        )
+    if max_instances is not None and (
+        not isinstance(max_instances, int) or isinstance(max_instances, bool) or max_instances < 1
+    ):
+        raise DefinitionError(
+            f'collection "{pattern}": max_instances must be an integer >= 1, got {max_instances!r}'
+        )
+    if eviction != "none" and max_instances is None:
+        raise DefinitionError(
+            f'collection "{pattern}": eviction="{eviction}" needs max_instances (without a cap '
+            "there is nothing to evict)"
+        )
+    return ResourceCollectionDefinition(
+        parsed,
+        _state_model(state, "collection"),
+        max_instances,
+        eviction,
+        writable,
+        on_instance_created,
+        on_instance_updated,
+        on_instance_deleted,
+        _client(client),
+    )
+
+
+AnyResourceDefinition = ResourceDefinition | ResourceCollectionDefinition
+
+
+@dataclass(frozen=True)
+class HookContext:
+    """What a collection hook receives: where it runs, and a logger."""
+
+    scope_type: str
+    scope_id: str
+    collection: str
+
+    def log(self, message: str) -> None:
+        log.info("[%s %s %s] %s", self.scope_type, self.scope_id, self.collection, message)
+
+
+class ResourceRef(StateHandle[Any]):
+    """One resource instance: its state operations plus its text content."""
+
+    def __init__(
+        self,
+        cell: StateCell,
+        *,
+        name: str,
+        key: str,
+        render: Callable[[Any, str | None], str | Awaitable[str]] | None = None,
+    ) -> None:
+        super().__init__(cell)
+        self.name = name
+        self.key = key
+        self._render = render
+
+    def __repr__(self) -> str:
+        return f"<ResourceRef {self.key!r} v{self.version}>"
+
+    async def read_content_raw(self) -> str | None:
+        """The stored text (or the definition's initial content), None when there is none."""
+        await self._cell.load()
+        return self._cell.content
+
+    async def read_content(self) -> str | None:
+        """The content as rendered by the definition's ``render(state, raw)``, else raw."""
+        raw = await self.read_content_raw()
+        if self._render is None:
+            return raw
+        rendered = self._render(self.state, raw)
+        if isinstance(rendered, Awaitable):
+            rendered = await rendered
+        return rendered
+
+    async def write_content(self, text: str | None, /, **fields: Any) -> bool:
+        """Replace the text content, and optionally patch state fields in the same commit."""
+        return await self._cell.apply(content_change(self._cell, text, fields))
+
+
+class CollectionRef:
+    """A collection on one scope: create, get, list and delete its instances."""
+
+    def __init__(self, binding: ScopeBinding, name: str, definition: ResourceCollectionDefinition):
+        self._binding = binding
+        self.name = name
+        self.definition = definition
+        self._root = binding.collection_root(name)
+
+    def __repr__(self) -> str:
+        return f"<CollectionRef {self.name!r} pattern={self.definition.pattern.pattern!r}>"
+
+    def _hook_ctx(self) -> HookContext:
+        return HookContext(self._binding.scope, self._binding.scope_id, self.name)
+
+    def _call_hook(self, hook: Callable[..., None] | None, *args: Any) -> None:
+        if hook is None:
+            return
+        try:
+            hook(*args, self._hook_ctx())
+        except Exception:  # the write is committed; a failing hook must not undo or hide it
+            log.exception(
+                "collection %s: hook %s failed", self.name, getattr(hook, "__name__", hook)
+            )
+
+    def _view(self, values: Mapping[str, Any]) -> Any:
+        return self.definition.schema.view(None, values)
+
+    def _ref(self, storage_key: str) -> ResourceRef:
+        definition = self.definition
+        cell = StateCell(
+            self._binding.store,
+            self._root + storage_key,
+            definition.schema,
+            label=f'{self._binding.scope} resource "{storage_key}" of collection "{self.name}"',
+            scope=self._binding.scope,
+            retry=self._binding.retry,
+            writable=definition.writable,
+            must_exist=True,
+            listener=self._on_commit,
+        )
+        return ResourceRef(cell, name=self.name, key=storage_key)
+
+    async def _on_commit(self, commit: Commit) -> None:
+        key = commit.cell.key[len(self._root) :]
+        await self._binding.emit_resource_change(key, "updated")
+        if self.definition.on_instance_updated is not None:
+            new = commit.cell.values
+            prev = {**new, **commit.mutation.before}
+            for name in commit.mutation.delete:
+                prev.setdefault(name, None)
+            self._call_hook(
+                self.definition.on_instance_updated, key, self._view(new), self._view(prev)
+            )
+
+    def resolve_key(self, key: str | Mapping[str, object]) -> str:
+        """The storage key for a user key (see :meth:`KeyPattern.resolve`)."""
+        return self.definition.pattern.resolve(key)
+
+    async def create(
+        self,
+        key: str | Mapping[str, object],
+        initial: Mapping[str, Any] | BaseModel | None = None,
+        *,
+        replace: bool = False,
+    ) -> ResourceRef:
+        """Create an instance; an existing key raises unless ``replace=True``."""
+        storage_key = self.resolve_key(key)
+        label = f'collection "{self.name}"'
+        if isinstance(initial, BaseModel):
+            initial = initial.model_dump(mode="json")
+        try:
+            values = self.definition.schema.validate_state(dict(initial or {}))
+        except StateValidationError as exc:
+            raise exc.with_scope(f'{self._binding.scope} resource "{storage_key}"') from None
+        d = self.definition
+        cap = Cap(self._root, d.max_instances, d.eviction) if d.max_instances else None
+        created = await self._binding.store.create(
+            self._root + storage_key, values, replace=replace, cap=cap
+        )
+        if created.status == "exists":
+            raise ResourceAlreadyExistsError(
+                f'resource "{storage_key}" already exists in {label}; use get_or_create() or '
+                "create(..., replace=True)"
+            )
+        if created.status == "full":
+            raise CollectionFullError(
+                f'{label} is full: max_instances={d.max_instances} with eviction="none"; '
+                "delete an instance first"
+            )
+        for victim in created.evicted:
+            victim_key = victim[len(self._root) :]
+            await self._binding.emit_resource_change(victim_key, "deleted")
+            self._call_hook(d.on_instance_deleted, victim_key)
+        ref = self._ref(storage_key)
+        ref._cell._set(values, created.version, None)
+        if created.status == "replaced":
+            await self._binding.emit_resource_change(storage_key, "updated")
+            prev = created.previous.fields if created.previous else {}
+            self._call_hook(
+                d.on_instance_updated,
+                storage_key,
+                self._view(d.schema.with_defaults(values)),
+                self._view(d.schema.with_defaults(prev)),
+            )
+        else:
+            await self._binding.emit_resource_change(storage_key, "created")
+            self._call_hook(d.on_instance_created, storage_key, ref.state)
+        return ref
+
+    async def get_optional(self, key: str | Mapping[str, object]) -> ResourceRef | None:
+        """The instance, or None if it does not exist. Counts as an access for LRU."""
+        storage_key = self.resolve_key(key)
+        record = await self._binding.store.read(self._root + storage_key)
+        if record is None:
+            return None
+        if self.definition.eviction == "lru":
+            await self._binding.store.touch(self._root + storage_key)
+        ref = self._ref(storage_key)
+        ref._cell._set(record.fields, record.version, record.content)
+        return ref
+
+    async def get(self, key: str | Mapping[str, object]) -> ResourceRef:
+        """The instance, or :class:`ResourceNotFoundError`."""
+        ref = await self.get_optional(key)
+        if ref is None:
+            raise ResourceNotFoundError(
+                f'resource "{self.resolve_key(key)}" does not exist in collection "{self.name}"'
+            )
+        return ref
+
+    async def get_or_create(
+        self,
+        key: str | Mapping[str, object],
+        initial: Mapping[str, Any] | BaseModel | None = None,
+    ) -> ResourceRef:
+        """The existing instance, or a new one with ``initial`` (schema defaults otherwise)."""
+        ref = await self.get_optional(key)
+        if ref is not None:
+            return ref
+        try:
+            return await self.create(key, initial)
+        except ResourceAlreadyExistsError:  # created concurrently
+            return await self.get(key)
+
+    async def upsert(
+        self,
+        key: str | Mapping[str, object],
+        update: Mapping[str, Any],
+        create_only: Mapping[str, Any] | None = None,
+    ) -> ResourceRef:
+        """Patch ``update`` into the instance, creating it (with ``create_only`` too) if absent."""
+        for _ in range(3):
+            ref = await self.get_optional(key)
+            if ref is not None:
+                try:
+                    await ref.patch_state(update)
+                    return ref
+                except ResourceNotFoundError:  # deleted meanwhile: create it
+                    continue
+            try:
+                return await self.create(key, {**(create_only or {}), **update})
+            except ResourceAlreadyExistsError:
+                continue
+        raise ResourceNotFoundError(
+            f'upsert of "{self.resolve_key(key)}" in collection "{self.name}" kept racing '
+            "with concurrent creates and deletes"
+        )
+
+    def _list_prefix(self, prefix: str) -> str:
+        if not isinstance(prefix, str):
+            raise KeyPatternError(f"list prefix must be a string, got {prefix!r}")
+        if not prefix:
+            return self.definition.pattern.prefix
+        if any(ord(c) < 32 or c == "\x7f" for c in prefix) or ".." in prefix.split("/"):
+            raise KeyPatternError(
+                f'list prefix {prefix!r} is invalid for collection "{self.name}": ".." segments '
+                "and control characters are not allowed"
+            )
+        prefix = prefix.replace("\\", "/").lstrip("/")
+        base = self.definition.pattern.prefix
+        return prefix if prefix.startswith(base) else base + prefix
+
+    async def list(
+        self, prefix: str = "", *, limit: int | None = None, after: str | None = None
+    ) -> list[str]:
+        """Storage keys of the instances, sorted, optionally under ``prefix``, after ``after``."""
+        full = self._root + self._list_prefix(prefix)
+        keys = await self._binding.store.scan(
+            full, after=None if after is None else self._root + after, limit=limit
+        )
+        return [k[len(self._root) :] for k in keys]
+
+    async def count(self) -> int:
+        """How many instances exist."""
+        return await self._binding.store.count(self._root)
+
+    async def delete(self, key: str | Mapping[str, object]) -> bool:
+        """Delete an instance; a missing one is a no-op (returns False)."""
+        storage_key = self.resolve_key(key)
+        record = await self._binding.store.delete(self._root + storage_key)
+        if record is None:
+            return False
+        await self._binding.emit_resource_change(storage_key, "deleted")
+        self._call_hook(self.definition.on_instance_deleted, storage_key)
+        return True
+
+    def __aiter__(self) -> Any:
+        raise TypeError("iterate over `await collection.list()` instead")
+
+
+class ResourceRegistry:
+    """A scope's resources by name: ``resources.plan``, ``resources["plan"]``, ``.get("plan")``."""
+
+    def __init__(self, binding: ScopeBinding) -> None:
+        self._binding = binding
+        self._refs: dict[str, ResourceRef | CollectionRef] = {}
+
+    def _lookup(self, name: str) -> ResourceRef | CollectionRef:
+        ref = self._refs.get(name)
+        if ref is not None:
+            return ref
+        definition = self._binding.resources.get(name)
+        if definition is None:
+            raise ResourceNotFoundError(f'Resource "{name}" is not registered')
+        if isinstance(definition, ResourceCollectionDefinition):
+            ref = CollectionRef(self._binding, name, definition)
+        else:
+            ref = self._binding.static_ref(name, definition)
+        self._refs[name] = ref
+        return ref
+
+    def get(self, name: str) -> Any:
+        return self._lookup(name)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._lookup(name)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._lookup(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._binding.resources
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._binding.resources)
+
+    def __len__(self) -> int:
+        return len(self._binding.resources)
+
+    def names(self) -> list[str]:
+        return list(self._binding.resources)
+
+    async def preload(self) -> None:
+        """Load every static resource's state, so ``ref.state`` is readable synchronously."""
+        for name, definition in self._binding.resources.items():
+            if isinstance(definition, ResourceDefinition):
+                ref = self._lookup(name)
+                assert isinstance(ref, ResourceRef)
+                await ref._cell.ensure_loaded()

@@ -1,0 +1,230 @@
+"""Running an action: the per-run context blocks see, block frames, targets and events."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic
+
+from typing_extensions import TypeVar as TypeVarDefault
+
+from .blocks import Block, Sequencer
+from .schema import Schema
+from .scopes import ScopeBinding, ScopeHandle
+from .state import StateCell, StateHandle
+from .stores.memory import MemoryStore
+
+__all__ = ["Context", "Event", "Frame", "Run", "Targets"]
+
+log = logging.getLogger("flowstate.runtime")
+
+SessionS = TypeVarDefault("SessionS", default=Any)
+UserS = TypeVarDefault("UserS", default=Any)
+ProjectS = TypeVarDefault("ProjectS", default=Any)
+RequestS = TypeVarDefault("RequestS", default=Any)
+SelfS = TypeVarDefault("SelfS", default=Any)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event of a run: ``seq`` counts from 1 per request; ``data`` uses wire names."""
+
+    type: str
+    seq: int
+    request_id: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON an SSE frame or a client sees."""
+        return {"type": self.type, "seq": self.seq, "requestId": self.request_id, **self.data}
+
+
+Sink = Callable[[Event], Awaitable[None]]
+
+
+class Run:
+    """One execution of one action: ids, scope bindings, block-own state, event sequence."""
+
+    def __init__(
+        self,
+        *,
+        flow_kind: str,
+        action: str,
+        request_id: str,
+        session_id: str,
+        user_id: str,
+        project_id: str | None,
+        sink: Sink | None = None,
+    ) -> None:
+        self.flow_kind = flow_kind
+        self.action = action
+        self.request_id = request_id
+        self.session_id = session_id
+        self.user_id = user_id
+        self.project_id = project_id
+        self.bindings: dict[str, ScopeBinding] = {}
+        self.events: list[Event] = []
+        self.local_store = MemoryStore()
+        self._seq = itertools.count(1)
+        self._frame_ids = itertools.count(1)
+        self._sink = sink
+
+    async def emit(self, type_: str, data: dict[str, Any]) -> Event:
+        event = Event(type_, next(self._seq), self.request_id, data)
+        self.events.append(event)
+        if self._sink is not None:
+            await self._sink(event)
+        return event
+
+    def next_frame_id(self) -> int:
+        return next(self._frame_ids)
+
+
+class Frame:
+    """One running block: its place in the tree and its own state container."""
+
+    def __init__(self, run: Run, block: Block, parent: Frame | None) -> None:
+        self.run = run
+        self.block = block
+        self.parent = parent
+        self.id = run.next_frame_id()
+        self._cell: StateCell | None = None
+        self._context: Context[Any, Any, Any, Any, Any] | None = None
+
+    def own_cell(self) -> StateCell:
+        """The block-own state container, created on first use; it lives for the run."""
+        if self._cell is None:
+            self._cell = StateCell(
+                self.run.local_store,
+                f"blocks/{self.id}",
+                Schema.of(self.block.state),
+                label=f'state of block "{self.block.name}"',
+                scope="block",
+            )
+            self._cell.loaded = True
+        return self._cell
+
+    def ancestors(self) -> list[Frame]:
+        out = []
+        frame = self.parent
+        while frame is not None:
+            out.append(frame)
+            frame = frame.parent
+        return out
+
+    def context(self) -> Context[Any, Any, Any, Any, Any]:
+        if self._context is None:
+            self._context = Context(self)
+        return self._context
+
+    async def run_child(self, block: Block, input: Any) -> Any:
+        return await execute_block(self.run, block, input, self)
+
+
+async def execute_block(run: Run, block: Block, input: Any, parent: Frame | None) -> Any:
+    """Validate input, run the block in a new frame, validate output."""
+    value = block.validate_input(input)
+    frame = Frame(run, block, parent)
+    result = await block.execute_in(frame, value)
+    return block.validate_output(result)
+
+
+class Targets:
+    """``ctx.targets.<name>``: the named ancestor block's own state, or None."""
+
+    def __init__(self, frame: Frame) -> None:
+        self._frame = frame
+
+    def __getattr__(self, name: str) -> StateHandle[Any] | None:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self.get(name)
+
+    def __getitem__(self, name: str) -> StateHandle[Any] | None:
+        return self.get(name)
+
+    def get(self, name: str) -> StateHandle[Any] | None:
+        for ancestor in self._frame.ancestors():
+            if ancestor.block.name == name:
+                model = self._frame.block.target_state.get(name) or ancestor.block.state
+                return StateHandle(ancestor.own_cell(), model)
+        return None
+
+
+class Context(Generic[SessionS, UserS, ProjectS, RequestS, SelfS]):
+    """What a block's ``execute(input, ctx)`` receives.
+
+    Type parameters, in order: session, user, project, request and block-own state models, so
+    ``Context[Counter]`` types ``ctx.session.state`` as ``Counter``.
+    """
+
+    def __init__(self, frame: Frame) -> None:
+        self._frame = frame
+        run = frame.run
+        decl = frame.block.declarations
+        b = run.bindings
+        self.request: ScopeHandle[RequestS] = b["request"].handle(decl["request"].state)
+        self.session: ScopeHandle[SessionS] = b["session"].handle(decl["session"].state)
+        self.user: ScopeHandle[UserS] = b["user"].handle(decl["user"].state)
+        project = b.get("project")
+        self.project: ScopeHandle[ProjectS] | None = (
+            project.handle(decl["project"].state) if project is not None else None
+        )
+        self.targets = Targets(frame)
+
+    @property
+    def org(self) -> ScopeHandle[ProjectS] | None:
+        """Alias of :attr:`project` (the seeds' name)."""
+        return self.project
+
+    @property
+    def self(self) -> StateHandle[SelfS] | None:
+        """This block's own state (None when the block declares no ``state``)."""
+        if self._frame.block.state is None:
+            return None
+        return StateHandle(self._frame.own_cell(), self._frame.block.state)
+
+    @property
+    def sequencer(self) -> StateHandle[Any] | None:
+        """The nearest enclosing sequencer's own state, or None outside a sequencer."""
+        for ancestor in self._frame.ancestors():
+            if isinstance(ancestor.block, Sequencer):
+                return StateHandle(ancestor.own_cell(), ancestor.block.state)
+        return None
+
+    def get_target(self, name: str) -> StateHandle[Any] | None:
+        """Untyped access to a named ancestor's own state (None if there is none)."""
+        return self.targets.get(name)
+
+    @property
+    def block_name(self) -> str:
+        return self._frame.block.name
+
+    @property
+    def request_id(self) -> str:
+        return self._frame.run.request_id
+
+    @property
+    def session_id(self) -> str:
+        return self._frame.run.session_id
+
+    @property
+    def user_id(self) -> str:
+        return self._frame.run.user_id
+
+    @property
+    def project_id(self) -> str | None:
+        return self._frame.run.project_id
+
+    @property
+    def flow_kind(self) -> str:
+        return self._frame.run.flow_kind
+
+    @property
+    def action(self) -> str:
+        return self._frame.run.action
+
+    def log(self, message: str) -> None:
+        log.info("[%s %s] %s", self._frame.run.flow_kind, self._frame.block.name, message)

@@ -1,0 +1,157 @@
+"""Scopes: where a run's state lives (request, session, user, project) and their handles.
+
+A :class:`ScopeBinding` ties one scope of one run to its records in the store: the state
+record, the static resources and the collections, all under one key root. Handles for
+different blocks share its cells, so every block sees every committed write at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+from pydantic import BaseModel
+from typing_extensions import TypeVar as TypeVarDefault
+
+from .resources import (
+    AnyResourceDefinition,
+    ResourceDefinition,
+    ResourceRef,
+    ResourceRegistry,
+)
+from .schema import Schema
+from .state import Commit, RetryPolicy, StateCell, StateHandle
+from .stores.base import Store
+
+__all__ = ["SCOPES", "ScopeBinding", "ScopeHandle", "scope_root"]
+
+S = TypeVarDefault("S", default=Any)
+
+SCOPES = ("request", "session", "user", "project")
+
+Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+def scope_root(scope: str, scope_id: str, *, isolated_kind: str | None = None) -> str:
+    """The key prefix of one scope instance; ids are percent-encoded so they cannot nest."""
+    if isolated_kind is None:
+        return f"{scope}/{quote(scope_id, safe='')}/"
+    return f"{scope}@{quote(isolated_kind, safe='')}/{quote(scope_id, safe='')}/"
+
+
+class ScopeBinding:
+    """One scope of one run: store, key root, combined schema, resources, event emitter."""
+
+    def __init__(
+        self,
+        store: Store,
+        scope: str,
+        scope_id: str,
+        root: str,
+        schema: Schema,
+        resources: Mapping[str, AnyResourceDefinition],
+        *,
+        retry: RetryPolicy | None = None,
+        expose: frozenset[str] = frozenset(),
+        emit: Emit | None = None,
+    ) -> None:
+        self.store = store
+        self.scope = scope
+        self.scope_id = scope_id
+        self.root = root
+        self.schema = schema
+        self.resources = dict(resources)
+        self.retry = retry or RetryPolicy()
+        self.expose = expose
+        self._emit = emit
+        self.cell = StateCell(
+            store,
+            root + "state",
+            schema,
+            label=f"{scope} state",
+            scope=scope,
+            retry=self.retry,
+            listener=self._on_state_commit,
+        )
+        self.registry = ResourceRegistry(self)
+        self._static: dict[str, ResourceRef] = {}
+
+    async def emit(self, type_: str, data: dict[str, Any]) -> None:
+        if self._emit is not None:
+            await self._emit(type_, data)
+
+    async def _on_state_commit(self, commit: Commit) -> None:
+        data: dict[str, Any] = {
+            "scope": self.scope,
+            "operation": commit.operation,
+            "fields": commit.fields,
+            "version": commit.version,
+        }
+        exposed = {f: commit.cell.values.get(f) for f in commit.fields if f in self.expose}
+        if exposed:
+            data["values"] = exposed
+        await self.emit("state_change", data)
+
+    async def emit_resource_change(self, key: str, change_type: str) -> None:
+        await self.emit(
+            "resource_change", {"scope": self.scope, "key": key, "changeType": change_type}
+        )
+
+    def collection_root(self, name: str) -> str:
+        return f"{self.root}c/{quote(name, safe='')}/"
+
+    def static_ref(self, name: str, definition: ResourceDefinition) -> ResourceRef:
+        ref = self._static.get(name)
+        if ref is None:
+
+            async def on_commit(commit: Commit) -> None:
+                change = "created" if commit.version == 1 else "updated"
+                await self.emit_resource_change(name, change)
+
+            cell = StateCell(
+                self.store,
+                f"{self.root}r/{quote(name, safe='')}",
+                definition.schema,
+                label=f'{self.scope} resource "{name}"',
+                scope=self.scope,
+                retry=self.retry,
+                writable=definition.writable,
+                initial_content=definition.content,
+                listener=on_commit,
+            )
+            ref = ResourceRef(cell, name=name, key=name, render=definition.render)
+            self._static[name] = ref
+        return ref
+
+    async def load(self) -> None:
+        """Load the state record and the static resources (collections load on demand)."""
+        await self.cell.ensure_loaded()
+        await self.registry.preload()
+
+    def handle(self, model: type[BaseModel] | None = None) -> ScopeHandle[Any]:
+        return ScopeHandle(self, model)
+
+
+class ScopeHandle(StateHandle[S]):
+    """``ctx.session`` and friends: the scope's typed state, operations and resources."""
+
+    def __init__(self, binding: ScopeBinding, model: type[BaseModel] | None = None) -> None:
+        super().__init__(binding.cell, model)
+        self._binding = binding
+
+    @property
+    def id(self) -> str:
+        """The scope instance id (session id, user id, project id or request id)."""
+        return self._binding.scope_id
+
+    @property
+    def scope(self) -> str:
+        return self._binding.scope
+
+    @property
+    def resources(self) -> ResourceRegistry:
+        return self._binding.registry
+
+    def __repr__(self) -> str:
+        return f"<ScopeHandle {self.scope}:{self.id} v{self.version}>"

@@ -1,0 +1,428 @@
+"""FlowServer: several flows on one store, run without HTTP (the HTTP app wraps this)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from .blocks import Block
+from .clientdata import resource_client_data, scope_client_data, to_json
+from .errors import DefinitionError, FlowStateError, FlowStateWarning, SessionNotFoundError
+from .flow import Flow
+from .runtime import Event, Run, execute_block
+from .scopes import ScopeBinding, scope_root
+from .sharing import check_shared_scopes
+from .stores import Store, open_store
+
+__all__ = ["FlowServer", "RunResult", "SessionInfo"]
+
+Auth = Mapping[str, str] | Callable[[Any], Any] | None
+
+_MAX_ID = 200
+
+
+def _check_id(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > _MAX_ID:
+        raise DefinitionError(f"{what} must be a non-empty string of at most {_MAX_ID} characters")
+    if any(ord(c) < 32 or c == "\x7f" for c in value):
+        raise DefinitionError(f"{what} must not contain control characters")
+    return value
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The outcome of :meth:`FlowServer.run`."""
+
+    output: Any
+    session_id: str
+    request_id: str
+    events: list[Event] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """A session's binding: its user, flow kind and project, fixed at its first run."""
+
+    session_id: str
+    user_id: str
+    flow_kind: str
+    project_id: str | None
+    created_at: float
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "sessionId": self.session_id,
+            "userId": self.user_id,
+            "flowKind": self.flow_kind,
+            "projectId": self.project_id,
+            "createdAt": self.created_at,
+        }
+
+
+def _session_key(session_id: str) -> str:
+    return f"_sessions/{quote(session_id, safe='')}"
+
+
+def _user_index(user_id: str) -> str:
+    return f"_user_sessions/{quote(user_id, safe='')}/"
+
+
+class FlowServer:
+    """Hosts flows on one store: runs actions, streams events, serves client snapshots.
+
+    Registration checks that flows sharing user/project state agree (SPEC §6) before the
+    store is opened, so a conflict stores nothing.
+    """
+
+    def __init__(
+        self,
+        flows: Flow | Sequence[Flow] | Mapping[str, Flow],
+        store: str | Store | None = None,
+        auth: Auth = None,
+        *,
+        snapshot_limit: int = 100,
+    ) -> None:
+        if isinstance(flows, Flow):
+            flow_list = [flows]
+        elif isinstance(flows, Mapping):
+            flow_list = list(flows.values())
+        else:
+            flow_list = list(flows)
+        self.flows: dict[str, Flow] = {}
+        for flow in flow_list:
+            if not isinstance(flow, Flow):
+                raise DefinitionError(
+                    f"FlowServer takes flows built by define_flow(), got {flow!r}"
+                )
+            if flow.kind in self.flows:
+                raise DefinitionError(f'two flows have the kind "{flow.kind}"')
+            self.flows[flow.kind] = flow
+        report = check_shared_scopes(flow_list)
+        for message in report.warnings:
+            warnings.warn(message, FlowStateWarning, stacklevel=2)
+        self._owns_store = not isinstance(store, Store)
+        self.store: Store = store if isinstance(store, Store) else open_store(store)
+        self.auth = auth
+        self.snapshot_limit = snapshot_limit
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def aclose(self) -> None:
+        """Release the store if this server opened it (a store passed in stays open)."""
+        if self._owns_store:
+            await self.store.aclose()
+
+    async def __aenter__(self) -> FlowServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def flow(self, kind: str) -> Flow:
+        flow = self.flows.get(kind)
+        if flow is None:
+            from .errors import ResourceNotFoundError
+
+            raise ResourceNotFoundError(f'no flow of kind "{kind}" is registered')
+        return flow
+
+    # ------------------------------------------------------------------ sessions
+
+    async def _read_session(self, session_id: str) -> SessionInfo | None:
+        record = await self.store.read(_session_key(session_id))
+        if record is None:
+            return None
+        f = record.fields
+        return SessionInfo(
+            session_id, f["userId"], f["flowKind"], f.get("projectId"), f["createdAt"]
+        )
+
+    def _not_found(self, session_id: str) -> SessionNotFoundError:
+        return SessionNotFoundError(f'session "{session_id}" not found')
+
+    async def get_session(
+        self, session_id: str, *, user_id: str, kind: str | None = None
+    ) -> SessionInfo:
+        """The session's binding; another user's (or another kind's) session is not found."""
+        info = await self._read_session(session_id)
+        if info is None or info.user_id != user_id or (kind is not None and info.flow_kind != kind):
+            raise self._not_found(session_id)
+        return info
+
+    async def create_session(
+        self,
+        kind: str,
+        *,
+        user_id: str,
+        project_id: str | None = None,
+        session_id: str | None = None,
+    ) -> SessionInfo:
+        """Create (bind) a session for ``user_id`` on flow ``kind``; an existing id must match."""
+        self.flow(kind)
+        _check_id(user_id, "user_id")
+        if project_id is not None:
+            _check_id(project_id, "project_id")
+        session_id = _check_id(session_id or uuid.uuid4().hex, "session_id")
+        info = SessionInfo(session_id, user_id, kind, project_id, time.time())
+        fields = {k: v for k, v in info.to_wire().items() if k != "sessionId"}
+        created = await self.store.create(_session_key(session_id), fields)
+        if created.status == "exists":
+            existing = await self._read_session(session_id)
+            if existing is None or (existing.user_id, existing.flow_kind) != (user_id, kind):
+                raise self._not_found(session_id)
+            if project_id is not None and existing.project_id != project_id:
+                raise self._not_found(session_id)
+            return existing
+        await self.store.create(
+            _user_index(user_id) + quote(session_id, safe=""),
+            {"flowKind": kind, "createdAt": info.created_at},
+        )
+        return info
+
+    async def list_sessions(self, *, user_id: str, kind: str | None = None) -> list[SessionInfo]:
+        """The user's sessions (optionally of one flow kind), oldest key first."""
+        out = []
+        for key in await self.store.scan(_user_index(user_id)):
+            session_id = key.rsplit("/", 1)[1]
+            from urllib.parse import unquote
+
+            info = await self._read_session(unquote(session_id))
+            if (
+                info is not None
+                and info.user_id == user_id
+                and (kind is None or info.flow_kind == kind)
+            ):
+                out.append(info)
+        return out
+
+    async def delete_session(self, session_id: str, *, user_id: str) -> bool:
+        """Delete a session of this user with all its state and resources."""
+        info = await self.get_session(session_id, user_id=user_id)
+        await self.store.delete_prefix(scope_root("session", info.session_id))
+        await self.store.delete(_user_index(user_id) + quote(session_id, safe=""))
+        await self.store.delete(_session_key(session_id))
+        return True
+
+    # ------------------------------------------------------------------ bindings
+
+    def _bindings(self, flow: Flow, run: Run) -> dict[str, ScopeBinding]:
+        async def emit(type_: str, data: dict[str, Any]) -> None:
+            await run.emit(type_, data)
+
+        def bind(scope: str, store: Store, scope_id: str, root: str) -> ScopeBinding:
+            spec = flow.scopes[scope]
+            return ScopeBinding(
+                store,
+                scope,
+                scope_id,
+                root,
+                spec.schema,
+                spec.resources,
+                retry=spec.retry,
+                expose=frozenset(spec.client.expose),
+                emit=emit,
+            )
+
+        iso_user = flow.kind if flow.isolate_user_state else None
+        iso_project = flow.kind if flow.isolate_project_state else None
+        bindings = {
+            "request": bind(
+                "request", run.local_store, run.request_id, scope_root("request", run.request_id)
+            ),
+            "session": bind(
+                "session", self.store, run.session_id, scope_root("session", run.session_id)
+            ),
+            "user": bind(
+                "user",
+                self.store,
+                run.user_id,
+                scope_root("user", run.user_id, isolated_kind=iso_user),
+            ),
+        }
+        if run.project_id is not None:
+            bindings["project"] = bind(
+                "project",
+                self.store,
+                run.project_id,
+                scope_root("project", run.project_id, isolated_kind=iso_project),
+            )
+        return bindings
+
+    # ------------------------------------------------------------------ running
+
+    async def _publish(self, run: Run, event: Event) -> None:
+        wire = event.to_wire()
+        wire["sessionId"] = run.session_id
+        wire["flowKind"] = run.flow_kind
+        await self.store.publish(f"request:{run.request_id}", wire)
+        scope = event.data.get("scope")
+        if event.type in ("state_change", "resource_change"):
+            if scope == "user":
+                await self.store.publish(f"user:{run.user_id}", wire)
+            elif scope == "project" and run.project_id is not None:
+                await self.store.publish(f"project:{run.project_id}", wire)
+            elif scope == "session":
+                await self.store.publish(f"session:{run.session_id}", wire)
+
+    async def _prepare(
+        self,
+        kind: str,
+        action: str,
+        *,
+        user_id: str,
+        session_id: str | None,
+        project_id: str | None,
+        sink: Callable[[Event], Any] | None,
+    ) -> tuple[Flow, Block, Run]:
+        flow = self.flow(kind)
+        block = flow.action(action)
+        _check_id(user_id, "user_id")
+        if session_id is None:
+            info = await self.create_session(kind, user_id=user_id, project_id=project_id)
+        else:
+            existing = await self._read_session(_check_id(session_id, "session_id"))
+            if existing is None:
+                info = await self.create_session(
+                    kind, user_id=user_id, project_id=project_id, session_id=session_id
+                )
+            else:
+                if existing.user_id != user_id or existing.flow_kind != kind:
+                    raise self._not_found(session_id)
+                if project_id is not None and existing.project_id != project_id:
+                    raise self._not_found(session_id)
+                info = existing
+
+        async def deliver(event: Event) -> None:
+            await self._publish(run, event)
+            if sink is not None:
+                await sink(event)
+
+        run = Run(
+            flow_kind=kind,
+            action=action,
+            request_id=uuid.uuid4().hex,
+            session_id=info.session_id,
+            user_id=user_id,
+            project_id=info.project_id,
+            sink=deliver,
+        )
+        run.bindings = self._bindings(flow, run)
+        return flow, block, run
+
+    async def _execute(self, block: Block, run: Run, input: Any) -> Any:
+        await run.emit(
+            "request.created",
+            {"sessionId": run.session_id, "flowKind": run.flow_kind, "action": run.action},
+        )
+        try:
+            for binding in run.bindings.values():
+                await binding.load()
+            output = await execute_block(run, block, input, None)
+            wire_output = to_json(output)
+        except Exception as exc:
+            code = exc.code if isinstance(exc, FlowStateError) else "internal_error"
+            await run.emit("request.failed", {"error": {"code": code, "message": str(exc)}})
+            raise
+        await run.emit("request.completed", {"output": wire_output})
+        return output
+
+    async def run(
+        self,
+        kind: str,
+        action: str,
+        input: Any = None,
+        *,
+        user_id: str,
+        session_id: str | None = None,
+        project_id: str | None = None,
+    ) -> RunResult:
+        """Run one action; a block's exception is re-raised after the run is recorded failed."""
+        _, block, run = await self._prepare(
+            kind, action, user_id=user_id, session_id=session_id, project_id=project_id, sink=None
+        )
+        output = await self._execute(block, run, input)
+        return RunResult(output, run.session_id, run.request_id, list(run.events))
+
+    async def stream(
+        self,
+        kind: str,
+        action: str,
+        input: Any = None,
+        *,
+        user_id: str,
+        session_id: str | None = None,
+        project_id: str | None = None,
+    ) -> AsyncIterator[Event]:
+        """Run one action, yielding its events live; a failure ends with ``request.failed``."""
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
+
+        async def sink(event: Event) -> None:
+            queue.put_nowait(event)
+
+        _, block, run = await self._prepare(
+            kind, action, user_id=user_id, session_id=session_id, project_id=project_id, sink=sink
+        )
+
+        async def work() -> None:
+            try:
+                await self._execute(block, run, input)
+            except Exception:  # already reported as request.failed
+                pass
+            finally:
+                queue.put_nowait(None)
+
+        task = asyncio.create_task(work())
+        try:
+            while True:
+                event = await queue.get()
+                if event is None:
+                    break
+                yield event
+        finally:
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    # ------------------------------------------------------------------ client view
+
+    async def snapshot(self, kind: str, session_id: str, *, user_id: str) -> dict[str, Any]:
+        """The client snapshot of a session (SPEC §7): client data only, never raw state."""
+        flow = self.flow(kind)
+        info = await self.get_session(session_id, user_id=user_id, kind=kind)
+        run = Run(
+            flow_kind=kind,
+            action="",
+            request_id="snapshot",
+            session_id=info.session_id,
+            user_id=user_id,
+            project_id=info.project_id,
+        )
+        bindings = self._bindings(flow, run)
+        client_data: dict[str, Any] = {}
+        resources: dict[str, Any] = {}
+        for scope in ("session", "user", "project"):
+            binding = bindings.get(scope)
+            if binding is None:
+                continue
+            await binding.load()
+            spec = flow.scopes[scope]
+            data = await scope_client_data(binding, spec, self.snapshot_limit)
+            if data:
+                client_data[scope] = data
+            res = await resource_client_data(binding, self.snapshot_limit)
+            if res:
+                resources[scope] = res
+        out: dict[str, Any] = {
+            "sessionId": info.session_id,
+            "flowKind": kind,
+            "clientData": client_data,
+        }
+        if resources:
+            out["resources"] = resources
+        return out

@@ -1,0 +1,335 @@
+"""State handles: the typed, atomic operations a block calls on a scope or a resource.
+
+A :class:`StateCell` is one stored record as one run sees it (cached values and version); every
+handle onto that record shares the cell, so a write through one handle is visible through all
+of them at once. :class:`StateHandle` adds the block's typed view and the operations. Every
+operation is a :class:`~flowstate.ops.Change` applied atomically by the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, cast
+
+from pydantic import BaseModel
+from typing_extensions import TypeVar as TypeVarDefault
+
+from .errors import (
+    ConcurrentModificationError,
+    ResourceNotFoundError,
+    ResourceReadOnlyError,
+    StateValidationError,
+)
+from .ops import UNCHANGED, Change, FieldOp, Mutation, _Sentinel
+from .schema import Schema
+from .stores.base import Applied, Store
+
+__all__ = ["Commit", "RetryPolicy", "StateCell", "StateHandle"]
+
+S = TypeVarDefault("S", default=Any)
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How ``update_state`` retries a lost compare-and-swap: bounded, exponential, jittered."""
+
+    max_attempts: int = 10
+    base_delay: float = 0.001
+    max_delay: float = 0.1
+
+    def delay(self, attempt: int) -> float:
+        """Full-jitter backoff before retry number ``attempt`` (1-based)."""
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+
+
+@dataclass(frozen=True)
+class Commit:
+    """A committed write, as reported to a cell's listener (events, hooks)."""
+
+    cell: StateCell
+    operation: str
+    version: int
+    mutation: Mutation
+
+    @property
+    def fields(self) -> list[str]:
+        return self.mutation.changed_fields
+
+
+Listener = Callable[[Commit], Awaitable[None] | None]
+
+
+class StateCell:
+    """One record's state as a run sees it: visible values (stored over defaults) + version."""
+
+    def __init__(
+        self,
+        store: Store,
+        key: str,
+        schema: Schema,
+        *,
+        label: str,
+        scope: str,
+        retry: RetryPolicy | None = None,
+        writable: bool = True,
+        must_exist: bool = False,
+        initial_content: str | None = None,
+        listener: Listener | None = None,
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.schema = schema
+        self.label = label
+        self.scope = scope
+        self.retry = retry or RetryPolicy()
+        self.writable = writable
+        self.must_exist = must_exist
+        self.initial_content = initial_content
+        self.listener = listener
+        self.values: dict[str, Any] = schema.defaults()
+        self.version = 0
+        self.content: str | None = initial_content
+        self.generation = 0
+        self.loaded = False
+
+    def _set(self, stored: Mapping[str, Any], version: int, content: str | None) -> None:
+        self.values = self.schema.with_defaults(stored)
+        self.version = version
+        self.content = content
+        self.generation += 1
+        self.loaded = True
+
+    async def load(self) -> None:
+        """Read the record (a never-written record reads as the schema defaults)."""
+        record = await self.store.read(self.key)
+        if record is None:
+            if self.must_exist:
+                raise ResourceNotFoundError(f"{self.label} no longer exists")
+            self._set({}, 0, self.initial_content)
+        else:
+            content = record.content if record.version else self.initial_content
+            self._set(record.fields, record.version, content)
+
+    async def ensure_loaded(self) -> None:
+        if not self.loaded:
+            await self.load()
+
+    def _fail_read_only(self) -> None:
+        if not self.writable:
+            raise ResourceReadOnlyError(f"{self.label} is read-only (declared writable=False)")
+
+    async def apply(self, change: Change) -> bool:
+        """Apply a change through the store; update the cache; tell the listener."""
+        self._fail_read_only()
+        try:
+            result = await self.store.apply(self.key, change)
+        except StateValidationError as exc:
+            raise exc.with_scope(self.label) from None
+        return await self._settle(result, change)
+
+    async def _settle(self, result: Applied, change: Change) -> bool:
+        if result.status == "missing":
+            raise ResourceNotFoundError(f"{self.label} no longer exists")
+        if result.status == "noop":
+            if result.version != self.version:
+                await self.load()
+            return False
+        if result.status == "conflict":
+            return False
+        mutation = result.mutation
+        assert mutation is not None
+        if result.version == self.version + 1 and self.loaded:
+            values = dict(self.values)
+            values.update(mutation.set)
+            for name in mutation.delete:
+                values.pop(name, None)
+            self.values = self.schema.with_defaults(values) if mutation.delete else values
+            if mutation.content is not UNCHANGED:
+                self.content = cast(str | None, mutation.content)
+            self.version = result.version
+            self.generation += 1
+        else:  # someone else wrote in between: take the whole record again
+            await self.load()
+        if self.listener is not None:
+            outcome = self.listener(Commit(self, change.operation, result.version, mutation))
+            if inspect.isawaitable(outcome):
+                await outcome
+        return True
+
+    async def update(self, fn: Callable[[dict[str, Any]], Any], operation: str) -> bool:
+        """Optimistic read-modify-write: ``fn(values)`` → a Change, retried on conflict."""
+        self._fail_read_only()
+        policy = self.retry
+        for attempt in range(1, policy.max_attempts + 1):
+            if attempt > 1:
+                await asyncio.sleep(policy.delay(attempt - 1))
+                await self.load()
+            else:
+                await self.ensure_loaded()
+            expected = self.version
+            change = fn(dict(self.values))
+            if inspect.isawaitable(change):
+                change = await change
+            assert isinstance(change, Change)
+            change = Change(
+                change.schema,
+                ops=change.ops,
+                replace=change.replace,
+                content=change.content,
+                expected_version=expected,
+                must_exist=self.must_exist,
+                operation=operation,
+            )
+            try:
+                result = await self.store.apply(self.key, change)
+            except StateValidationError as exc:
+                raise exc.with_scope(self.label) from None
+            if result.status != "conflict":
+                return await self._settle(result, change)
+        raise ConcurrentModificationError(
+            f"{self.label}: update_state gave up after {policy.max_attempts} attempts because "
+            "the record kept changing underneath it (compare-and-swap conflicts); retry later "
+            "or raise the scope's retry.max_attempts",
+            attempts=policy.max_attempts,
+        )
+
+
+def _fields(
+    mapping: Mapping[str, Any] | None, fields: Mapping[str, Any], op: str
+) -> dict[str, Any]:
+    if mapping is not None and not isinstance(mapping, Mapping):
+        if isinstance(mapping, BaseModel):
+            return {**mapping.model_dump(exclude_unset=True), **fields}
+        raise TypeError(f"{op} takes a mapping or keyword arguments, got {type(mapping).__name__}")
+    return {**(mapping or {}), **fields}
+
+
+class StateHandle(Generic[S]):
+    """Typed state with atomic operations; ``S`` is the block's (partial) state model."""
+
+    def __init__(self, cell: StateCell, model: type[BaseModel] | None = None) -> None:
+        self._cell = cell
+        self._model = model
+        self._view: tuple[int, Any] | None = None
+
+    @property
+    def state(self) -> S:
+        """A read-only snapshot of the state, as this block's model (or a dict)."""
+        cell = self._cell
+        if self._view is None or self._view[0] != cell.generation:
+            self._view = (cell.generation, cell.schema.view(self._model, cell.values))
+        return cast(S, self._view[1])
+
+    @property
+    def version(self) -> int:
+        """The record version: 0 while never written, +1 per committed write."""
+        return self._cell.version
+
+    async def refresh(self) -> None:
+        """Re-read the record, picking up other writers' commits."""
+        await self._cell.load()
+
+    def _change(self, operation: str, ops: list[FieldOp], **kw: Any) -> Change:
+        return Change(
+            self._cell.schema,
+            ops=tuple(ops),
+            must_exist=self._cell.must_exist,
+            operation=operation,
+            **kw,
+        )
+
+    async def patch_state(self, mapping: Mapping[str, Any] | None = None, /, **fields: Any) -> bool:
+        """Merge top-level fields into the state."""
+        values = _fields(mapping, fields, "patch_state")
+        ops = [FieldOp("set", k, v) for k, v in values.items()]
+        return await self._cell.apply(self._change("patch", ops))
+
+    async def set_state(self, value: Mapping[str, Any] | BaseModel) -> bool:
+        """Replace the whole state; omitted fields take their defaults."""
+        if isinstance(value, BaseModel):
+            value = value.model_dump(mode="json")
+        if not isinstance(value, Mapping):
+            raise TypeError(f"set_state takes a mapping or a model, got {type(value).__name__}")
+        change = Change(
+            self._cell.schema,
+            replace=dict(value),
+            must_exist=self._cell.must_exist,
+            operation="set",
+        )
+        return await self._cell.apply(change)
+
+    async def inc_state(self, mapping: Mapping[str, Any] | None = None, /, **fields: Any) -> bool:
+        """Add numbers to fields (a missing field counts as its default, or 0)."""
+        values = _fields(mapping, fields, "inc_state")
+        ops = [FieldOp("inc", k, v) for k, v in values.items()]
+        return await self._cell.apply(self._change("inc", ops))
+
+    async def push_state(self, field: str | Mapping[str, Any], value: Any = None) -> bool:
+        """Append one value to a list field: ``push_state("log", x)`` or ``push_state({"log": x})``."""
+        items = dict(field) if isinstance(field, Mapping) else {field: value}
+        ops = [FieldOp("append", k, v) for k, v in items.items()]
+        return await self._cell.apply(self._change("push", ops))
+
+    async def set_state_record(self, field: str, key: str, value: Any) -> bool:
+        """Set one key of a dict field (a missing field becomes ``{key: value}``)."""
+        op = FieldOp("record_set", field, value, key)
+        return await self._cell.apply(self._change("set_record", [op]))
+
+    async def delete_state_record(self, field: str, key: str) -> bool:
+        """Remove one key of a dict field; an absent key is a no-op."""
+        op = FieldOp("record_delete", field, None, key)
+        return await self._cell.apply(self._change("delete_record", [op]))
+
+    async def update_state(self, fn: Callable[[S], Any]) -> bool:
+        """Functional update with compare-and-swap: ``fn(current)`` may run more than once.
+
+        ``fn`` (sync or async, pure) returns a mapping to shallow-merge, or a model: the
+        scope's combined model replaces the whole state, a partial model replaces its fields.
+        """
+        cell = self._cell
+
+        async def build(values: dict[str, Any]) -> Change:
+            current = cell.schema.view(self._model, values)
+            result = fn(current)
+            if inspect.isawaitable(result):
+                result = await result
+            return self._result_change(result)
+
+        return await cell.update(build, "update")
+
+    atomic_state = update_state
+
+    def _result_change(self, result: Any) -> Change:
+        schema = self._cell.schema
+        if isinstance(result, BaseModel):
+            if schema.model is None or type(result) is schema.model:
+                return Change(schema, replace=result.model_dump(mode="json"), operation="update")
+            result = result.model_dump(mode="json")
+        if result is None:
+            result = {}
+        if not isinstance(result, Mapping):
+            raise TypeError(
+                f"update_state's function must return a mapping or a model, got "
+                f"{type(result).__name__}"
+            )
+        ops = tuple(FieldOp("set", k, v) for k, v in result.items())
+        return Change(schema, ops=ops, operation="update")
+
+
+def content_change(cell: StateCell, text: str | None, fields: Mapping[str, Any]) -> Change:
+    """A change writing content (and optionally fields) in one commit."""
+    if text is not None and not isinstance(text, str):
+        raise TypeError(f"content must be a string, got {type(text).__name__}")
+    content: str | _Sentinel | None = text
+    return Change(
+        cell.schema,
+        ops=tuple(FieldOp("set", k, v) for k, v in fields.items()),
+        content=content,
+        must_exist=cell.must_exist,
+        operation="write_content",
+    )
