@@ -270,7 +270,7 @@ class StateHandle(Generic[S]):
         return await self._cell.apply(self._change("inc", ops))
 
     async def push_state(self, field: str | Mapping[str, Any], value: Any = None) -> bool:
-        """Append one value to a list field: ``push_state("log", x)`` or ``push_state({"log": x})``."""
+        """Append one value to a list field: ``push_state("log", x)`` or ``({"log": x})``."""
         items = dict(field) if isinstance(field, Mapping) else {field: value}
         ops = [FieldOp("append", k, v) for k, v in items.items()]
         return await self._cell.apply(self._change("push", ops))
