@@ -6,15 +6,23 @@ import asyncio
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 from .blocks import Block
 from .clientdata import resource_client_data, scope_client_data, to_json
-from .errors import DefinitionError, FlowStateError, FlowStateWarning, SessionNotFoundError
-from .flow import Flow
+from .errors import (
+    DefinitionError,
+    FlowStateError,
+    FlowStateWarning,
+    KeyPatternError,
+    ResourceNotFoundError,
+    SessionNotFoundError,
+)
+from .flow import Flow, normalize_scope
+from .resources import AnyResourceDefinition, CollectionRef, ResourceCollectionDefinition
 from .runtime import Event, Run, execute_block
 from .scopes import ScopeBinding, scope_root
 from .sharing import check_shared_scopes
@@ -341,10 +349,19 @@ class FlowServer:
         user_id: str,
         session_id: str | None = None,
         project_id: str | None = None,
+        on_event: Callable[[Event], Awaitable[None]] | None = None,
     ) -> RunResult:
-        """Run one action; a block's exception is re-raised after the run is recorded failed."""
+        """Run one action; a block's exception is re-raised after the run is recorded failed.
+
+        ``on_event`` receives each event as it is emitted (the HTTP layer streams from it).
+        """
         _, block, run = await self._prepare(
-            kind, action, user_id=user_id, session_id=session_id, project_id=project_id, sink=None
+            kind,
+            action,
+            user_id=user_id,
+            session_id=session_id,
+            project_id=project_id,
+            sink=on_event,
         )
         output = await self._execute(block, run, input)
         return RunResult(output, run.session_id, run.request_id, list(run.events))
@@ -395,15 +412,7 @@ class FlowServer:
         """The client snapshot of a session (SPEC §7): client data only, never raw state."""
         flow = self.flow(kind)
         info = await self.get_session(session_id, user_id=user_id, kind=kind)
-        run = Run(
-            flow_kind=kind,
-            action="",
-            request_id="snapshot",
-            session_id=info.session_id,
-            user_id=user_id,
-            project_id=info.project_id,
-        )
-        bindings = self._bindings(flow, run)
+        bindings = self._view_bindings(info)
         client_data: dict[str, Any] = {}
         resources: dict[str, Any] = {}
         for scope in ("session", "user", "project"):
@@ -426,3 +435,115 @@ class FlowServer:
         if resources:
             out["resources"] = resources
         return out
+
+    def _view_bindings(self, info: SessionInfo) -> dict[str, ScopeBinding]:
+        """Bindings that read a session's scopes outside any run (they emit no events)."""
+        run = Run(
+            flow_kind=info.flow_kind,
+            action="",
+            request_id="snapshot",
+            session_id=info.session_id,
+            user_id=info.user_id,
+            project_id=info.project_id,
+        )
+        return self._bindings(self.flow(info.flow_kind), run)
+
+    async def _client_resource(
+        self, session_id: str, name: str, *, user_id: str, scope: str | None
+    ) -> tuple[str, ScopeBinding, AnyResourceDefinition]:
+        info = await self.get_session(session_id, user_id=user_id)
+        bindings = self._view_bindings(info)
+        scopes = [normalize_scope(scope)] if scope else ["session", "user", "project"]
+        for scope_name in scopes:
+            binding = bindings.get(scope_name)
+            definition = None if binding is None else binding.resources.get(name)
+            if binding is not None and definition is not None and definition.client is not None:
+                return scope_name, binding, definition
+        # A resource without a client projection is invisible: same answer as an unknown name.
+        raise ResourceNotFoundError(
+            f'resource "{name}" not found: no resource of that name is visible to clients in '
+            f'session "{session_id}"'
+        )
+
+    async def resource_content(
+        self,
+        session_id: str,
+        name: str,
+        *,
+        user_id: str,
+        key: str | None = None,
+        scope: str | None = None,
+    ) -> dict[str, Any]:
+        """A resource's text for clients: ``{"name", "key"?, "content"}`` (SPEC §12).
+
+        Only resources declared with ``ResourceClient(content=True)`` serve content; a
+        collection needs the instance ``key``. ``scope`` picks the scope when a name is
+        declared on several (default: the first of session, user, project that has it).
+        """
+        _, binding, definition = await self._client_resource(
+            session_id, name, user_id=user_id, scope=scope
+        )
+        assert definition.client is not None
+        if not definition.client.content:
+            raise ResourceNotFoundError(
+                f'resource "{name}" does not serve content to clients (declare it with '
+                "client=ResourceClient(content=True))"
+            )
+        ref = binding.registry.get(name)
+        if isinstance(ref, CollectionRef):
+            if key is None:
+                raise KeyPatternError(
+                    f'collection "{name}" needs the instance key to read its content'
+                )
+            item = await ref.get(key)
+            return {"name": name, "key": item.key, "content": await item.read_content()}
+        return {"name": name, "content": await ref.read_content()}
+
+    async def resource_items(
+        self,
+        session_id: str,
+        name: str,
+        *,
+        user_id: str,
+        prefix: str = "",
+        after: str | None = None,
+        limit: int = 100,
+        scope: str | None = None,
+    ) -> dict[str, Any]:
+        """Client projections of a resource: a collection's instances one page at a time.
+
+        A collection answers ``{"name", "scope", "count", "items": [{"key", "clientData"}],
+        "next"}`` where ``next`` (the last key, or None on the last page) is the ``after`` of
+        the next page; a static resource answers ``{"name", "scope", "clientData"}``.
+        """
+        scope_name, binding, definition = await self._client_resource(
+            session_id, name, user_id=user_id, scope=scope
+        )
+        client = definition.client
+        assert client is not None
+        ref = binding.registry.get(name)
+        if not isinstance(definition, ResourceCollectionDefinition):
+            await binding.load()
+            return {
+                "name": name,
+                "scope": scope_name,
+                "clientData": to_json(client.project(ref.state, ref._cell.values)),
+            }
+        keys = await ref.list(prefix, after=after, limit=limit + 1)
+        items = []
+        for key in keys[:limit]:
+            item = await ref.get_optional(key)
+            if item is not None:
+                items.append(
+                    {
+                        "key": key,
+                        "clientData": to_json(client.project(item.state, item._cell.values)),
+                    }
+                )
+        return {
+            "name": name,
+            "scope": scope_name,
+            "count": await ref.count(),
+            "items": items,
+            "next": keys[limit - 1] if len(keys) > limit else None,
+        }
