@@ -264,13 +264,16 @@ class CollectionRef:
     def _view(self, values: Mapping[str, Any]) -> Any:
         return self.definition.schema.view(None, values)
 
+    def _label(self, storage_key: str) -> str:
+        return f'{self._binding.scope} resource "{storage_key}" of collection "{self.name}"'
+
     def _ref(self, storage_key: str) -> ResourceRef:
         definition = self.definition
         cell = StateCell(
             self._binding.store,
             self._root + storage_key,
             definition.schema,
-            label=f'{self._binding.scope} resource "{storage_key}" of collection "{self.name}"',
+            label=self._label(storage_key),
             scope=self._binding.scope,
             retry=self._binding.retry,
             writable=definition.writable,
@@ -310,7 +313,7 @@ class CollectionRef:
         try:
             values = self.definition.schema.validate_state(dict(initial or {}))
         except StateValidationError as exc:
-            raise exc.with_scope(f'{self._binding.scope} resource "{storage_key}"') from None
+            raise exc.with_scope(self._label(storage_key)) from None
         d = self.definition
         cap = Cap(self._root, d.max_instances, d.eviction) if d.max_instances else None
         created = await self._binding.store.create(

@@ -191,6 +191,7 @@ def merge_declarations(
     decls: Iterable[Declaration], *, flow: str, scope: str, model_name: str
 ) -> Schema:
     """Merge partial models into one combined :class:`Schema`, or raise SchemaConflictError."""
+    decls = list(decls)
     fields: dict[str, tuple[Any, FieldInfo]] = {}
     owners: dict[str, tuple[Any, str]] = {}
     validators = False
@@ -221,15 +222,21 @@ def merge_declarations(
             fields[name] = _merged_field(fields[name][1], info)
     if not seen:
         return Schema(None)
+    partials = [d.model for d in decls]
     combined = create_model(
         model_name,
         __config__=ConfigDict(extra="forbid"),
         **{k: (ann, info) for k, (ann, info) in fields.items()},  # type: ignore[call-overload]
     )
-    return Schema(combined, full_validation=validators, partials=[d.model for d in decls])
+    return Schema(combined, full_validation=validators, partials=partials)
 
 
 # ----------------------------------------------------------------------------------- Schema
+
+
+def _has_validators(model: type[BaseModel]) -> bool:
+    d = model.__pydantic_decorators__
+    return bool(d.model_validators or d.field_validators or d.validators or d.root_validators)
 
 
 def _errors_of(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
@@ -260,10 +267,13 @@ class Schema:
         partials: Iterable[type[BaseModel]] = (),
     ) -> None:
         self.model = model
-        if full_validation is None:
-            full_validation = bool(model and model.__pydantic_decorators__.model_validators)
-        self.full_validation = full_validation
         self.partials = list(partials)
+        # Validators live on the declaring classes, not on the merged field set: a write must
+        # pass through every partial model that has any, so it needs the whole state.
+        self.checked_partials = [p for p in self.partials if _has_validators(p)]
+        if full_validation is None:
+            full_validation = bool(model and _has_validators(model))
+        self.full_validation = full_validation or bool(self.checked_partials)
 
     @classmethod
     def of(cls, model: type[BaseModel] | None) -> Schema:
@@ -352,11 +362,14 @@ class Schema:
             return {k: _jsonable(k, v) for k, v in values.items()}
         self.check_known(values)
         try:
-            model = self.model.model_validate(dict(values))
+            out = self.model.model_validate(dict(values)).model_dump(mode="json")
+            for partial in self.checked_partials:
+                mine = {k: out[k] for k in partial.model_fields if k in out}
+                out.update(partial.model_validate(mine).model_dump(mode="json"))
         except ValidationError as exc:
             errors = _errors_of(exc)
             raise StateValidationError(describe_errors(errors), errors=errors) from None
-        return model.model_dump(mode="json")
+        return out
 
     def view(self, model: type[BaseModel] | None, values: Mapping[str, JSON]) -> Any:
         """Build what a block sees: an instance of its partial model (or a dict)."""
