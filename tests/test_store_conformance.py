@@ -1,0 +1,565 @@
+"""The store contract (``flowstate.stores.base``), clause by clause, for every backend.
+
+Every test takes the ``store`` fixture, which is parametrized over ``STORE_PARAMS`` in
+``conftest.py``: a new backend passes by being added there, not by copying this file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+from pydantic import BaseModel
+
+from flowstate.errors import StateValidationError
+from flowstate.ops import UNCHANGED, Change, FieldOp
+from flowstate.schema import Schema
+from flowstate.stores import Cap, SQLiteStore, Store, open_store
+
+FREE = Schema(None)
+
+
+class Typed(BaseModel):
+    name: str = ""
+    n: int = 0
+
+
+TYPED = Schema(Typed)
+
+
+def ops(*items: FieldOp, schema: Schema = FREE, **kw: Any) -> Change:
+    return Change(schema, ops=items, **kw)
+
+
+def inc(field: str = "n", amount: Any = 1, **kw: Any) -> Change:
+    return ops(FieldOp("inc", field, amount), **kw)
+
+
+def put(field: str, value: Any, **kw: Any) -> Change:
+    return ops(FieldOp("set", field, value), **kw)
+
+
+async def fields_of(store: Store, key: str) -> dict[str, Any] | None:
+    record = await store.read(key)
+    return None if record is None else dict(record.fields)
+
+
+# ---------------------------------------------------------------------------------- read
+
+
+async def test_read_of_a_missing_record_is_none(store: Store) -> None:
+    assert await store.read("nope") is None
+    assert await store.read("nope", frozenset({"a"})) is None
+
+
+async def test_read_returns_only_the_fields_asked_for(store: Store) -> None:
+    await store.apply(
+        "k", ops(FieldOp("set", "a", 1), FieldOp("set", "b", [2]), FieldOp("set", "c", {"x": 3}))
+    )
+    record = await store.read("k", frozenset({"a", "c", "missing"}))
+    assert record is not None
+    assert dict(record.fields) == {"a": 1, "c": {"x": 3}}
+    assert record.version == 1
+    empty = await store.read("k", frozenset())
+    assert empty is not None and dict(empty.fields) == {} and empty.version == 1
+    assert await fields_of(store, "k") == {"a": 1, "b": [2], "c": {"x": 3}}
+
+
+async def test_reading_does_not_change_accessed_at(store: Store) -> None:
+    await store.apply("k", put("a", 1))
+    first = await store.read("k")
+    await store.read("k")
+    again = await store.read("k", frozenset({"a"}))
+    assert first is not None and again is not None
+    assert again.accessed_at == first.accessed_at
+
+
+async def test_json_values_round_trip_exactly(store: Store) -> None:
+    values = {
+        "ordered": {"z": 1, "a": 2, "m": {"y": None, "b": True}},
+        "float": 1.0,
+        "big_float": 1e16,
+        "tiny": 1e-7,
+        "big_int": 2**70,
+        "text": 'héllo wörld 😀 \u0000 "quoted" \\ back',
+        "empty": [[], {}, ""],
+        "false": False,
+        "null": None,
+    }
+    await store.apply("k", ops(*(FieldOp("set", k, v) for k, v in values.items())))
+    got = await fields_of(store, "k")
+    assert got == values
+    assert got is not None
+    assert list(got["ordered"]) == ["z", "a", "m"]
+    assert list(got["ordered"]["m"]) == ["y", "b"]
+    for name in ("float", "big_float", "tiny"):
+        assert type(got[name]) is float
+    assert type(got["big_int"]) is int and type(got["false"]) is bool
+
+
+# --------------------------------------------------------------------------------- apply
+
+
+async def test_apply_creates_at_version_one_then_bumps_by_one(store: Store) -> None:
+    first = await store.apply("k", inc())
+    assert first.status == "committed" and first.version == 1
+    assert first.mutation is not None and dict(first.mutation.set) == {"n": 1}
+    record = await store.read("k")
+    assert record is not None and record.version == 1 and dict(record.fields) == {"n": 1}
+    assert record.created_at > 0 and record.accessed_at >= record.created_at
+    for expected in (2, 3):
+        result = await store.apply("k", inc(amount=10))
+        assert (result.status, result.version) == ("committed", expected)
+    later = await store.read("k")
+    assert later is not None and later.version == 3 and dict(later.fields) == {"n": 21}
+    assert later.created_at == record.created_at
+    assert later.accessed_at > record.accessed_at
+
+
+async def test_apply_writes_only_the_changed_fields(store: Store) -> None:
+    await store.apply("k", ops(FieldOp("set", "a", 1), FieldOp("set", "b", 2)))
+    result = await store.apply("k", ops(FieldOp("inc", "a", 1), FieldOp("append", "l", "x")))
+    assert result.mutation is not None
+    assert dict(result.mutation.set) == {"a": 2, "l": ["x"]}
+    assert await fields_of(store, "k") == {"a": 2, "b": 2, "l": ["x"]}
+
+
+async def test_replace_deletes_fields_that_are_left_out(store: Store) -> None:
+    await store.apply("k", ops(FieldOp("set", "a", 1), FieldOp("set", "b", 2)))
+    result = await store.apply("k", Change(FREE, replace={"b": 3, "c": 4}))
+    assert result.status == "committed" and result.version == 2
+    assert result.mutation is not None and result.mutation.delete == frozenset({"a"})
+    assert await fields_of(store, "k") == {"b": 3, "c": 4}
+
+
+async def test_record_ops_on_a_dict_field(store: Store) -> None:
+    await store.apply("k", ops(FieldOp("record_set", "d", 1, key="x")))
+    await store.apply("k", ops(FieldOp("record_set", "d", 2, key="y")))
+    await store.apply("k", ops(FieldOp("record_delete", "d", key="x")))
+    assert await fields_of(store, "k") == {"d": {"y": 2}}
+    noop = await store.apply("k", ops(FieldOp("record_delete", "d", key="absent")))
+    assert (noop.status, noop.version) == ("noop", 3)
+
+
+async def test_noop_keeps_the_version_and_touch_marks_access(store: Store) -> None:
+    await store.apply("k", put("a", 1))
+    before = await store.read("k")
+    result = await store.apply("k", put("a", 1))
+    assert (result.status, result.version, result.mutation) == ("noop", 1, None)
+    after = await store.read("k")
+    assert before is not None and after is not None
+    assert after.version == 1 and after.accessed_at == before.accessed_at
+    touched = await store.apply("k", put("a", 1), touch=True)
+    assert touched.status == "noop"
+    last = await store.read("k")
+    assert last is not None and last.version == 1 and last.accessed_at > before.accessed_at
+
+
+async def test_noop_on_a_missing_record_creates_nothing(store: Store) -> None:
+    result = await store.apply("k", Change(FREE, replace={}), touch=True)
+    assert (result.status, result.version) == ("noop", 0)
+    assert await store.read("k") is None
+
+
+async def test_must_exist_on_a_missing_record(store: Store) -> None:
+    result = await store.apply("k", inc(must_exist=True))
+    assert (result.status, result.version) == ("missing", 0)
+    assert await store.read("k") is None
+    await store.apply("k", inc())
+    again = await store.apply("k", inc(must_exist=True))
+    assert (again.status, again.version) == ("committed", 2)
+
+
+async def test_expected_version_mismatch_is_a_conflict_and_writes_nothing(store: Store) -> None:
+    absent = await store.apply("k", inc(expected_version=3))
+    assert (absent.status, absent.version) == ("conflict", 0)
+    assert await store.read("k") is None
+    created = await store.apply("k", inc(expected_version=0))
+    assert (created.status, created.version) == ("committed", 1)
+    stale = await store.apply("k", inc(amount=5, expected_version=0))
+    assert (stale.status, stale.version, stale.mutation) == ("conflict", 1, None)
+    record = await store.read("k")
+    assert record is not None and record.version == 1 and dict(record.fields) == {"n": 1}
+    ok = await store.apply("k", inc(amount=5, expected_version=1))
+    assert (ok.status, ok.version) == ("committed", 2)
+    assert await fields_of(store, "k") == {"n": 6}
+
+
+async def test_must_exist_is_checked_before_expected_version(store: Store) -> None:
+    result = await store.apply("k", inc(must_exist=True, expected_version=7))
+    assert result.status == "missing"
+
+
+@pytest.mark.parametrize("schema", [FREE, TYPED], ids=["free", "typed"])
+async def test_an_error_in_resolve_propagates_and_nothing_is_written(
+    store: Store, schema: Schema
+) -> None:
+    await store.apply("k", ops(FieldOp("set", "name", "x"), FieldOp("set", "n", 1), schema=schema))
+    before = await store.read("k")
+    with pytest.raises(StateValidationError):
+        await store.apply(
+            "k", ops(FieldOp("inc", "n", 1), FieldOp("inc", "name", 1), schema=schema)
+        )
+    with pytest.raises(StateValidationError):
+        await store.apply("k", ops(FieldOp("append", "name", 1), schema=schema))
+    after = await store.read("k")
+    assert before is not None and after is not None
+    assert after.version == before.version == 1
+    assert dict(after.fields) == {"name": "x", "n": 1}
+    assert after.accessed_at == before.accessed_at
+    # the store still works, and the failed change left no trace in any cache
+    ok = await store.apply("k", inc(schema=schema))
+    assert (ok.status, ok.version) == ("committed", 2)
+    assert await fields_of(store, "k") == {"name": "x", "n": 2}
+
+
+async def test_an_error_in_resolve_on_a_missing_record_creates_nothing(store: Store) -> None:
+    with pytest.raises(StateValidationError):
+        await store.apply("k", ops(FieldOp("set", "n", "not an int"), schema=TYPED))
+    with pytest.raises(StateValidationError):
+        await store.apply("k", ops(FieldOp("set", "unknown", 1), schema=TYPED))
+    assert await store.read("k") is None
+
+
+async def test_content_is_written_and_left_unchanged(store: Store) -> None:
+    result = await store.apply("k", Change(FREE, content="hello"))
+    assert (result.status, result.version) == ("committed", 1)
+    assert result.mutation is not None and result.mutation.content == "hello"
+    record = await store.read("k")
+    assert record is not None and record.content == "hello" and dict(record.fields) == {}
+    same = await store.apply("k", Change(FREE, content="hello"))
+    assert (same.status, same.version) == ("noop", 1)
+    fields_only = await store.apply("k", inc())
+    assert fields_only.mutation is not None and fields_only.mutation.content is UNCHANGED
+    record = await store.read("k")
+    assert record is not None and record.content == "hello" and record.version == 2
+    both = await store.apply("k", Change(FREE, ops=(FieldOp("inc", "n", 1),), content="bye 😀"))
+    assert (both.status, both.version) == ("committed", 3)
+    cleared = await store.apply("k", Change(FREE, content=None))
+    assert cleared.status == "committed"
+    record = await store.read("k")
+    assert record is not None and record.content is None and dict(record.fields) == {"n": 2}
+
+
+async def test_a_big_field_and_big_content(store: Store) -> None:
+    text = "x" * 200_000
+    await store.apply(
+        "k", Change(FREE, ops=(FieldOp("set", "big", list(range(20_000))),), content=text)
+    )
+    record = await store.read("k")
+    assert record is not None and record.content == text
+    assert record.fields["big"] == list(range(20_000))
+
+
+# ------------------------------------------------------------------------------- delete
+
+
+async def test_delete_returns_the_old_record_and_is_idempotent(store: Store) -> None:
+    await store.apply(
+        "k", Change(FREE, ops=(FieldOp("set", "a", 1), FieldOp("set", "b", [1])), content="c")
+    )
+    await store.apply("k", inc("a"))
+    old = await store.delete("k")
+    assert old is not None
+    assert (old.key, old.version, dict(old.fields), old.content) == (
+        "k",
+        2,
+        {"a": 2, "b": [1]},
+        "c",
+    )
+    assert old.created_at > 0
+    assert await store.read("k") is None
+    assert await store.delete("k") is None
+    assert await store.delete("never") is None
+
+
+async def test_a_deleted_record_comes_back_fresh(store: Store) -> None:
+    await store.apply("k", ops(FieldOp("set", "n", 5), FieldOp("set", "old", True)))
+    await store.apply("k", inc())
+    await store.delete("k")
+    result = await store.apply("k", inc())
+    assert (result.status, result.version) == ("committed", 1)
+    assert await fields_of(store, "k") == {"n": 1}
+    await store.apply("k", inc())
+    assert await fields_of(store, "k") == {"n": 2}
+
+
+async def test_delete_prefix(store: Store) -> None:
+    for key in ("a/1", "a/2", "a/b/3", "ab/4", "b", "a"):
+        await store.apply(key, put("v", key))
+    assert await store.delete_prefix("a/") == 3
+    assert await store.scan("") == ["a", "ab/4", "b"]
+    assert await store.delete_prefix("a/") == 0
+    assert await store.delete_prefix("zzz") == 0
+    again = await store.apply("a/1", put("w", 1))
+    assert (again.status, again.version) == ("committed", 1)
+    assert await fields_of(store, "a/1") == {"w": 1}
+
+
+# ---------------------------------------------------------------------------- scan/count
+
+SCAN_KEYS = [
+    "a/b", "a/b/c", "a/b/d", "a/bc", "a/bé", "a/b\ufffd", "a/b😀", "a/c", "a", "b", "ä/x",
+]  # fmt: skip
+
+
+async def _fill(store: Store, keys: list[str]) -> None:
+    for key in keys:
+        await store.apply(key, put("k", key))
+
+
+async def test_scan_is_sorted_by_code_point_and_matches_only_the_prefix(store: Store) -> None:
+    await _fill(store, SCAN_KEYS)
+    assert await store.scan("") == sorted(SCAN_KEYS)
+    assert await store.scan("a/b") == sorted(k for k in SCAN_KEYS if k.startswith("a/b"))
+    assert await store.scan("a/b/") == ["a/b/c", "a/b/d"]
+    assert await store.scan("a/bc") == ["a/bc"]
+    assert await store.scan("a/b😀") == ["a/b😀"]
+    assert await store.scan("ä") == ["ä/x"]
+    assert await store.scan("a/x") == []
+    assert await store.scan("c") == []
+
+
+async def test_scan_after_and_limit(store: Store) -> None:
+    await _fill(store, SCAN_KEYS)
+    under = sorted(k for k in SCAN_KEYS if k.startswith("a/"))
+    assert await store.scan("a/", after="a/b/c") == under[under.index("a/b/c") + 1 :]
+    assert await store.scan("a/", after="a/b/ca") == under[under.index("a/b/d") :]
+    assert await store.scan("a/", after="") == under
+    assert await store.scan("a/", after="a/zzz") == []
+    assert await store.scan("a/", limit=2) == under[:2]
+    assert await store.scan("a/", after="a/b", limit=3) == under[1:4]
+    assert await store.scan("a/", limit=0) == []
+    pages: list[str] = []
+    after: str | None = None
+    while page := await store.scan("a/", after=after, limit=3):
+        pages.extend(page)
+        after = page[-1]
+    assert pages == under
+
+
+async def test_count(store: Store) -> None:
+    assert await store.count("") == 0
+    await _fill(store, SCAN_KEYS)
+    assert await store.count("") == len(SCAN_KEYS)
+    assert await store.count("a/b") == 7
+    assert await store.count("a/b/") == 2
+    assert await store.count("a/b😀") == 1
+    assert await store.count("nope") == 0
+
+
+# --------------------------------------------------------------------------------- create
+
+
+async def test_create_then_exists_then_replace(store: Store) -> None:
+    created = await store.create("k", {"a": 1, "b": [2]}, "text")
+    assert (created.status, created.version, created.evicted, created.previous) == (
+        "created", 1, (), None,
+    )  # fmt: skip
+    record = await store.read("k")
+    assert record is not None and dict(record.fields) == {"a": 1, "b": [2]}
+    assert record.content == "text" and record.version == 1
+    exists = await store.create("k", {"z": 0})
+    assert (exists.status, exists.version) == ("exists", 1)
+    assert await fields_of(store, "k") == {"a": 1, "b": [2]}
+    replaced = await store.create("k", {"b": 3, "c": 4}, None, replace=True)
+    assert (replaced.status, replaced.version) == ("replaced", 2)
+    assert replaced.previous is not None
+    assert dict(replaced.previous.fields) == {"a": 1, "b": [2]}
+    assert replaced.previous.content == "text" and replaced.previous.version == 1
+    record = await store.read("k")
+    assert record is not None and dict(record.fields) == {"b": 3, "c": 4}
+    assert record.content is None and record.version == 2
+    assert (await store.apply("k", inc("c"))).version == 3
+    assert await fields_of(store, "k") == {"b": 3, "c": 5}
+
+
+async def test_create_with_replace_of_a_missing_key_creates(store: Store) -> None:
+    created = await store.create("k", {}, replace=True)
+    assert (created.status, created.version) == ("created", 1)
+    record = await store.read("k")
+    assert record is not None and record.version == 1 and dict(record.fields) == {}
+
+
+async def test_cap_none_reports_full_and_writes_nothing(store: Store) -> None:
+    cap = Cap("c/", 2, "none")
+    for key in ("c/a", "c/b"):
+        assert (await store.create(key, {"k": key}, cap=cap)).status == "created"
+    await store.create("d/x", {}, cap=cap)  # outside the prefix: not counted
+    full = await store.create("c/c", {"k": 1}, cap=cap)
+    assert (full.status, full.evicted) == ("full", ())
+    assert await store.read("c/c") is None
+    assert await store.scan("c/") == ["c/a", "c/b"]
+    assert (await store.create("c/a", {}, cap=cap)).status == "exists"
+    replaced = await store.create("c/a", {"new": 1}, cap=cap, replace=True)
+    assert (replaced.status, replaced.evicted) == ("replaced", ())
+    assert await store.count("c/") == 2
+    await store.delete("c/b")
+    assert (await store.create("c/c", {}, cap=cap)).status == "created"
+
+
+async def test_cap_lru_evicts_the_least_recently_accessed(store: Store) -> None:
+    cap = Cap("c/", 3, "lru")
+    for key in ("c/a", "c/b", "c/c"):
+        await store.create(key, {}, cap=cap)
+    await store.read("c/a")  # a read is not an access
+    await store.touch("c/a")
+    await store.touch("c/missing")  # ignored
+    first = await store.create("c/d", {}, cap=cap)
+    assert (first.status, first.evicted) == ("created", ("c/b",))
+    await store.apply("c/c", inc())  # a write counts as an access
+    second = await store.create("c/e", {}, cap=cap)
+    assert second.evicted == ("c/a",)
+    await store.apply("c/d", inc(), touch=True)
+    await store.apply("c/e", put("n", 0))
+    await store.apply("c/e", put("n", 0), touch=True)  # noop + touch is an access
+    third = await store.create("c/f", {}, cap=cap)
+    assert third.evicted == ("c/c",)
+    assert await store.scan("c/") == ["c/d", "c/e", "c/f"]
+    assert await store.read("c/c") is None
+
+
+async def test_cap_oldest_evicts_the_first_created(store: Store) -> None:
+    cap = Cap("c/", 2, "oldest")
+    await store.create("c/a", {}, cap=cap)
+    await store.create("c/b", {}, cap=cap)
+    await store.touch("c/a")
+    await store.apply("c/a", inc())
+    first = await store.create("c/c", {}, cap=cap)
+    assert first.evicted == ("c/a",)
+    await store.create("c/b", {"x": 1}, replace=True, cap=cap)  # replacing keeps its age
+    second = await store.create("c/d", {}, cap=cap)
+    assert second.evicted == ("c/b",)
+    assert await store.scan("c/") == ["c/c", "c/d"]
+
+
+async def test_cap_over_the_limit_evicts_down_to_it(store: Store) -> None:
+    for i in range(5):
+        await store.create(f"c/{i}", {})
+    result = await store.create("c/new", {}, cap=Cap("c/", 3, "oldest"))
+    assert result.evicted == ("c/0", "c/1", "c/2")
+    assert await store.count("c/") == 3
+
+
+@pytest.mark.parametrize("eviction", ["none", "lru", "oldest"])
+async def test_the_cap_holds_under_concurrent_creates(
+    store: Store, eviction: Literal["none", "lru", "oldest"]
+) -> None:
+    cap = Cap("c/", 5, eviction)
+    keys = [f"c/{i:02}" for i in range(20)]
+    results = await asyncio.gather(*(store.create(key, {"k": key}, cap=cap) for key in keys))
+    assert await store.count("c/") == 5
+    survivors = await store.scan("c/")
+    created = [k for k, r in zip(keys, results, strict=True) if r.status == "created"]
+    evicted = [k for r in results for k in r.evicted]
+    if eviction == "none":
+        assert sorted(r.status for r in results) == ["created"] * 5 + ["full"] * 15
+        assert sorted(created) == survivors and evicted == []
+    else:
+        assert len(created) == 20
+        assert len(evicted) == len(set(evicted)) == 15
+        assert sorted(evicted + survivors) == keys
+    for key in survivors:
+        assert await fields_of(store, key) == {"k": key}
+
+
+# ---------------------------------------------------------------------------- concurrency
+
+
+async def test_no_lost_writes_under_concurrent_inc_and_append(store: Store) -> None:
+    changes = [inc() for _ in range(50)]
+    changes += [ops(FieldOp("append", "items", i)) for i in range(50)]
+    results = await asyncio.gather(*(store.apply("k", c) for c in changes))
+    assert all(r.status == "committed" for r in results)
+    assert sorted(r.version for r in results) == list(range(1, 101))
+    record = await store.read("k")
+    assert record is not None and record.version == 100
+    assert record.fields["n"] == 50
+    assert sorted(record.fields["items"]) == list(range(50))
+
+
+async def test_compare_and_swap_retry_loop_from_eight_tasks(store: Store) -> None:
+    rounds = 5
+    conflicts = 0
+
+    async def worker() -> None:
+        nonlocal conflicts
+        for _ in range(rounds):
+            while True:
+                record = await store.read("k")
+                version = 0 if record is None else record.version
+                current = 0 if record is None else record.fields["n"]
+                result = await store.apply("k", put("n", current + 1, expected_version=version))
+                if result.status == "committed":
+                    break
+                assert result.status == "conflict"
+                conflicts += 1
+                await asyncio.sleep(0)
+
+    await asyncio.gather(*(worker() for _ in range(8)))
+    record = await store.read("k")
+    assert record is not None and record.fields == {"n": 8 * rounds}
+    assert record.version == 8 * rounds
+
+
+# --------------------------------------------------------------------------------- events
+
+
+async def test_publish_reaches_every_subscriber_of_the_topic(store: Store) -> None:
+    await store.publish("nobody", {"x": 0})  # no subscriber: fine
+    big = {"blob": "y" * 20_000}
+    async with store.subscribe("t") as q1, store.subscribe("t") as q2, store.subscribe("u") as q3:
+        await store.publish("t", {"x": 1})
+        await store.publish("t", big)
+        await store.publish("u", [1, "two"])
+        for queue in (q1, q2):
+            assert await asyncio.wait_for(queue.get(), 5) == {"x": 1}
+            assert await asyncio.wait_for(queue.get(), 5) == big
+        assert await asyncio.wait_for(q3.get(), 5) == [1, "two"]
+        await asyncio.sleep(0.05)
+        assert q1.empty() and q2.empty() and q3.empty()
+    await store.publish("t", {"x": 2})  # after unsubscribing: nobody, no error
+
+
+# ------------------------------------------------------------------ SQLite across processes
+
+PROCESS_INCS = 100
+
+
+def _sqlite_worker(path: str, who: str) -> None:
+    async def main() -> None:
+        store = SQLiteStore(path)
+        try:
+            changes = [ops(FieldOp("inc", "n", 1), FieldOp("append", "log", who))]
+            await asyncio.gather(*(store.apply("shared", changes[0]) for _ in range(PROCESS_INCS)))
+        finally:
+            await store.aclose()
+
+    asyncio.run(main())
+
+
+def test_sqlite_no_lost_writes_across_two_processes(tmp_path: Path) -> None:
+    path = str(tmp_path / "shared.db")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_sqlite_worker, args=(path, who)) for who in ("p1", "p2")]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+        assert proc.exitcode == 0
+
+    async def check() -> None:
+        store = open_store(f"sqlite:///{path}")
+        try:
+            record = await store.read("shared")
+        finally:
+            await store.aclose()
+        assert record is not None
+        assert record.fields["n"] == 2 * PROCESS_INCS
+        assert record.version == 2 * PROCESS_INCS
+        assert sorted(record.fields["log"]) == ["p1"] * PROCESS_INCS + ["p2"] * PROCESS_INCS
+
+    asyncio.run(check())
