@@ -195,7 +195,7 @@ async def test_push_validates_the_item(server: FlowServer) -> None:
 
     with pytest.raises(StateValidationError) as info:
         await run_body(server, body)
-    assert info.value.errors[0]["loc"] == ["history", 0]
+    assert info.value.errors[0]["loc"] == ["history", -1]
     assert info.value.errors[0]["type"] == "string_type"
 
 

@@ -111,18 +111,30 @@ def same_json(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+def append_target_error(name: str, found: str) -> StateValidationError:
+    """The error for appending to a stored field that is not a list (raised by stores)."""
+    message = f"push_state needs a list field, found {found}"
+    return _op_error(FieldOp("append", name), message, "push_target")
+
+
 @dataclass(frozen=True, slots=True)
 class Mutation:
-    """What a store writes: fields to set, fields to delete, content (or ``UNCHANGED``)."""
+    """What a store writes: fields to set, fields to delete, content (or ``UNCHANGED``).
+
+    ``append`` maps a list field to ``(base, items)``: the store appends ``items`` to the stored
+    list without it being loaded, or stores ``base + items`` when the field is absent (or
+    null); a stored non-list raises :func:`append_target_error`.
+    """
 
     set: Mapping[str, JSON]
     delete: frozenset[str] = frozenset()
     content: str | _Sentinel | None = UNCHANGED
     before: Mapping[str, JSON] = field(default_factory=dict)
+    append: Mapping[str, tuple[list[JSON], list[JSON]]] = field(default_factory=dict)
 
     @property
     def changed_fields(self) -> list[str]:
-        return sorted({*self.set, *self.delete})
+        return sorted({*self.set, *self.delete, *self.append})
 
 
 @dataclass(frozen=True)
@@ -149,11 +161,30 @@ class Change:
             return None
         return frozenset(op.field for op in self.ops)
 
+    @property
+    def lazy_appends(self) -> frozenset[str]:
+        """Fields only appended to, whose items validate alone: no need to load the list.
+
+        A store that can append in place loads ``needed_fields - lazy_appends`` and calls
+        ``resolve(..., lazy_appends=True)``, so a push costs the same on a list of any length.
+        """
+        if self.replace is not None or self.schema.full_validation:
+            return frozenset()
+        appended = {op.field for op in self.ops if op.kind == "append"}
+        other = {op.field for op in self.ops if op.kind != "append"}
+        return frozenset(f for f in appended - other if self.schema.appendable(f))
+
     def resolve(
-        self, stored: Mapping[str, JSON], content: str | _Sentinel | None = UNCHANGED
+        self,
+        stored: Mapping[str, JSON],
+        content: str | _Sentinel | None = UNCHANGED,
+        *,
+        lazy_appends: bool = False,
     ) -> Mutation | None:
         """Compute the mutation from the stored fields (only ``needed_fields`` need be given)."""
         schema = self.schema
+        if lazy_appends and self.lazy_appends:
+            return self._resolve_lazy(stored, content)
         if self.replace is not None:
             new = schema.validate_state(self.replace)
             visible = schema.with_defaults(stored)
@@ -177,6 +208,9 @@ class Change:
                     has, current = schema.default(op.field)
                     if not has:
                         current = MISSING
+                if op.kind == "append" and schema.appendable(op.field):
+                    # Same error, at the same location, as stores that append without loading.
+                    schema.validate_item(op.field, op.value)
                 work[op.field] = apply_field_op(op, current)
             if schema.full_validation:
                 known = schema.field_names
@@ -204,4 +238,36 @@ class Change:
             delete=deletes,
             content=self.content if content_changed else UNCHANGED,
             before=before,
+        )
+
+    def _resolve_lazy(
+        self, stored: Mapping[str, JSON], content: str | _Sentinel | None
+    ) -> Mutation:
+        lazy = self.lazy_appends
+        schema = self.schema
+        schema.check_known(op.field for op in self.ops)
+        append: dict[str, tuple[list[JSON], list[JSON]]] = {}
+        for op in self.ops:
+            if op.field in lazy:
+                if op.field not in append:
+                    has, default = schema.default(op.field)
+                    append[op.field] = (list(default) if has and default else [], [])
+                append[op.field][1].append(schema.validate_item(op.field, op.value))
+        rest = Change(
+            schema,
+            ops=tuple(op for op in self.ops if op.field not in lazy),
+            content=self.content,
+            operation=self.operation,
+        )
+        base = None
+        if rest.ops or rest.content is not UNCHANGED:
+            base = rest.resolve(stored, content)
+        if base is None:
+            return Mutation(set={}, append=append)
+        return Mutation(
+            set=base.set,
+            delete=base.delete,
+            content=base.content,
+            before=base.before,
+            append=append,
         )

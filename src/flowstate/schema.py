@@ -193,7 +193,7 @@ def merge_declarations(
     """Merge partial models into one combined :class:`Schema`, or raise SchemaConflictError."""
     decls = list(decls)
     fields: dict[str, tuple[Any, FieldInfo]] = {}
-    owners: dict[str, tuple[Any, str]] = {}
+    owners: dict[str, list[tuple[Any, str]]] = {}
     validators = False
     seen = False
     for decl in decls:
@@ -208,17 +208,21 @@ def merge_declarations(
         for name, info in model.model_fields.items():
             if name not in fields:
                 fields[name] = (info.annotation, info)
-                owners[name] = (info.annotation, decl.declared_by)
+                owners[name] = [(info.annotation, decl.declared_by)]
                 continue
-            prev_ann, prev_owner = owners[name]
-            problem = compare(prev_ann, info.annotation, name)
-            if problem is not None:
-                raise SchemaConflictError(
-                    f'Flow "{flow}": {scope} state field "{name}" is declared as '
-                    f'{type_name(prev_ann)} by "{prev_owner}" and as {type_name(info.annotation)} '
-                    f'by "{decl.declared_by}" ({problem.reason}: {problem.detail}). '
-                    "Rename one of the fields or make the types agree."
-                )
+            # Compare with every earlier declaration: two may conflict on a nested field that
+            # a third, compatible with both, does not declare.
+            for prev_ann, prev_owner in owners[name]:
+                problem = compare(prev_ann, info.annotation, name)
+                if problem is not None:
+                    raise SchemaConflictError(
+                        f'Flow "{flow}": {scope} state field "{name}" is declared as '
+                        f"{type_name(prev_ann)} by {prev_owner} and as "
+                        f"{type_name(info.annotation)} by {decl.declared_by} "
+                        f"({problem.reason}: {problem.detail}). "
+                        "Rename one of the fields or make the types agree."
+                    )
+            owners[name].append((info.annotation, decl.declared_by))
             fields[name] = _merged_field(fields[name][1], info)
     if not seen:
         return Schema(None)
@@ -290,6 +294,33 @@ class Schema:
             name: TypeAdapter(Annotated[info.annotation, info])
             for name, info in self.model.model_fields.items()
         }
+
+    @cached_property
+    def _item_adapters(self) -> dict[str, TypeAdapter[Any]]:
+        """Element adapters of plain ``list[X]`` fields without list-level constraints."""
+        out: dict[str, TypeAdapter[Any]] = {}
+        if self.model is None or self.full_validation:
+            return out
+        for name, info in self.model.model_fields.items():
+            ann = info.annotation
+            if _origin(ann) is list and len(get_args(ann)) == 1 and not info.metadata:
+                out[name] = TypeAdapter(get_args(ann)[0])
+        return out
+
+    def appendable(self, name: str) -> bool:
+        """Whether items can be appended to ``name`` without loading the list."""
+        return self.model is None or name in self._item_adapters
+
+    def validate_item(self, name: str, value: Any) -> JSON:
+        """Validate one item appended to list field ``name``; return it in JSON form."""
+        if self.model is None:
+            return _jsonable(name, value)
+        adapter = self._item_adapters[name]
+        try:
+            return adapter.dump_python(adapter.validate_python(value), mode="json")
+        except ValidationError as exc:
+            errors = _errors_of(exc, (name, -1))
+            raise StateValidationError(describe_errors(errors), errors=errors) from None
 
     @cached_property
     def field_names(self) -> frozenset[str]:

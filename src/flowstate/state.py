@@ -146,6 +146,9 @@ class StateCell:
         if result.version == self.version + 1 and self.loaded:
             values = dict(self.values)
             values.update(mutation.set)
+            for name, (base, items) in mutation.append.items():
+                current = values.get(name)
+                values[name] = [*(current if isinstance(current, list) else base), *items]
             for name in mutation.delete:
                 values.pop(name, None)
             self.values = self.schema.with_defaults(values) if mutation.delete else values

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..ops import UNCHANGED, Change
+from ..ops import UNCHANGED, Change, append_target_error
 from .base import Applied, Cap, Created, Record, Store, prefix_end
 
 __all__ = ["MemoryStore"]
@@ -79,17 +79,26 @@ class MemoryStore(Store):
             stored = dict(row.fields) if row else {}
             content = row.content if row else None
             mutation = change.resolve(
-                stored, content if change.content is not UNCHANGED else UNCHANGED
+                stored,
+                content if change.content is not UNCHANGED else UNCHANGED,
+                lazy_appends=True,
             )
             now = self._now()
             if mutation is None:
                 if touch and row is not None:
                     row.accessed_at = now
                 return Applied("noop", version)
+            appended: dict[str, Any] = {}
+            for name, (base, items) in mutation.append.items():
+                current = row.fields.get(name) if row else None
+                if current is not None and not isinstance(current, list):
+                    raise append_target_error(name, type(current).__name__)
+                appended[name] = [*(base if current is None else current), *items]
             if row is None:
                 row = _Row(0, {}, None, now)
                 self._insert(key, row)
             row.fields.update(mutation.set)
+            row.fields.update(appended)
             for name in mutation.delete:
                 row.fields.pop(name, None)
             if isinstance(mutation.content, str) or mutation.content is None:
@@ -152,8 +161,10 @@ class MemoryStore(Store):
                 row.accessed_at = self._now()
 
     def _scan(self, prefix: str, after: str | None, limit: int | None) -> list[str]:
-        lo = bisect.bisect_right(self._keys, after) if after is not None and after >= prefix else (
-            bisect.bisect_left(self._keys, prefix)
+        lo = (
+            bisect.bisect_right(self._keys, after)
+            if after is not None and after >= prefix
+            else (bisect.bisect_left(self._keys, prefix))
         )
         hi = bisect.bisect_left(self._keys, prefix_end(prefix))
         if limit is not None:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..ops import UNCHANGED, Change
+from ..ops import UNCHANGED, Change, append_target_error
 from .base import Applied, Cap, Created, Record, Store, prefix_end
 
 __all__ = ["SQLiteStore"]
@@ -49,6 +49,16 @@ _DDL = [
     ) WITHOUT ROWID""",
     "CREATE TABLE IF NOT EXISTS fs_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 ]
+
+
+_JSON_TYPES = {
+    "integer": "int",
+    "real": "float",
+    "text": "str",
+    "object": "dict",
+    "true": "bool",
+    "false": "bool",
+}
 
 
 def _dumps(value: Any) -> str:
@@ -231,6 +241,30 @@ class SQLiteStore(Store):
             )
         return {name: json.loads(value) for name, value in rows}
 
+    @staticmethod
+    def _append(
+        conn: sqlite3.Connection, key: str, name: str, base: list[Any], items: list[Any]
+    ) -> None:
+        """Append in SQL, so the stored list is neither loaded into Python nor re-encoded."""
+        row = conn.execute(
+            "SELECT json_type(value) FROM fs_fields WHERE key = ? AND name = ?", (key, name)
+        ).fetchone()
+        if row is None or row[0] == "null":
+            conn.execute(
+                "INSERT INTO fs_fields (key, name, value) VALUES (?, ?, ?) "
+                "ON CONFLICT(key, name) DO UPDATE SET value = excluded.value",
+                (key, name, _dumps([*base, *items])),
+            )
+            return
+        if row[0] != "array":
+            raise append_target_error(name, _JSON_TYPES.get(row[0], row[0]))
+        for item in items:
+            conn.execute(
+                "UPDATE fs_fields SET value = json_insert(value, '$[#]', json(?)) "
+                "WHERE key = ? AND name = ?",
+                (_dumps(item), key, name),
+            )
+
     async def read(self, key: str, fields: frozenset[str] | None = None) -> Record | None:
         def job(conn: sqlite3.Connection) -> Record | None:
             row = conn.execute(
@@ -253,9 +287,12 @@ class SQLiteStore(Store):
             version = row[0] if row else 0
             if change.expected_version is not None and change.expected_version != version:
                 return Applied("conflict", version)
-            stored = self._load_fields(conn, key, change.needed_fields) if row else {}
+            needed = change.needed_fields
+            if needed is not None:
+                needed = needed - change.lazy_appends
+            stored = self._load_fields(conn, key, needed) if row else {}
             content = UNCHANGED if change.content is UNCHANGED else (row[1] if row else None)
-            mutation = change.resolve(stored, content)
+            mutation = change.resolve(stored, content, lazy_appends=True)
             now = self._now()
             if mutation is None:
                 if touch and row is not None:
@@ -267,6 +304,8 @@ class SQLiteStore(Store):
                     "ON CONFLICT(key, name) DO UPDATE SET value = excluded.value",
                     [(key, name, _dumps(value)) for name, value in mutation.set.items()],
                 )
+            for name, (base, items) in mutation.append.items():
+                self._append(conn, key, name, base, items)
             if mutation.delete:
                 conn.executemany(
                     "DELETE FROM fs_fields WHERE key = ? AND name = ?",
