@@ -8,13 +8,16 @@ execution. Declarations (partial state models, resources, own state, targets) ar
 from __future__ import annotations
 
 import asyncio
+import difflib
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, overload
 
 from pydantic import BaseModel, ValidationError
+from typing_extensions import TypeVar
 
 from .errors import DefinitionError, StateValidationError
 from .resources import AnyResourceDefinition, ResourceCollectionDefinition, ResourceDefinition
@@ -25,8 +28,14 @@ if TYPE_CHECKING:
 
 __all__ = ["Block", "Handler", "Router", "Sequencer", "handler", "router", "sequencer"]
 
-InT = TypeVar("InT")
-OutT = TypeVar("OutT")
+InT = TypeVar("InT", default=Any)
+OutT = TypeVar("OutT", default=Any)
+# Per-call type variables of ``handler``: the state models it declares type its ``ctx``.
+SS = TypeVar("SS", default=Any)
+US = TypeVar("US", default=Any)
+PS = TypeVar("PS", default=Any)
+RS = TypeVar("RS", default=Any)
+OS = TypeVar("OS", default=Any)
 
 STATE_SCOPES = ("request", "session", "user", "project")
 RESOURCE_SCOPES = ("request", "session", "user", "project")
@@ -58,8 +67,73 @@ def _check_resources(
 
 def _check_name(name: Any, kind: str) -> str:
     if not isinstance(name, str) or not name.strip():
-        raise DefinitionError(f"a {kind} needs a non-empty name=, got {name!r}")
+        raise DefinitionError(
+            f'{kind}() needs name="..." (a non-empty string; targets, events and error '
+            f"messages refer to the block by it), got {name!r}"
+        )
     return name
+
+
+BLOCK_OPTIONS = (
+    "input",
+    "output",
+    "request_state",
+    "session_state",
+    "user_state",
+    "project_state",
+    "org_state",
+    "request_resources",
+    "session_resources",
+    "user_resources",
+    "project_resources",
+    "org_resources",
+    "state",
+    "target_state",
+)
+
+# The seeds' (TypeScript) spellings, so a ported definition gets a precise hint.
+_SEED_SPELLINGS = {
+    "inputSchema": "input",
+    "outputSchema": "output",
+    "stateSchema": "state",
+    "targetStateSchemas": "target_state",
+    "requestStateSchema": "request_state",
+    "sessionStateSchema": "session_state",
+    "userStateSchema": "user_state",
+    "projectStateSchema": "project_state",
+    "orgStateSchema": "project_state",
+    "sessionResources": "session_resources",
+    "userResources": "user_resources",
+    "projectResources": "project_resources",
+}
+
+
+def _reject_unknown(options: Iterable[str], allowed: Iterable[str], where: str) -> None:
+    """Raise a DefinitionError naming the first unknown option and what to write instead."""
+    allowed = list(allowed)
+    for option in options:
+        if option in allowed:
+            continue
+        hint = _SEED_SPELLINGS.get(option)
+        if hint is None:
+            snake = re.sub(r"(?<!^)(?=[A-Z])", "_", option).lower()
+            close = difflib.get_close_matches(snake, allowed, n=1)
+            hint = close[0] if close else None
+        suggestion = f"; did you mean {hint}=?" if hint else ""
+        raise DefinitionError(
+            f"{where}: unknown option {option}={suggestion} (options: {', '.join(allowed)})"
+        )
+
+
+def _alias(kwargs: dict[str, Any], alias: str, name: str, where: str) -> None:
+    """Fold the seeds' ``org_*`` spelling into ``project_*`` (giving both is an error)."""
+    if alias not in kwargs:
+        return
+    value = kwargs.pop(alias)
+    if kwargs.get(name) is not None and value is not None:
+        raise DefinitionError(f"{where}: give {name}= or its alias {alias}=, not both")
+    if value is not None:
+        kwargs[name] = value
 
 
 @dataclass(frozen=True)
@@ -75,49 +149,41 @@ class Block:
 
     kind: str = "block"
 
-    def __init__(
-        self,
-        name: str,
-        *,
-        input: type[BaseModel] | None = None,
-        output: type[BaseModel] | None = None,
-        request_state: type[BaseModel] | None = None,
-        session_state: type[BaseModel] | None = None,
-        user_state: type[BaseModel] | None = None,
-        project_state: type[BaseModel] | None = None,
-        request_resources: Mapping[str, AnyResourceDefinition] | None = None,
-        session_resources: Mapping[str, AnyResourceDefinition] | None = None,
-        user_resources: Mapping[str, AnyResourceDefinition] | None = None,
-        project_resources: Mapping[str, AnyResourceDefinition] | None = None,
-        state: type[BaseModel] | None = None,
-        target_state: Mapping[str, type[BaseModel]] | None = None,
-    ) -> None:
+    def __init__(self, name: str | None, **options: Any) -> None:
         self.name = _check_name(name, self.kind)
-        self.input = _check_model(input, "input", name)
-        self.output = _check_model(output, "output", name)
-        states = {
-            "request": request_state,
-            "session": session_state,
-            "user": user_state,
-            "project": project_state,
-        }
-        resources = {
-            "request": request_resources,
-            "session": session_resources,
-            "user": user_resources,
-            "project": project_resources,
-        }
+        where = f'{self.kind} "{self.name}"'
+        _reject_unknown(options, BLOCK_OPTIONS, where)
+        _alias(options, "org_state", "project_state", where)
+        _alias(options, "org_resources", "project_resources", where)
+        self.input = _check_model(options.get("input"), "input", self.name)
+        self.output = _check_model(options.get("output"), "output", self.name)
         self.declarations = {
             scope: Declarations(
-                _check_model(states[scope], f"{scope}_state", name),
-                _check_resources(resources[scope], f"{scope}_resources", name),
+                _check_model(options.get(f"{scope}_state"), f"{scope}_state", self.name),
+                _check_resources(
+                    options.get(f"{scope}_resources"), f"{scope}_resources", self.name
+                ),
             )
             for scope in STATE_SCOPES
         }
-        self.state = _check_model(state, "state", name)
+        self.state = _check_model(options.get("state"), "state", self.name)
+        target_state = options.get("target_state")
+        if target_state is not None and not isinstance(target_state, Mapping):
+            raise DefinitionError(
+                f"{where}: target_state must be a dict of ancestor block name → model, "
+                f"got {target_state!r}"
+            )
         targets = dict(target_state or {})
         for target, model in targets.items():
-            _check_model(model, f'target_state["{target}"]', name)
+            if not isinstance(target, str) or not target:
+                raise DefinitionError(
+                    f"{where}: target_state keys are ancestor block names, got {target!r}"
+                )
+            if model is None:
+                raise DefinitionError(
+                    f'{where}: target_state["{target}"] must be a pydantic BaseModel subclass'
+                )
+            _check_model(model, f'target_state["{target}"]', self.name)
         self.target_state: dict[str, type[BaseModel]] = targets
 
     def __repr__(self) -> str:
@@ -161,6 +227,14 @@ def _validate(model: type[BaseModel] | None, value: Any, what: str, block: str) 
 
 
 Execute = Callable[[Any, "Context[Any, Any, Any, Any, Any]"], Awaitable[Any]]
+# ``execute`` as the type checker sees it: its ``ctx`` is typed by the declared state models.
+TypedExecute = Callable[[Any, "Context[SS, US, PS, RS, OS]"], Awaitable[Any]]
+
+
+def _is_async(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object with ``async def __call__``
+    )
 
 
 class Handler(Block, Generic[InT, OutT]):
@@ -168,17 +242,13 @@ class Handler(Block, Generic[InT, OutT]):
 
     kind = "handler"
 
-    def __init__(self, name: str, execute: Execute, **kwargs: Any) -> None:
-        super().__init__(name, **kwargs)
-        if not callable(execute):
-            raise DefinitionError(f'handler "{name}": execute must be an async function')
-        if not (
-            inspect.iscoroutinefunction(execute)
-            or inspect.iscoroutinefunction(getattr(execute, "__call__", None))  # noqa: B004
-        ):
+    def __init__(self, name: str | None, execute: Execute | None, **options: Any) -> None:
+        super().__init__(name, **options)
+        if execute is None or not _is_async(execute):
+            got = "nothing" if execute is None else repr(getattr(execute, "__name__", execute))
             raise DefinitionError(
-                f'handler "{name}": execute must be an async function (async def), got '
-                f"{getattr(execute, '__name__', execute)!r}"
+                f'handler "{self.name}": execute must be an async function '
+                f"(async def fn(input, ctx)), got {got}"
             )
         self.execute = execute
 
@@ -190,18 +260,20 @@ class Handler(Block, Generic[InT, OutT]):
 def handler(
     *,
     name: str,
-    execute: Execute,
+    execute: TypedExecute[SS, US, PS, RS, OS],
     input: type[BaseModel] | None = ...,
     output: type[BaseModel] | None = ...,
-    request_state: type[BaseModel] | None = ...,
-    session_state: type[BaseModel] | None = ...,
-    user_state: type[BaseModel] | None = ...,
-    project_state: type[BaseModel] | None = ...,
+    request_state: type[RS] | None = ...,
+    session_state: type[SS] | None = ...,
+    user_state: type[US] | None = ...,
+    project_state: type[PS] | None = ...,
+    org_state: type[PS] | None = ...,
     request_resources: Mapping[str, AnyResourceDefinition] | None = ...,
     session_resources: Mapping[str, AnyResourceDefinition] | None = ...,
     user_resources: Mapping[str, AnyResourceDefinition] | None = ...,
     project_resources: Mapping[str, AnyResourceDefinition] | None = ...,
-    state: type[BaseModel] | None = ...,
+    org_resources: Mapping[str, AnyResourceDefinition] | None = ...,
+    state: type[OS] | None = ...,
     target_state: Mapping[str, type[BaseModel]] | None = ...,
 ) -> Handler[Any, Any]: ...
 
@@ -213,28 +285,35 @@ def handler(
     execute: None = None,
     input: type[BaseModel] | None = ...,
     output: type[BaseModel] | None = ...,
-    request_state: type[BaseModel] | None = ...,
-    session_state: type[BaseModel] | None = ...,
-    user_state: type[BaseModel] | None = ...,
-    project_state: type[BaseModel] | None = ...,
+    request_state: type[RS] | None = ...,
+    session_state: type[SS] | None = ...,
+    user_state: type[US] | None = ...,
+    project_state: type[PS] | None = ...,
+    org_state: type[PS] | None = ...,
     request_resources: Mapping[str, AnyResourceDefinition] | None = ...,
     session_resources: Mapping[str, AnyResourceDefinition] | None = ...,
     user_resources: Mapping[str, AnyResourceDefinition] | None = ...,
     project_resources: Mapping[str, AnyResourceDefinition] | None = ...,
-    state: type[BaseModel] | None = ...,
+    org_resources: Mapping[str, AnyResourceDefinition] | None = ...,
+    state: type[OS] | None = ...,
     target_state: Mapping[str, type[BaseModel]] | None = ...,
-) -> Callable[[Execute], Handler[Any, Any]]: ...
+) -> Callable[[TypedExecute[SS, US, PS, RS, OS]], Handler[Any, Any]]: ...
 
 
 def handler(
-    *, name: str, execute: Execute | None = None, **kwargs: Any
+    *, name: str | None = None, execute: Execute | None = None, **options: Any
 ) -> Handler[Any, Any] | Callable[[Execute], Handler[Any, Any]]:
-    """Define a handler block: ``handler(name=..., execute=fn, ...)`` or ``@handler(name=...)``."""
+    """Define a handler block: ``handler(name=..., execute=fn, ...)`` or ``@handler(name=...)``.
+
+    The state models it declares type ``ctx``: with ``session_state=Counter`` an
+    ``execute(input, ctx: Context[Counter])`` sees ``ctx.session.state`` as a ``Counter``.
+    """
     if execute is not None:
-        return Handler(name, execute, **kwargs)
+        return Handler(name, execute, **options)
+    checked = Block(name, **options)  # a bad definition fails at the decorator line
 
     def decorate(fn: Execute) -> Handler[Any, Any]:
-        return Handler(name, fn, **kwargs)
+        return Handler(checked.name, fn, **options)
 
     return decorate
 
@@ -264,15 +343,27 @@ def _check_concurrency(value: int | None, where: str) -> int | None:
 async def _gather_limited(
     factories: Sequence[Callable[[], Awaitable[Any]]], limit: int | None
 ) -> list[Any]:
-    if limit is None:
-        return list(await asyncio.gather(*(f() for f in factories)))
-    semaphore = asyncio.Semaphore(limit)
+    """Run concurrently (at most ``limit`` at once); results in order.
+
+    The first failure cancels the others before it propagates, so nothing keeps writing
+    state after the run has failed.
+    """
+    semaphore = asyncio.Semaphore(limit) if limit is not None else None
 
     async def run(f: Callable[[], Awaitable[Any]]) -> Any:
+        if semaphore is None:
+            return await f()
         async with semaphore:
             return await f()
 
-    return list(await asyncio.gather(*(run(f) for f in factories)))
+    tasks = [asyncio.ensure_future(run(f)) for f in factories]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 class Sequencer(Block):
@@ -280,8 +371,8 @@ class Sequencer(Block):
 
     kind = "sequencer"
 
-    def __init__(self, name: str, **kwargs: Any) -> None:
-        super().__init__(name, **kwargs)
+    def __init__(self, name: str | None, **options: Any) -> None:
+        super().__init__(name, **options)
         self.steps: list[_Step] = []
 
     def children(self) -> Sequence[Block]:
@@ -295,6 +386,8 @@ class Sequencer(Block):
     def parallel(self, blocks: Sequence[Block], *, max_concurrency: int | None = None) -> Sequencer:
         """Run ``blocks`` concurrently on the same input; the output is their outputs, in order."""
         where = f'sequencer "{self.name}".parallel()'
+        if isinstance(blocks, Block) or not isinstance(blocks, Sequence):
+            raise DefinitionError(f"{where} takes a list of blocks, got {blocks!r}")
         checked = tuple(_check_block(b, where) for b in blocks)
         if not checked:
             raise DefinitionError(f"{where} needs at least one block")
@@ -308,9 +401,9 @@ class Sequencer(Block):
         *,
         max_concurrency: int | None = None,
     ) -> Sequencer:
-        """Run ``block`` once per item of ``items(input, ctx)``; the output is the list of outputs."""
+        """Run ``block`` once per item of ``items(input, ctx)``; output: the outputs, in order."""
         where = f'sequencer "{self.name}".for_each()'
-        if not callable(items):
+        if not callable(items) or isinstance(items, Block):
             raise DefinitionError(f"{where}: items must be a function (input, ctx) -> items")
         self.steps.append(
             _Step(
@@ -321,6 +414,18 @@ class Sequencer(Block):
             )
         )
         return self
+
+    async def _items(self, step: _Step, value: Any, frame: Frame) -> list[Any]:
+        assert step.items is not None
+        items = step.items(value, frame.context())
+        if inspect.isawaitable(items):
+            items = await items
+        if isinstance(items, str | bytes | Mapping) or not isinstance(items, Iterable):
+            raise DefinitionError(
+                f'sequencer "{self.name}".for_each(): the items function must return a list '
+                f"(or another iterable of items), got {type(items).__name__}"
+            )
+        return list(items)
 
     async def execute_in(self, frame: Frame, input: Any) -> Any:
         value = input
@@ -333,21 +438,24 @@ class Sequencer(Block):
                     step.max_concurrency,
                 )
             else:
-                assert step.items is not None
-                items = step.items(value, frame.context())
-                if inspect.isawaitable(items):
-                    items = await items
                 block = step.blocks[0]
                 value = await _gather_limited(
-                    [functools.partial(frame.run_child, block, item) for item in list(items)],
+                    [
+                        functools.partial(frame.run_child, block, item)
+                        for item in await self._items(step, value, frame)
+                    ],
                     step.max_concurrency,
                 )
         return value
 
 
-def sequencer(name: str, **kwargs: Any) -> Sequencer:
-    """Define a sequencer block; add steps with ``.then``, ``.parallel`` and ``.for_each``."""
-    return Sequencer(name, **kwargs)
+def sequencer(name: str | None = None, **options: Any) -> Sequencer:
+    """Define a sequencer block; add steps with ``.then``, ``.parallel`` and ``.for_each``.
+
+    ``state=Model`` gives it own state, which its descendants reach as ``ctx.sequencer``
+    (nearest enclosing sequencer) or ``ctx.targets.<name>``.
+    """
+    return Sequencer(name, **options)
 
 
 class Router(Block):
@@ -357,21 +465,18 @@ class Router(Block):
 
     def __init__(
         self,
-        name: str,
-        routes: Mapping[str, Block],
-        select: Callable[[Any, Any], Any],
-        **kwargs: Any,
+        name: str | None,
+        routes: Mapping[str, Block] | None,
+        select: Callable[[Any, Any], Any] | None,
+        **options: Any,
     ) -> None:
-        super().__init__(name, **kwargs)
+        super().__init__(name, **options)
+        where = f'router "{self.name}"'
         if not isinstance(routes, Mapping) or not routes:
-            raise DefinitionError(f'router "{name}": routes must be a non-empty dict name → block')
-        self.routes = {
-            k: _check_block(b, f'router "{name}" route "{k}"') for k, b in routes.items()
-        }
-        if not callable(select):
-            raise DefinitionError(
-                f'router "{name}": select must be a function (input, ctx) -> name'
-            )
+            raise DefinitionError(f"{where}: routes must be a non-empty dict of name → block")
+        self.routes = {k: _check_block(b, f'{where} route "{k}"') for k, b in routes.items()}
+        if not callable(select) or isinstance(select, Block):
+            raise DefinitionError(f"{where}: select must be a function (input, ctx) -> route name")
         self.select = select
 
     def children(self) -> Sequence[Block]:
@@ -381,17 +486,21 @@ class Router(Block):
         choice = self.select(input, frame.context())
         if inspect.isawaitable(choice):
             choice = await choice
-        block = self.routes.get(choice)
+        block = self.routes.get(choice) if isinstance(choice, str) else None
         if block is None:
             raise DefinitionError(
-                f'router "{self.name}": select returned {choice!r}, not one of '
-                f"{', '.join(map(repr, self.routes))}"
+                f'router "{self.name}": select returned {choice!r}, which is not a route; '
+                f"routes: {', '.join(map(repr, self.routes))}"
             )
         return await frame.run_child(block, input)
 
 
 def router(
-    name: str, *, routes: Mapping[str, Block], select: Callable[[Any, Any], Any], **kwargs: Any
+    name: str | None = None,
+    *,
+    routes: Mapping[str, Block] | None = None,
+    select: Callable[[Any, Any], Any] | None = None,
+    **options: Any,
 ) -> Router:
-    """Define a router block."""
-    return Router(name, routes, select, **kwargs)
+    """Define a router: ``select(input, ctx)`` (sync or async) returns the route to run."""
+    return Router(name, routes, select, **options)

@@ -6,8 +6,9 @@ import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
+from pydantic import BaseModel
 from typing_extensions import TypeVar as TypeVarDefault
 
 from .blocks import Block, Sequencer
@@ -25,6 +26,10 @@ UserS = TypeVarDefault("UserS", default=Any)
 ProjectS = TypeVarDefault("ProjectS", default=Any)
 RequestS = TypeVarDefault("RequestS", default=Any)
 SelfS = TypeVarDefault("SelfS", default=Any)
+M = TypeVar("M", bound=BaseModel)
+
+if TYPE_CHECKING:
+    from .flow import Flow
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,9 @@ class Run:
         user_id: str,
         project_id: str | None,
         sink: Sink | None = None,
+        flow: Flow | None = None,
     ) -> None:
+        self.flow = flow
         self.flow_kind = flow_kind
         self.action = action
         self.request_id = request_id
@@ -81,6 +88,12 @@ class Run:
     def next_frame_id(self) -> int:
         return next(self._frame_ids)
 
+    def own_state_schema(self, block: Block) -> Schema:
+        """The schema of a block's own state: as merged by the flow, else its ``state``."""
+        if self.flow is not None:
+            return self.flow.own_state_schema(block)
+        return Schema.of(block.state)
+
 
 class Frame:
     """One running block: its place in the tree and its own state container."""
@@ -99,7 +112,7 @@ class Frame:
             self._cell = StateCell(
                 self.run.local_store,
                 f"blocks/{self.id}",
-                Schema.of(self.block.state),
+                self.run.own_state_schema(self.block),
                 label=f'state of block "{self.block.name}"',
                 scope="block",
             )
@@ -107,6 +120,7 @@ class Frame:
         return self._cell
 
     def ancestors(self) -> list[Frame]:
+        """The enclosing frames, nearest first."""
         out = []
         frame = self.parent
         while frame is not None:
@@ -132,7 +146,11 @@ async def execute_block(run: Run, block: Block, input: Any, parent: Frame | None
 
 
 class Targets:
-    """``ctx.targets.<name>``: the named ancestor block's own state, or None."""
+    """``ctx.targets.<name>``: the named ancestor block's own state, or None.
+
+    The handle is typed (and its ``state`` built) by the block's ``target_state[name]`` model
+    when it declares one, else by the ancestor's own ``state`` model.
+    """
 
     def __init__(self, frame: Frame) -> None:
         self._frame = frame
@@ -145,19 +163,25 @@ class Targets:
     def __getitem__(self, name: str) -> StateHandle[Any] | None:
         return self.get(name)
 
-    def get(self, name: str) -> StateHandle[Any] | None:
+    def get(self, name: str, model: type[BaseModel] | None = None) -> StateHandle[Any] | None:
+        """The nearest ancestor named ``name`` (its own state), or None if none is running."""
         for ancestor in self._frame.ancestors():
             if ancestor.block.name == name:
-                model = self._frame.block.target_state.get(name) or ancestor.block.state
-                return StateHandle(ancestor.own_cell(), model)
+                view = model or self._frame.block.target_state.get(name) or ancestor.block.state
+                return StateHandle(ancestor.own_cell(), view)
         return None
+
+    def __repr__(self) -> str:
+        names = [a.block.name for a in self._frame.ancestors()]
+        return f"<Targets of {self._frame.block.name!r}: ancestors {names}>"
 
 
 class Context(Generic[SessionS, UserS, ProjectS, RequestS, SelfS]):
     """What a block's ``execute(input, ctx)`` receives.
 
-    Type parameters, in order: session, user, project, request and block-own state models, so
-    ``Context[Counter]`` types ``ctx.session.state`` as ``Counter``.
+    Type parameters, in order: session, user, project, request and block-own state models
+    (each defaults to ``Any``), so ``Context[Counter]`` types ``ctx.session.state`` as
+    ``Counter`` and ``Context[Any, Prefs]`` types ``ctx.user.state`` as ``Prefs``.
     """
 
     def __init__(self, frame: Frame) -> None:
@@ -173,6 +197,7 @@ class Context(Generic[SessionS, UserS, ProjectS, RequestS, SelfS]):
             project.handle(decl["project"].state) if project is not None else None
         )
         self.targets = Targets(frame)
+        self._self: StateHandle[SelfS] | None = None
 
     @property
     def org(self) -> ScopeHandle[ProjectS] | None:
@@ -181,10 +206,12 @@ class Context(Generic[SessionS, UserS, ProjectS, RequestS, SelfS]):
 
     @property
     def self(self) -> StateHandle[SelfS] | None:
-        """This block's own state (None when the block declares no ``state``)."""
+        """This block's own state for this execution (None when it declares no ``state``)."""
         if self._frame.block.state is None:
             return None
-        return StateHandle(self._frame.own_cell(), self._frame.block.state)
+        if self._self is None:
+            self._self = StateHandle(self._frame.own_cell(), self._frame.block.state)
+        return self._self
 
     @property
     def sequencer(self) -> StateHandle[Any] | None:
@@ -194,9 +221,24 @@ class Context(Generic[SessionS, UserS, ProjectS, RequestS, SelfS]):
                 return StateHandle(ancestor.own_cell(), ancestor.block.state)
         return None
 
-    def get_target(self, name: str) -> StateHandle[Any] | None:
-        """Untyped access to a named ancestor's own state (None if there is none)."""
-        return self.targets.get(name)
+    @overload
+    def get_target(self, name: str) -> StateHandle[Any] | None: ...
+
+    @overload
+    def get_target(self, name: str, model: type[M]) -> StateHandle[M] | None: ...
+
+    def get_target(
+        self, name: str, model: type[BaseModel] | None = None
+    ) -> StateHandle[Any] | None:
+        """Dynamic access to a named ancestor's own state (None if none is running).
+
+        ``model`` (optional) types the handle and its ``state``, like ``target_state``.
+        """
+        if model is not None and not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise TypeError(
+                f"get_target model must be a pydantic BaseModel subclass, got {model!r}"
+            )
+        return self.targets.get(name, model)
 
     @property
     def block_name(self) -> str:

@@ -9,7 +9,7 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from .blocks import Block
 from .clientdata import resource_client_data, scope_client_data, to_json
@@ -198,8 +198,6 @@ class FlowServer:
         out = []
         for key in await self.store.scan(_user_index(user_id)):
             session_id = key.rsplit("/", 1)[1]
-            from urllib.parse import unquote
-
             info = await self._read_session(unquote(session_id))
             if (
                 info is not None
@@ -319,6 +317,7 @@ class FlowServer:
             user_id=user_id,
             project_id=info.project_id,
             sink=deliver,
+            flow=flow,
         )
         run.bindings = self._bindings(flow, run)
         return flow, block, run
