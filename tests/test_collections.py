@@ -259,13 +259,13 @@ async def test_instance_state_ops_are_validated_and_atomic(server: FlowServer) -
         try:
             await ref.patch_state(lines="many")
         except StateValidationError as exc:
-            err = exc.scope
+            err = str(exc).split(":")[0], exc.scope
         await ref.refresh()
         return ref.state.lines, err
 
     lines, scope = (await run_body(server, body)).output
     assert lines == 20
-    assert scope == 'session resource "files/x.py" of collection "files"'
+    assert scope == ('session resource "files/x.py" of collection "files"', "session")
 
 
 async def test_invalid_initial_state_creates_nothing(server: FlowServer) -> None:

@@ -133,7 +133,8 @@ async def test_resource_state_is_validated(server: FlowServer) -> None:
 
     with pytest.raises(StateValidationError) as info:
         await run_body(server, body)
-    assert info.value.scope == 'session resource "plan"'
+    assert info.value.scope == "session"
+    assert str(info.value).startswith('session resource "plan": field "steps"')
     assert info.value.errors[0]["loc"] == ["steps"]
     assert await server.store.read("session/s1/r/plan") is None
 
@@ -158,7 +159,7 @@ async def test_resource_changes_emit_events_without_values(server: FlowServer) -
     result = await run_body(server, body)
     changes = [e.data for e in result.events if e.type == "resource_change"]
     assert changes == [
-        {"scope": "session", "key": "plan", "changeType": "created"},
+        {"scope": "session", "key": "plan", "changeType": "updated"},
         {"scope": "session", "key": "plan", "changeType": "updated"},
     ]
     assert "secret-status" not in repr(result.events)

@@ -145,7 +145,8 @@ async def test_inc_rejects_non_numbers_and_writes_nothing(
     with pytest.raises(StateValidationError) as info:
         await run_body(server, body)
     assert fragment in str(info.value)
-    assert info.value.scope == "session state"
+    assert info.value.scope == "session"
+    assert str(info.value).startswith("session state: ")
     assert info.value.errors[0]["loc"] == loc
     assert (await server.store.read("session/s1/state")).version == 1  # type: ignore[union-attr]
     assert await stored_fields(server.store) == {"count": 7}
@@ -235,7 +236,7 @@ async def test_invalid_value_names_field_and_rule_and_writes_nothing(server: Flo
         await run_body(server, body)
     err = info.value
     assert err.code == "validation_error"
-    assert err.scope == "session state"
+    assert err.scope == "session"
     assert err.errors == [
         {"loc": ["mode"], "msg": "Input should be 'chat' or 'agent'", "type": "literal_error"}
     ]

@@ -60,13 +60,14 @@ class StateValidationError(FlowStateError):
         self.scope = scope
         self.errors = [dict(e) for e in errors]
 
-    def with_scope(self, scope: str) -> StateValidationError:
-        """Return a copy that names ``scope`` (errors are raised below the scope layer)."""
-        if self.scope == scope:
+    def with_scope(self, scope: str, where: str) -> StateValidationError:
+        """A copy naming the scope (``session`` …) and, in the message, what was written.
+
+        Errors are raised below the scope layer, which knows neither.
+        """
+        if self.scope is not None:
             return self
-        return StateValidationError(
-            f"{scope} state: {self.message}", scope=scope, errors=self.errors
-        )
+        return StateValidationError(f"{where}: {self.message}", scope=scope, errors=self.errors)
 
 
 class ConcurrentModificationError(FlowStateError):

@@ -315,7 +315,7 @@ class CollectionRef:
         try:
             values = self.definition.schema.validate_state(dict(initial or {}))
         except StateValidationError as exc:
-            raise exc.with_scope(self._label(storage_key)) from None
+            raise exc.with_scope(self._binding.scope, self._label(storage_key)) from None
         d = self.definition
         cap = Cap(self._root, d.max_instances, d.eviction) if d.max_instances else None
         created = await self._binding.store.create(

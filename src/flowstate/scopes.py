@@ -106,8 +106,7 @@ class ScopeBinding:
         if ref is None:
 
             async def on_commit(commit: Commit) -> None:
-                change = "created" if commit.version == 1 else "updated"
-                await self.emit_resource_change(name, change)
+                await self.emit_resource_change(name, "updated")
 
             cell = StateCell(
                 self.store,

@@ -129,7 +129,7 @@ class StateCell:
         try:
             result = await self.store.apply(self.key, change)
         except StateValidationError as exc:
-            raise exc.with_scope(self.label) from None
+            raise exc.with_scope(self.scope, self.label) from None
         return await self._settle(result, change)
 
     async def _settle(self, result: Applied, change: Change) -> bool:
@@ -191,7 +191,7 @@ class StateCell:
             try:
                 result = await self.store.apply(self.key, change)
             except StateValidationError as exc:
-                raise exc.with_scope(self.label) from None
+                raise exc.with_scope(self.scope, self.label) from None
             if result.status != "conflict":
                 return await self._settle(result, change)
         raise ConcurrentModificationError(
