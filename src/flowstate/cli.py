@@ -14,3 +14,6 @@ def main() -> None:
 
 
 # Command registrations (one line per module that contributes commands) go below.
+from .scripts.cli import register as _register_scripts  # noqa: E402
+
+_register_scripts(main)

@@ -1,0 +1,253 @@
+"""The routes the official ``wmill`` Python client calls for states, resources and flow states.
+
+With ``WM_BASE_URL`` pointing at a flowstate server, ``WM_TOKEN`` a flowstate bearer token and
+``WM_WORKSPACE`` a project id, an unmodified Windmill script's ``wmill.get_state()``,
+``set_state()``, ``get_resource()``, ``set_resource()``, ``get_flow_user_state()`` and
+``set_flow_user_state()`` read and write the same versioned records as
+:mod:`flowstate.scripts`. Paths and payloads follow ``wmill/client.py``:
+
+- ``GET  /api/w/{ws}/resources/get_value_interpolated/{path}`` and ``…/get_value/{path}``
+- ``GET  /api/w/{ws}/resources/get/{path}`` (404 when missing) and ``…/exists/{path}``
+- ``POST /api/w/{ws}/resources/create`` ``{"path", "value", "resource_type"}``
+- ``POST /api/w/{ws}/resources/update_value/{path}`` ``{"value"}``
+- ``GET  /api/w/{ws}/jobs_u/get_root_job_id/{job_id}``
+- ``GET|POST /api/w/{ws}/jobs/flow/user_states/{flow_run_id}/{key}`` (POST body: the value)
+
+Values are returned verbatim (flowstate has no Windmill variables to interpolate). Every
+response about a state or resource carries its version in ``X-Flowstate-Version``;
+``update_value`` takes an optional ``?if_version=N`` compare-and-swap (409 on conflict).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+
+from ..errors import (
+    AuthError,
+    ConcurrentModificationError,
+    FlowStateError,
+    KeyPatternError,
+    ResourceAlreadyExistsError,
+    ResourceNotFoundError,
+    StateValidationError,
+)
+from ..stores.base import Store
+from . import storage
+from .paths import check_id, check_path
+
+__all__ = ["DEFAULT_MAX_BODY", "wmill_router"]
+
+DEFAULT_MAX_BODY = 1 << 20
+VERSION_HEADER = "X-Flowstate-Version"
+
+Authenticate = Callable[[Request], Awaitable[str | None]]
+
+_STATUS: list[tuple[type[FlowStateError], int]] = [
+    (AuthError, 401),
+    (KeyPatternError, 400),
+    (StateValidationError, 422),
+    (ResourceNotFoundError, 404),
+    (ResourceAlreadyExistsError, 409),
+    (ConcurrentModificationError, 409),
+]
+
+
+class _BadRequest(FlowStateError):
+    code = "bad_request"
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _error(exc: FlowStateError) -> JSONResponse:
+    status = exc.status if isinstance(exc, _BadRequest) else 500
+    for kind, code in _STATUS:
+        if isinstance(exc, kind):
+            status = code
+            break
+    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    if isinstance(exc, StateValidationError) and exc.errors:
+        body["details"] = {"errors": exc.errors}
+    return JSONResponse({"error": body}, status_code=status)
+
+
+class _Route(APIRoute):
+    """Answers a :class:`FlowStateError` with the flowstate JSON error shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except FlowStateError as exc:
+                return _error(exc)
+
+        return guarded
+
+
+def _if_version(request: Request) -> int | None:
+    raw = request.query_params.get("if_version")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise _BadRequest(f"if_version must be a version number >= 0, got {raw!r}")
+    return int(raw)
+
+
+def _json(value: Any, version: int | None = None, status: int = 200) -> JSONResponse:
+    headers = {VERSION_HEADER: str(version)} if version is not None else None
+    return JSONResponse(value, status_code=status, headers=headers)
+
+
+def wmill_router(
+    store: Store | Callable[[], Store],
+    authenticate: Authenticate,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+) -> APIRouter:
+    """An ``APIRouter`` (prefix ``/api``) answering the ``wmill`` client's state routes.
+
+    ``store`` is the server's store (or a function returning it); ``authenticate`` maps a
+    request to a user id or None (401). Any authenticated user may use any workspace, as the
+    flow routes let any user name any project id.
+    """
+    router = APIRouter(prefix="/api", tags=["wmill"], route_class=_Route)
+
+    def get_store() -> Store:
+        return store if isinstance(store, Store) else store()
+
+    async def begin(request: Request, workspace: str) -> str:
+        user = await authenticate(request)
+        if user is None:
+            raise AuthError("a valid bearer token is required (WM_TOKEN)")
+        return check_id(workspace, "workspace")
+
+    async def body(request: Request) -> Any:
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > max_body:
+                raise _BadRequest(f"request body is larger than {max_body} bytes", 413)
+        if not raw.strip():
+            return None  # httpx sends no body for json=None: that is a JSON null
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _BadRequest(f"request body is not valid JSON: {exc}") from None
+
+    async def read_existing(workspace: str, path: str) -> storage.StateInfo:
+        info = await storage.read_item(get_store(), workspace, check_path(path))
+        if not info.exists:
+            raise ResourceNotFoundError(
+                f'resource "{path}" does not exist in workspace "{workspace}"'
+            )
+        return info
+
+    @router.get("/w/{workspace}/resources/get_value_interpolated/{path:path}")
+    async def get_value_interpolated(request: Request, workspace: str, path: str) -> Response:
+        """The resource's value (404 when missing); used by ``wmill.get_state``."""
+        workspace = await begin(request, workspace)
+        info = await read_existing(workspace, path)
+        return _json(info.value, info.version)
+
+    @router.get("/w/{workspace}/resources/get_value/{path:path}")
+    async def get_value(request: Request, workspace: str, path: str) -> Response:
+        """The resource's value (404 when missing)."""
+        workspace = await begin(request, workspace)
+        info = await read_existing(workspace, path)
+        return _json(info.value, info.version)
+
+    @router.get("/w/{workspace}/resources/get/{path:path}")
+    async def get_resource(request: Request, workspace: str, path: str) -> Response:
+        """The resource object ``{path, value, resource_type, …}`` (404 when missing)."""
+        workspace = await begin(request, workspace)
+        info = await read_existing(workspace, path)
+        return _json(
+            {
+                "workspace_id": workspace,
+                "path": path,
+                "value": info.value,
+                "resource_type": info.resource_type or "any",
+                "description": None,
+                "is_oauth": False,
+                "version": info.version,
+            },
+            info.version,
+        )
+
+    @router.get("/w/{workspace}/resources/exists/{path:path}")
+    async def exists(request: Request, workspace: str, path: str) -> Response:
+        """Whether a resource exists at ``path`` (JSON ``true``/``false``)."""
+        workspace = await begin(request, workspace)
+        info = await storage.read_item(get_store(), workspace, check_path(path))
+        return _json(info.exists)
+
+    @router.post("/w/{workspace}/resources/create")
+    async def create(request: Request, workspace: str) -> Response:
+        """Create a resource from ``{"path", "value", "resource_type"}`` (409 if it exists)."""
+        workspace = await begin(request, workspace)
+        payload = await body(request)
+        if not isinstance(payload, dict):
+            raise _BadRequest('the body must be a JSON object {"path", "value", "resource_type"}')
+        path = payload.get("path")
+        resource_type = payload.get("resource_type", "any")
+        if not isinstance(resource_type, str) or not resource_type:
+            raise _BadRequest(f'"resource_type" must be a non-empty string, got {resource_type!r}')
+        path = check_path(path, '"path"')
+        version = await storage.write_item(
+            get_store(), workspace, path, payload.get("value"), resource_type, create_only=True
+        )
+        return Response(path, status_code=201, headers={VERSION_HEADER: str(version)})
+
+    @router.post("/w/{workspace}/resources/update_value/{path:path}")
+    async def update_value(request: Request, workspace: str, path: str) -> Response:
+        """Replace the value of an existing resource with ``{"value"}`` (404 if missing)."""
+        workspace = await begin(request, workspace)
+        payload = await body(request)
+        if not isinstance(payload, dict) or "value" not in payload:
+            raise _BadRequest('the body must be a JSON object {"value": ...}')
+        version = await storage.write_item(
+            get_store(),
+            workspace,
+            check_path(path),
+            payload["value"],
+            if_version=_if_version(request),
+            must_exist=True,
+        )
+        return Response(f"value of resource {path} updated", headers={VERSION_HEADER: str(version)})
+
+    @router.get("/w/{workspace}/jobs_u/get_root_job_id/{job_id}")
+    async def get_root_job_id(request: Request, workspace: str, job_id: str) -> Response:
+        """The flow run a step job belongs to; any other job id is its own root."""
+        workspace = await begin(request, workspace)
+        root = await storage.root_job_of(get_store(), workspace, check_id(job_id, "job id"))
+        return _json(root)
+
+    @router.get("/w/{workspace}/jobs/flow/user_states/{flow_run_id}/{key:path}")
+    async def get_flow_user_state(
+        request: Request, workspace: str, flow_run_id: str, key: str
+    ) -> Response:
+        """One flow user state value (JSON ``null`` when unset)."""
+        workspace = await begin(request, workspace)
+        value = await storage.get_flow_value(get_store(), workspace, flow_run_id, key)
+        return _json(value)
+
+    @router.post("/w/{workspace}/jobs/flow/user_states/{flow_run_id}/{key:path}")
+    async def set_flow_user_state(
+        request: Request, workspace: str, flow_run_id: str, key: str
+    ) -> Response:
+        """Set one flow user state value; the body is the JSON value (empty = null)."""
+        workspace = await begin(request, workspace)
+        value = await body(request)
+        version = await storage.set_flow_value(get_store(), workspace, flow_run_id, key, value)
+        return Response("flow user state updated", headers={VERSION_HEADER: str(version)})
+
+    return router
