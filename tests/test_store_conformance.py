@@ -123,8 +123,19 @@ async def test_apply_writes_only_the_changed_fields(store: Store) -> None:
     await store.apply("k", ops(FieldOp("set", "a", 1), FieldOp("set", "b", 2)))
     result = await store.apply("k", ops(FieldOp("inc", "a", 1), FieldOp("append", "l", "x")))
     assert result.mutation is not None
-    assert dict(result.mutation.set) == {"a": 2, "l": ["x"]}
+    assert result.mutation.changed_fields == ["a", "l"]
     assert await fields_of(store, "k") == {"a": 2, "b": 2, "l": ["x"]}
+
+
+async def test_appends_extend_the_stored_list_or_start_one(store: Store) -> None:
+    await store.apply("k", ops(FieldOp("set", "l", [1, 2])))
+    await store.apply("k", ops(FieldOp("append", "l", 3), FieldOp("append", "l", 4)))
+    await store.apply("k", ops(FieldOp("append", "fresh", "x")))
+    assert await fields_of(store, "k") == {"l": [1, 2, 3, 4], "fresh": ["x"]}
+    await store.apply("k", ops(FieldOp("set", "n", 5)))
+    with pytest.raises(StateValidationError, match='field "n": push_state needs a list field'):
+        await store.apply("k", ops(FieldOp("append", "n", 1)))
+    assert await fields_of(store, "k") == {"l": [1, 2, 3, 4], "fresh": ["x"], "n": 5}
 
 
 async def test_replace_deletes_fields_that_are_left_out(store: Store) -> None:
@@ -133,6 +144,42 @@ async def test_replace_deletes_fields_that_are_left_out(store: Store) -> None:
     assert result.status == "committed" and result.version == 2
     assert result.mutation is not None and result.mutation.delete == frozenset({"a"})
     assert await fields_of(store, "k") == {"b": 3, "c": 4}
+
+
+async def test_append_creates_extends_and_refuses_non_lists(store: Store) -> None:
+    stored = {"s": "text", "f": 1.5, "i": 3, "d": {"a": 1}, "b": True, "nul": None, "l": []}
+    await store.apply("k", ops(*(FieldOp("set", k, v) for k, v in stored.items())))
+    for name, found in [("s", "str"), ("f", "float"), ("i", "int"), ("d", "dict"), ("b", "bool")]:
+        with pytest.raises(StateValidationError) as info:
+            await store.apply("k", ops(FieldOp("append", "l", 0), FieldOp("append", name, 1)))
+        assert info.value.errors[0]["type"] == "push_target"
+        assert info.value.errors[0]["loc"][0] == name
+        assert f"found {found}" in str(info.value)
+    record = await store.read("k")
+    assert record is not None and record.version == 1 and dict(record.fields) == stored
+    for name in ("nul", "l", "new", "l"):
+        result = await store.apply("k", ops(FieldOp("append", name, {"x": [name]})))
+        assert result.status == "committed"
+    assert (
+        await store.apply("k", ops(FieldOp("append", "l", 2), FieldOp("append", "l", 3)))
+    ).version == 6
+    got = await fields_of(store, "k")
+    assert got is not None
+    assert got["nul"] == [{"x": ["nul"]}] and got["new"] == [{"x": ["new"]}]
+    assert got["l"] == [{"x": ["l"]}, {"x": ["l"]}, 2, 3]
+
+
+async def test_append_to_a_typed_list_uses_its_default(store: Store) -> None:
+    class Log(BaseModel):
+        log: list[int] = [1, 2]
+
+    schema = Schema(Log)
+    await store.apply("k", ops(FieldOp("append", "log", 3), schema=schema))
+    await store.apply("k", ops(FieldOp("append", "log", "4"), schema=schema))
+    assert await fields_of(store, "k") == {"log": [1, 2, 3, 4]}
+    with pytest.raises(StateValidationError):
+        await store.apply("k", ops(FieldOp("append", "log", "x"), schema=schema))
+    assert await fields_of(store, "k") == {"log": [1, 2, 3, 4]}
 
 
 async def test_record_ops_on_a_dict_field(store: Store) -> None:
