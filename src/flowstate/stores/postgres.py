@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -42,13 +43,13 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]
 
 from ..errors import StateValidationError
-from ..ops import UNCHANGED, Change, Mutation
+from ..ops import UNCHANGED, Change, Mutation, append_target_error
 from .base import Applied, Cap, Created, Record, Store, prefix_end
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore", "migrate"]
@@ -106,6 +107,34 @@ _MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                 WITH d AS (DELETE FROM fs_fields f WHERE f.key = p_key RETURNING f.name, f.value)
                 SELECT array_agg(d.name), array_agg(d.value) INTO o_names, o_values FROM d;
                 RETURN NEXT;
+            END $$""",
+            # push_state without loading the list: append the items' JSON text to the stored
+            # array's text (kept verbatim by the json type); absent or null → ``p_full``.
+            """CREATE OR REPLACE FUNCTION fs_append(p_name TEXT, p_old JSON, p_full TEXT,
+                                                  p_items TEXT)
+            RETURNS JSON LANGUAGE plpgsql IMMUTABLE AS $$
+            DECLARE
+                kind TEXT := json_typeof(p_old);
+                t TEXT;
+            BEGIN
+                IF kind IS NULL OR kind = 'null' THEN
+                    RETURN p_full::json;
+                END IF;
+                IF kind <> 'array' THEN
+                    kind := CASE kind
+                        WHEN 'number' THEN
+                            CASE WHEN p_old::text ~ '[.eE]' THEN 'float' ELSE 'int' END
+                        WHEN 'string' THEN 'str'
+                        WHEN 'object' THEN 'dict'
+                        WHEN 'boolean' THEN 'bool'
+                        ELSE kind END;
+                    RAISE EXCEPTION USING ERRCODE = 'FS001', MESSAGE = p_name, DETAIL = kind;
+                END IF;
+                t := rtrim(left(rtrim(p_old::text, E' \t\r\n'), -1), E' \t\r\n');
+                IF right(t, 1) = '[' THEN
+                    RETURN (t || p_items || ']')::json;
+                END IF;
+                RETURN (t || ',' || p_items || ']')::json;
             END $$""",
             # delete_prefix: records first (waiting for their writers), then every field row
             # in the range whose record is gone.
@@ -302,15 +331,48 @@ class _Entry:
             content_from.has_content,
         )
 
-    def after(self, mutation: Mutation, sets: dict[str, str], version: int, gen: int) -> _Entry:
+    def after(self, mutation: Mutation, enc: _Encoded, version: int, gen: int) -> _Entry:
+        """This entry once ``mutation`` is written (appended lists only if already known)."""
         fields = {k: v for k, v in self.fields.items() if k not in mutation.delete}
-        fields.update(sets)
-        known = None if self.known is None else self.known | set(sets) | mutation.delete
+        fields.update(enc.sets)
+        known = None if self.known is None else set(self.known | set(enc.sets) | mutation.delete)
+        for name, (full, items) in enc.appends.items():
+            old = fields.get(name)
+            if old is not None and old != "null":
+                fields[name] = _append_text(old, items)
+            elif old is not None or known is None or name in known:
+                fields[name] = full  # absent or null: the store writes the full list
+            if known is not None and name in fields:
+                known.add(name)
+        frozen = None if known is None else frozenset(known)
         if mutation.content is UNCHANGED:
             content, has_content = self.content, self.has_content
         else:
             content, has_content = mutation.content, True  # type: ignore[assignment]
-        return _Entry(version, gen, fields, known, content, has_content)
+        return _Entry(version, gen, fields, frozen, content, has_content)
+
+
+def _append_text(old: str, items: str) -> str:
+    """What ``fs_append`` makes of a stored array's text (kept identical to the SQL)."""
+    head = old.rstrip(" \t\r\n")[:-1].rstrip(" \t\r\n")
+    return f"{head}{items}]" if head.endswith("[") else f"{head},{items}]"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Encoded:
+    """A mutation's values as JSON text: ``sets``, and ``appends`` as (full list, items)."""
+
+    sets: dict[str, str]
+    appends: dict[str, tuple[str, str]]
+
+    @classmethod
+    def of(cls, mutation: Mutation) -> _Encoded:
+        sets = {name: _dumps(value, name) for name, value in mutation.set.items()}
+        appends = {
+            name: (_dumps([*base, *items], name), ",".join(_dumps(i, name) for i in items))
+            for name, (base, items) in mutation.append.items()
+        }
+        return cls(sets, appends)
 
 
 class _Cache:
@@ -382,13 +444,17 @@ class _KeyLocks:
 # ------------------------------------------------------------------------------------ SQL
 
 
-def _load_sql(names: frozenset[str] | None, content: bool) -> str:
-    """Version, generation, (content), timestamps and fields of one record, one snapshot."""
+@functools.cache
+def _load_sql(which: Literal["all", "some", "none"], content: bool) -> str:
+    """Version, generation, (content), timestamps and fields of one record, in one snapshot.
+
+    ``which``: all fields, those named in ``$2``, or none.
+    """
     body = "r.content" if content else "NULL::text"
     head = f"SELECT r.version, r.gen, {body}, r.created_at, r.accessed_at"
-    if names is not None and not names:
+    if which == "none":
         return f"{head}, NULL::text[], NULL::json[] FROM fs_records r WHERE r.key = $1"
-    where = "" if names is None else " AND x.name = ANY($2::text[])"
+    where = " AND x.name = ANY($2::text[])" if which == "some" else ""
     return (
         f"{head}, f.names, f.vals FROM fs_records r LEFT JOIN LATERAL ("
         "SELECT array_agg(x.name) AS names, array_agg(x.value) AS vals "
@@ -396,34 +462,71 @@ def _load_sql(names: frozenset[str] | None, content: bool) -> str:
     )
 
 
-_UPSERT_FIELDS = (
-    "s AS (INSERT INTO fs_fields (key, name, value) "
-    "SELECT $1, u.name, u.value FROM r, unnest($2::text[], $3::json[]) AS u(name, value) "
-    "ON CONFLICT (key, name) DO UPDATE SET value = EXCLUDED.value)"
-)
+@functools.cache
+def _write_sql(insert: bool, sets: bool, deletes: bool, content: bool, appends: bool) -> str:
+    """One statement that writes a mutation, guarded by the record's version and generation.
 
+    Parameters: $1 key, $2 version, $3 gen (update only), then in order content, set names and
+    values, delete names, append names, full lists and items, for the parts that are present.
+    An insert (new record) takes appends as plain sets.
+    """
+    n = 1 if insert else 3
+    parts: list[str] = []
 
-def _update_sql(deletes: bool, content: bool) -> str:
-    """Compare-and-swap write of an existing record: succeeds only at ``version`` and ``gen``."""
-    sets = f"version = version + 1, accessed_at = {_NOW}" + (", content = $7" if content else "")
-    sql = (
-        f"WITH r AS (UPDATE fs_records SET {sets} "
-        "WHERE key = $1 AND version = $4 AND gen = $5 RETURNING version, gen), " + _UPSERT_FIELDS
-    )
+    def param() -> str:
+        nonlocal n
+        n += 1
+        return f"${n}"
+
+    if insert:
+        c = param() if content else "NULL"
+        parts.append(
+            "r AS (INSERT INTO fs_records (key, version, content, created_at, accessed_at) "
+            f"SELECT $1, 1, {c}, t.now, t.now FROM (SELECT {_NOW} AS now) t "
+            "ON CONFLICT (key) DO NOTHING RETURNING version, gen)"
+        )
+    else:
+        c = f", content = {param()}" if content else ""
+        parts.append(
+            f"r AS (UPDATE fs_records SET version = version + 1, accessed_at = {_NOW}{c} "
+            "WHERE key = $1 AND version = $2 AND gen = $3 RETURNING version, gen)"
+        )
+    if sets:
+        names, values = param(), param()
+        parts.append(
+            "s AS (INSERT INTO fs_fields (key, name, value) SELECT $1, u.name, u.value "
+            f"FROM r, unnest({names}::text[], {values}::json[]) AS u(name, value) "
+            "ON CONFLICT (key, name) DO UPDATE SET value = EXCLUDED.value)"
+        )
     if deletes:
-        sql += ", d AS (DELETE FROM fs_fields f USING r WHERE f.key = $1 AND f.name = ANY($6))"
-    return sql + " SELECT version, gen FROM r"
+        parts.append(
+            "d AS (DELETE FROM fs_fields f USING r "
+            f"WHERE f.key = $1 AND f.name = ANY({param()}::text[]))"
+        )
+    if appends:
+        names, fulls, items = param(), param(), param()
+        parts.append(
+            "au AS (UPDATE fs_fields f SET value = fs_append(f.name, f.value, u.whole, u.items) "
+            f"FROM r, unnest({names}::text[], {fulls}::text[], {items}::text[]) "
+            "AS u(name, whole, items) WHERE f.key = $1 AND f.name = u.name)"
+        )
+        parts.append(
+            "ai AS (INSERT INTO fs_fields (key, name, value) SELECT $1, u.name, u.whole::json "
+            f"FROM r, unnest({names}::text[], {fulls}::text[]) AS u(name, whole) "
+            "WHERE NOT EXISTS (SELECT 1 FROM fs_fields f WHERE f.key = $1 AND f.name = u.name))"
+        )
+    return "WITH " + ", ".join(parts) + " SELECT version, gen FROM r"
 
 
-_INSERT_SQL = (
-    "WITH r AS (INSERT INTO fs_records (key, version, content, created_at, accessed_at) "
-    f"SELECT $1, 1, $4, t.now, t.now FROM (SELECT {_NOW} AS now) t "
-    "ON CONFLICT (key) DO NOTHING RETURNING version, gen), "
-    + _UPSERT_FIELDS
-    + " SELECT version, gen FROM r"
-)
+_INSERT_SQL = _write_sql(True, True, False, True, False)
 
 _FIELDS_SQL = "SELECT name, value FROM fs_fields WHERE key = $1"
+
+
+def _needed(change: Change) -> frozenset[str] | None:
+    """Fields to load for ``change``: lists that are only appended to are appended in SQL."""
+    names = change.needed_fields
+    return None if names is None else names - change.lazy_appends
 
 
 class _Retry(Exception):
@@ -448,6 +551,7 @@ class _Events:
 
     def __init__(self, store: PostgresStore) -> None:
         self.store = store
+        self.loop = asyncio.get_running_loop()
         self.origin = uuid.uuid4().hex
         self.conn: Connection | None = None
         self.channels: dict[str, int] = {}
@@ -717,9 +821,12 @@ class PostgresStore(Store):
     async def _load(
         self, conn: Connection, key: str, names: frozenset[str] | None, content: bool
     ) -> tuple[_Entry, Record] | None:
-        sql = _load_sql(names, content)
-        args: tuple[Any, ...] = (key,) if names is None or not names else (key, list(names))
-        row = await conn.fetchrow(sql, *args)
+        if names is None:
+            row = await conn.fetchrow(_load_sql("all", content), key)
+        elif not names:
+            row = await conn.fetchrow(_load_sql("none", content), key)
+        else:
+            row = await conn.fetchrow(_load_sql("some", content), key, list(names))
         if row is None:
             return None
         version, gen, text, created_at, accessed_at, fnames, fvalues = row
@@ -747,37 +854,43 @@ class PostgresStore(Store):
 
     # ------------------------------------------------------------------ writing
 
-    @staticmethod
-    def _encode(mutation: Mutation) -> dict[str, str]:
-        return {name: _dumps(value, name) for name, value in mutation.set.items()}
-
     async def _write(
-        self,
-        conn: Connection,
-        key: str,
-        entry: _Entry | None,
-        mutation: Mutation,
-        sets: dict[str, str],
+        self, conn: Connection, key: str, entry: _Entry | None, mutation: Mutation, enc: _Encoded
     ) -> tuple[int, int] | None:
-        """One statement: write ``mutation`` if the record is still at ``entry``'s version."""
-        names, values = list(sets), list(sets.values())
+        """Write ``mutation`` if the record is still at ``entry``'s version (or still absent)."""
         content = mutation.content is not UNCHANGED
+        args: list[Any] = [key]
         if entry is None:
-            new_content = None if not content else mutation.content
-            row = await conn.fetchrow(_INSERT_SQL, key, names, values, new_content)
+            sets = {**enc.sets, **{name: full for name, (full, _) in enc.appends.items()}}
+            appends: dict[str, tuple[str, str]] = {}
+            deletes: list[str] = []
         else:
-            deletes = bool(mutation.delete)
-            args: list[Any] = [key, names, values, entry.version, entry.gen]
-            if deletes or content:
-                args.append(list(mutation.delete))
-            if content:
-                args.append(mutation.content)
-            row = await conn.fetchrow(_update_sql(deletes or content, content), *args)
+            sets, appends, deletes = enc.sets, enc.appends, list(mutation.delete)
+            args += [entry.version, entry.gen]
+        if content:
+            args.append(mutation.content)
+        if sets:
+            args += [list(sets), list(sets.values())]
+        if deletes:
+            args.append(deletes)
+        if appends:
+            args += [
+                list(appends),
+                [f for f, _ in appends.values()],
+                [i for _, i in appends.values()],
+            ]
+        sql = _write_sql(entry is None, bool(sets), bool(deletes), content, bool(appends))
+        try:
+            row = await conn.fetchrow(sql, *args)
+        except asyncpg.PostgresError as exc:
+            if getattr(exc, "sqlstate", None) == "FS001":  # raised by fs_append
+                raise append_target_error(exc.message, exc.detail) from None
+            raise
         return None if row is None else (row[0], row[1])
 
     async def apply(self, key: str, change: Change, *, touch: bool = False) -> Applied:
         pool = await self._get_pool()
-        names = change.needed_fields
+        names = _needed(change)
         want_content = change.content is not UNCHANGED
         async with self._locks.hold(key), pool.acquire() as conn:
             try:
@@ -803,10 +916,10 @@ class PostgresStore(Store):
                     if want_content:
                         content = None if entry is None else entry.content
                     if fresh:
-                        mutation = change.resolve(stored, content)
+                        mutation = change.resolve(stored, content, lazy_appends=True)
                     else:
                         try:
-                            mutation = change.resolve(stored, content)
+                            mutation = change.resolve(stored, content, lazy_appends=True)
                         except Exception:  # maybe only because the cache is stale
                             self._cache.drop(key)
                             continue
@@ -819,11 +932,11 @@ class PostgresStore(Store):
                                 f"UPDATE fs_records SET accessed_at = {_NOW} WHERE key = $1", key
                             )
                         return Applied("noop", version)
-                    sets = self._encode(mutation)
-                    written = await self._write(conn, key, entry, mutation, sets)
+                    enc = _Encoded.of(mutation)
+                    written = await self._write(conn, key, entry, mutation, enc)
                     if written is not None:
                         base = entry or _Entry(0, 0, {}, None, None, True)
-                        self._cache.put(key, base.after(mutation, sets, *written))
+                        self._cache.put(key, base.after(mutation, enc, *written))
                         return Applied("committed", written[0], mutation)
                     self._cache.drop(key)
                 return await self._apply_locked(conn, key, change, touch)
@@ -835,7 +948,7 @@ class PostgresStore(Store):
         self, conn: Connection, key: str, change: Change, touch: bool
     ) -> Applied:
         """The pessimistic path: lock the record row for the whole read-resolve-write."""
-        names = change.needed_fields
+        names = _needed(change)
         want_content = change.content is not UNCHANGED
         for attempt in range(100):
             try:
@@ -862,24 +975,23 @@ class PostgresStore(Store):
                     content: Any = UNCHANGED
                     if want_content:
                         content = None if entry is None else entry.content
-                    mutation = change.resolve(
-                        {} if entry is None else entry.decoded(names), content
-                    )
+                    stored = {} if entry is None else entry.decoded(names)
+                    mutation = change.resolve(stored, content, lazy_appends=True)
                     if mutation is None:
                         if touch and row is not None:
                             await conn.execute(
                                 f"UPDATE fs_records SET accessed_at = {_NOW} WHERE key = $1", key
                             )
                         return Applied("noop", version)
-                    sets = self._encode(mutation)
-                    written = await self._write(conn, key, entry, mutation, sets)
+                    enc = _Encoded.of(mutation)
+                    written = await self._write(conn, key, entry, mutation, enc)
                     if written is None:
                         raise _Retry  # created meanwhile (we saw no row to lock): again
             except _RETRYABLE:
                 await asyncio.sleep(random.uniform(0, 0.001 * min(attempt + 1, 20)))
                 continue
             base = entry or _Entry(0, 0, {}, None, None, True)
-            self._cache.put(key, base.after(mutation, sets, *written))
+            self._cache.put(key, base.after(mutation, enc, *written))
             return Applied("committed", written[0], mutation)
         raise RuntimeError(f"flowstate: could not write {key!r}: the record keeps being recreated")
 
@@ -921,8 +1033,10 @@ class PostgresStore(Store):
                     f"accessed_at = {_NOW} WHERE key = $1 RETURNING version, gen), "
                     "d AS (DELETE FROM fs_fields f USING r "
                     "WHERE f.key = $1 AND NOT (f.name = ANY($2::text[]))), "
-                    + _UPSERT_FIELDS
-                    + " SELECT version, gen FROM r",
+                    "s AS (INSERT INTO fs_fields (key, name, value) SELECT $1, u.name, u.value "
+                    "FROM r, unnest($2::text[], $3::json[]) AS u(name, value) "
+                    "ON CONFLICT (key, name) DO UPDATE SET value = EXCLUDED.value) "
+                    "SELECT version, gen FROM r",
                     key,
                     names,
                     values,
@@ -951,7 +1065,7 @@ class PostgresStore(Store):
                     )
                     evicted = sorted(r[0] for r in victims)
                     await conn.execute("DELETE FROM fs_fields WHERE key = ANY($1::text[])", evicted)
-            new = await conn.fetchrow(_INSERT_SQL, key, names, values, content)
+            new = await conn.fetchrow(_INSERT_SQL, key, content, names, values)
             if new is None:
                 raise _Retry  # created meanwhile without the cap lock: look again
             gen = new[1]
@@ -1020,7 +1134,7 @@ class PostgresStore(Store):
     # ------------------------------------------------------------------ events
 
     def _event_hub(self) -> _Events:
-        if self._events is None:
+        if self._events is None or self._events.loop is not asyncio.get_running_loop():
             self._events = _Events(self)
         return self._events
 
