@@ -155,6 +155,14 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def postgres_store_url() -> Iterator[str]:
+    """A PostgreSQL store URL on a fresh schema (skips when PostgreSQL is unreachable)."""
+    url = postgres_url()
+    yield url
+    drop_schemas()
+
+
+@pytest.fixture
 async def store(store_url: str) -> AsyncIterator[Store]:
     st = open_store(store_url)
     try:
