@@ -1,0 +1,792 @@
+"""The HTTP API (SPEC §8): a FastAPI app over a :class:`~flowstate.server.FlowServer`.
+
+``create_app(server)`` mounts the API at ``/api/flows`` (OpenAPI at ``/openapi.json``, one
+documented route per action so each action's input model is in the schema) and the web page
+at ``/``. Runs execute in background tasks that feed a bounded per-request event log, so a
+client that disconnects can resume the run's SSE stream with ``Last-Event-ID``. Every error is
+JSON ``{"error": {"code", "message", "details"?}}``. See ``docs/http.md``.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads these signatures at run time.
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, cast
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import __version__
+from .auth import Authenticator, make_authenticator
+from .blocks import Block
+from .clientdata import to_json
+from .errors import FlowStateError, SessionNotFoundError, StateValidationError
+from .requestlog import RequestLog, RequestLogs
+from .runtime import Event
+from .schema import describe_errors
+from .server import FlowServer, RunResult
+
+__all__ = ["HTTPError", "create_app", "error_payload", "status_for"]
+
+log = logging.getLogger("flowstate.http")
+
+STATIC_DIR = Path(__file__).parent / "static"
+API_PREFIX = "/api/flows"
+
+M = TypeVar("M", bound=BaseModel)
+
+# ----------------------------------------------------------------------------------- errors
+
+
+def status_for(code: str) -> int:
+    """The HTTP status of an error code (SPEC §12); unknown codes are server errors."""
+    if code in ("validation_error", "invalid_key"):
+        return 422
+    if code == "auth_error":
+        return 401
+    if code == "resource_read_only":
+        return 403
+    if code.endswith("_not_found"):
+        return 404
+    if code.endswith("_already_exists") or code in ("concurrent_modification", "collection_full"):
+        return 409
+    return 500
+
+
+class HTTPError(Exception):
+    """An error the HTTP layer itself answers (bad body, size limit, unknown request …)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        details: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.headers = dict(headers or {})
+
+
+def _clean_errors(errors: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "loc": list(e.get("loc", ())),
+            "msg": str(e.get("msg", "")),
+            "type": str(e.get("type", "")),
+        }
+        for e in errors
+    ]
+
+
+def error_payload(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """``(status, {"code", "message", "details"?})`` for any exception."""
+    if isinstance(exc, HTTPError):
+        body: dict[str, Any] = {"code": exc.code, "message": exc.message}
+        if exc.details is not None:
+            body["details"] = exc.details
+        return exc.status, body
+    if isinstance(exc, FlowStateError):
+        # str(exc) is what the run's request.failed event says too.
+        body = {"code": exc.code, "message": str(exc)}
+        if isinstance(exc, StateValidationError) and exc.errors:
+            body["details"] = _clean_errors(exc.errors)
+        return status_for(exc.code), body
+    return 500, {"code": "internal_error", "message": str(exc) or type(exc).__name__}
+
+
+def _error_response(exc: BaseException, **extra: Any) -> JSONResponse:
+    status, body = error_payload(exc)
+    headers = exc.headers if isinstance(exc, HTTPError) else None
+    return JSONResponse({"error": body, **extra}, status_code=status, headers=headers)
+
+
+def _unauthorized() -> HTTPError:
+    return HTTPError(
+        401,
+        "auth_error",
+        "missing or invalid bearer token (send Authorization: Bearer <token>)",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+# ----------------------------------------------------------------------------------- bodies
+
+Ident = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+
+
+class ActionBody(BaseModel):
+    """``POST /{kind}/actions/{action}``: the action input, and optionally where it runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: Any = None
+    sessionId: Ident | None = None
+    projectId: Ident | None = None
+
+
+class SessionBody(BaseModel):
+    """``POST /{kind}/sessions``: an optional client-chosen id and project."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sessionId: Ident | None = None
+    projectId: Ident | None = None
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer; a failed run also carries ``requestId`` and ``sessionId``."""
+
+    error: ErrorInfo
+    requestId: str | None = None
+    sessionId: str | None = None
+
+
+class SessionOut(BaseModel):
+    sessionId: str
+    userId: str
+    flowKind: str
+    projectId: str | None
+    createdAt: float
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionOut]
+
+
+class Deleted(BaseModel):
+    sessionId: str
+    deleted: bool
+
+
+class Content(BaseModel):
+    name: str
+    key: str | None = None
+    content: str | None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing (413) anything over ``limit`` bytes, declared or streamed."""
+    too_large = HTTPError(
+        413, "payload_too_large", f"the request body is larger than the limit of {limit} bytes"
+    )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_body(raw: bytes, model: type[M]) -> M:
+    """Decode a JSON object body into ``model``: 400 if not JSON, 422 if it does not fit."""
+    if raw.strip():
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise HTTPError(
+                400, "invalid_json", f"the request body is not valid JSON: {exc}"
+            ) from None
+    else:
+        data = {}
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ["body", *e["loc"]]} for e in _clean_errors(exc.errors())]
+        raise HTTPError(
+            422, "validation_error", f"request body: {describe_errors(errors)}", details=errors
+        ) from None
+
+
+def _parse_last_event_id(value: str | None, request_id: str) -> int:
+    """The ``seq`` to resume after, from ``Last-Event-ID: {requestId}:{seq}`` (or a bare seq)."""
+    if value is None or not value.strip():
+        return 0
+    rid, sep, seq = value.strip().rpartition(":")
+    if (sep and rid != request_id) or not seq.isdigit():
+        raise HTTPError(
+            400,
+            "invalid_last_event_id",
+            f"Last-Event-ID must look like {request_id}:<seq> for this stream, got {value!r}",
+        )
+    return int(seq)
+
+
+# ----------------------------------------------------------------------------------- SSE
+
+
+def _frame(wire: Mapping[str, Any]) -> ServerSentEvent:
+    """``id: {requestId}:{seq}``, ``event: {type}``, ``data: {json}`` (SPEC §12)."""
+    return ServerSentEvent(
+        data=json.dumps(wire, separators=(",", ":")),
+        event=wire["type"],
+        id=f"{wire['requestId']}:{wire['seq']}",
+    )
+
+
+async def _frames(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[ServerSentEvent]:
+    async for wire in events:
+        yield _frame(wire)
+
+
+async def _watch_topics(api: "_Api", topics: list[str]) -> AsyncIterator[ServerSentEvent]:
+    """Live messages of several store topics, merged; a ``: subscribed`` comment comes first."""
+    async with contextlib.AsyncExitStack() as stack:
+        queues = [await stack.enter_async_context(api.server.store.subscribe(t)) for t in topics]
+        merged: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def pump(queue: asyncio.Queue[Any]) -> None:
+            while True:
+                merged.put_nowait(await queue.get())
+
+        pumps = [asyncio.create_task(pump(q)) for q in queues]
+        try:
+            # A comment (ignored by SSE parsers): the subscriptions are live from here on.
+            yield ServerSentEvent(comment="subscribed")
+            while True:
+                yield _frame(await merged.get())
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+
+# ----------------------------------------------------------------------------------- state
+
+
+class _Api:
+    """What the routes share: the server, the authenticator, limits and live runs."""
+
+    def __init__(
+        self,
+        server: FlowServer,
+        authenticate: Authenticator,
+        *,
+        max_body_bytes: int,
+        logs: RequestLogs,
+        ping_seconds: float,
+    ) -> None:
+        self.server = server
+        self.authenticate = authenticate
+        self.max_body_bytes = max_body_bytes
+        self.logs = logs
+        self.ping_seconds = ping_seconds
+        self.tasks: set[asyncio.Task[RunResult]] = set()
+
+    def sse(self, content: AsyncIterator[ServerSentEvent]) -> EventSourceResponse:
+        return EventSourceResponse(content, sep="\n", ping=self.ping_seconds)
+
+    def track(self, task: "asyncio.Task[RunResult]", request_log: RequestLog) -> None:
+        """Keep a run alive whoever listens, and close its log when it ends."""
+        self.tasks.add(task)
+
+        def done(t: "asyncio.Task[RunResult]") -> None:
+            self.tasks.discard(t)
+            request_log.finish()
+            if t.cancelled():
+                return
+            exc = t.exception()  # retrieved here, so an unread failure is not reported twice
+            if exc is not None and not isinstance(exc, FlowStateError):
+                log.error("run %s failed", request_log.request_id, exc_info=exc)
+
+        task.add_done_callback(done)
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """Let running runs finish (up to ``grace`` seconds), then cancel the rest."""
+        if self.tasks:
+            _, pending = await asyncio.wait(set(self.tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _api(request: Request) -> _Api:
+    return cast(_Api, request.app.state.flowstate)
+
+
+async def _current_user(request: Request) -> str:
+    user = await _api(request).authenticate(request)
+    if user is None:
+        raise _unauthorized()
+    return user
+
+
+User = Annotated[str, Depends(_current_user)]
+ScopeName = Literal["session", "user", "project", "org"]
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in (
+        (400, "Malformed request"),
+        (401, "Missing or invalid bearer token"),
+        (404, "Not found (or not yours)"),
+        (422, "Validation error"),
+    )
+}
+
+# ----------------------------------------------------------------------------------- routes
+
+router = APIRouter(responses=ERROR_RESPONSES)
+
+
+async def _run_action(request: Request, user: str, kind: str, action: str) -> Response:
+    api = _api(request)
+    body = _parse_body(await _read_body(request, api.max_body_bytes), ActionBody)
+    request_log = api.logs.new(user_id=user, flow_kind=kind)
+    started = asyncio.Event()
+
+    async def on_event(event: Event) -> None:
+        first = not request_log.started
+        request_log.append(event.to_wire())
+        if first:
+            api.logs.add(request_log)
+            started.set()
+
+    task = asyncio.create_task(
+        api.server.run(
+            kind,
+            action,
+            body.input,
+            user_id=user,
+            session_id=body.sessionId,
+            project_id=body.projectId,
+            on_event=on_event,
+        )
+    )
+    api.track(task, request_log)
+    waiter = asyncio.create_task(started.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if not request_log.started:
+        # Refused before the run began (unknown flow, action or session): no request id.
+        exc = task.exception()
+        assert exc is not None
+        return _error_response(exc)
+    if "text/event-stream" in request.headers.get("accept", ""):
+        return api.sse(_frames(request_log.follow(0)))
+    try:
+        # shield: a client that goes away does not cancel the run.
+        result = await asyncio.shield(task)
+    except Exception as exc:
+        return _error_response(
+            exc, requestId=request_log.request_id, sessionId=request_log.session_id
+        )
+    last = request_log.events[-1]
+    output = last["output"] if last["type"] == "request.completed" else to_json(result.output)
+    return JSONResponse(
+        {
+            "requestId": result.request_id,
+            "sessionId": result.session_id,
+            "status": "completed",
+            "output": output,
+        }
+    )
+
+
+@router.get("", summary="List the flows and their actions")
+async def list_flows(user: User, request: Request) -> dict[str, Any]:
+    flows = []
+    for kind, flow in _api(request).server.flows.items():
+        actions = [
+            {
+                "name": name,
+                "input": None if block.input is None else block.input.model_json_schema(),
+            }
+            for name, block in flow.actions.items()
+        ]
+        flows.append({"kind": kind, "actions": actions})
+    return {"flows": flows}
+
+
+@router.post("/{kind}/actions/{action}", include_in_schema=False)
+async def run_any_action(kind: str, action: str, request: Request, user: User) -> Response:
+    """Unknown flows and actions land here (documented actions have their own routes)."""
+    return await _run_action(request, user, kind, action)
+
+
+@router.get(
+    "/{kind}/requests/{request_id}/stream",
+    summary="Follow a run's events (SSE), resumable with Last-Event-ID",
+    response_class=EventSourceResponse,
+)
+async def request_stream(
+    kind: str,
+    request_id: str,
+    request: Request,
+    user: User,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> Response:
+    api = _api(request)
+    request_log = api.logs.get(request_id)
+    if request_log is None or request_log.user_id != user or request_log.flow_kind != kind:
+        raise HTTPError(
+            404,
+            "request_not_found",
+            f'request "{request_id}" not found: a run\'s stream is kept by the server process '
+            f"that ran it, for {api.logs.keep_seconds:g} s after it ends",
+        )
+    after = _parse_last_event_id(last_event_id, request_id)
+    return api.sse(_frames(request_log.follow(after)))
+
+
+@router.post(
+    "/{kind}/sessions",
+    summary="Create a session (or fetch yours with that id)",
+    status_code=201,
+    response_model=SessionOut,
+)
+async def create_session(kind: str, request: Request, user: User) -> Response:
+    api = _api(request)
+    body = _parse_body(await _read_body(request, api.max_body_bytes), SessionBody)
+    server = api.server
+    server.flow(kind)
+    if body.sessionId is not None:
+        try:
+            existing = await server.get_session(body.sessionId, user_id=user, kind=kind)
+        except FlowStateError:
+            existing = None
+        if existing is not None:
+            if body.projectId is not None and existing.project_id != body.projectId:
+                raise SessionNotFoundError(f'session "{body.sessionId}" not found')
+            return JSONResponse(existing.to_wire(), status_code=200)
+    info = await server.create_session(
+        kind, user_id=user, project_id=body.projectId, session_id=body.sessionId
+    )
+    return JSONResponse(info.to_wire(), status_code=201)
+
+
+@router.get("/sessions", summary="Your sessions", response_model=SessionList)
+async def list_sessions(
+    request: Request, user: User, kind: Annotated[str | None, Query()] = None
+) -> dict[str, Any]:
+    sessions = await _api(request).server.list_sessions(user_id=user, kind=kind)
+    return {"sessions": [s.to_wire() for s in sessions]}
+
+
+@router.get("/sessions/{session_id}", summary="One of your sessions", response_model=SessionOut)
+async def get_session(session_id: str, request: Request, user: User) -> dict[str, Any]:
+    info = await _api(request).server.get_session(session_id, user_id=user)
+    return info.to_wire()
+
+
+@router.delete(
+    "/sessions/{session_id}",
+    summary="Delete a session with its state and resources",
+    response_model=Deleted,
+)
+async def delete_session(session_id: str, request: Request, user: User) -> dict[str, Any]:
+    await _api(request).server.delete_session(session_id, user_id=user)
+    return {"sessionId": session_id, "deleted": True}
+
+
+@router.get("/sessions/{session_id}/state", summary="The session's client snapshot")
+async def session_state(session_id: str, request: Request, user: User) -> dict[str, Any]:
+    server = _api(request).server
+    info = await server.get_session(session_id, user_id=user)
+    return await server.snapshot(info.flow_kind, session_id, user_id=user)
+
+
+@router.get(
+    "/sessions/{session_id}/resources/{name}/content",
+    summary="A resource's text (resources declared with ResourceClient(content=True))",
+    response_model=Content,
+    response_model_exclude_none=True,
+)
+async def resource_content(
+    session_id: str,
+    name: str,
+    request: Request,
+    user: User,
+    key: Annotated[str | None, Query(description="collection instance key")] = None,
+    scope: Annotated[ScopeName | None, Query()] = None,
+) -> dict[str, Any]:
+    return await _api(request).server.resource_content(
+        session_id, name, user_id=user, key=key, scope=scope
+    )
+
+
+@router.get(
+    "/sessions/{session_id}/resources/{name}",
+    summary="A resource's client data; a collection's instances, one page at a time",
+)
+async def resource_items(
+    session_id: str,
+    name: str,
+    request: Request,
+    user: User,
+    prefix: Annotated[str, Query()] = "",
+    after: Annotated[str | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    scope: Annotated[ScopeName | None, Query()] = None,
+) -> dict[str, Any]:
+    return await _api(request).server.resource_items(
+        session_id, name, user_id=user, prefix=prefix, after=after, limit=limit, scope=scope
+    )
+
+
+@router.get(
+    "/users/me/stream",
+    summary="Live state/resource changes of your user scope and your projects (SSE)",
+    response_class=EventSourceResponse,
+)
+async def user_stream(
+    request: Request,
+    user: User,
+    project_id: Annotated[list[str], Query(alias="projectId")] = [],  # noqa: B006
+) -> Response:
+    api = _api(request)
+    if project_id:
+        sessions = await api.server.list_sessions(user_id=user)
+        mine = {s.project_id for s in sessions if s.project_id is not None}
+        for pid in project_id:
+            if pid not in mine:
+                raise HTTPError(
+                    404,
+                    "project_not_found",
+                    f'project "{pid}" not found: you have no session in it',
+                )
+    topics = [f"user:{user}", *(f"project:{pid}" for pid in dict.fromkeys(project_id))]
+    return api.sse(_watch_topics(api, topics))
+
+
+# ----------------------------------------------------------------------------------- OpenAPI
+
+
+def _component_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)
+
+
+def _model_ref(
+    model: type[BaseModel],
+    prefix: str,
+    mode: Literal["validation", "serialization"],
+    components: dict[str, Any],
+) -> dict[str, Any]:
+    """Put ``model`` (and its nested models) in ``components``; return a ``$ref`` to it."""
+    schema = model.model_json_schema(
+        ref_template=f"#/components/schemas/{prefix}{{model}}", mode=mode
+    )
+    for name, definition in schema.pop("$defs", {}).items():
+        components[prefix + name] = definition
+    name = prefix + model.__name__
+    components[name] = schema
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _action_openapi(kind: str, action: str, block: Block, components: dict[str, Any]) -> Any:
+    prefix = _component_name(f"{kind}.{action}.")
+    ident = {"type": "string", "minLength": 1, "maxLength": 200}
+    properties: dict[str, Any] = {
+        "input": {"description": "any JSON (the action declares no input model)"}
+        if block.input is None
+        else _model_ref(block.input, prefix, "validation", components),
+        "sessionId": {**ident, "description": "run in this session (created if new)"},
+        "projectId": {**ident, "description": "the project scope of a new session"},
+    }
+    body: dict[str, Any] = {
+        "type": "object",
+        "title": f"{kind}.{action} request",
+        "properties": properties,
+        "additionalProperties": False,
+    }
+    if block.input is not None:
+        body["required"] = ["input"]
+    output = (
+        {}
+        if block.output is None
+        else _model_ref(block.output, prefix, "serialization", components)
+    )
+    result = {
+        "type": "object",
+        "title": f"{kind}.{action} result",
+        "properties": {
+            "requestId": {"type": "string"},
+            "sessionId": {"type": "string"},
+            "status": {"type": "string", "enum": ["completed"]},
+            "output": output,
+        },
+        "required": ["requestId", "sessionId", "status", "output"],
+    }
+    return {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {
+            "200": {
+                "description": "The run completed (JSON), or its events (SSE, when the request "
+                "sends Accept: text/event-stream)",
+                "content": {
+                    "application/json": {"schema": result},
+                    "text/event-stream": {"schema": {"type": "string"}},
+                },
+            },
+            "403": {"description": "Write to a read-only resource"},
+            "409": {"description": "Already exists, or concurrent modification"},
+            "413": {"description": "Request body over the size limit"},
+            "500": {"description": "The run failed"},
+        },
+    }
+
+
+def _add_action_routes(app: FastAPI, server: FlowServer, components: dict[str, Any]) -> None:
+    for kind, flow in server.flows.items():
+        for action, block in flow.actions.items():
+
+            def make(kind: str, action: str) -> Callable[..., Any]:
+                async def endpoint(request: Request, user: User) -> Response:
+                    return await _run_action(request, user, kind, action)
+
+                return endpoint
+
+            app.add_api_route(
+                f"{API_PREFIX}/{kind}/actions/{action}",
+                make(kind, action),
+                methods=["POST"],
+                summary=f"Run {kind}.{action}",
+                description=inspect.getdoc(getattr(block, "execute", None)) or "",
+                operation_id=_component_name(f"run_{kind}_{action}"),
+                tags=[kind],
+                responses=ERROR_RESPONSES,
+                openapi_extra=_action_openapi(kind, action, block, components),
+            )
+
+
+def _install_openapi(app: FastAPI, components: dict[str, Any]) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            parts = schema.setdefault("components", {})
+            parts.setdefault("schemas", {}).update(components)
+            parts["securitySchemes"] = {"bearerAuth": {"type": "http", "scheme": "bearer"}}
+            schema["security"] = [{"bearerAuth": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+# ----------------------------------------------------------------------------------- the app
+
+
+def create_app(
+    server: FlowServer,
+    *,
+    max_body_bytes: int = 1_000_000,
+    auth: Mapping[str, str] | Callable[[Any], Any] | None = None,
+    events_per_request: int = 1000,
+    keep_finished: int = 1000,
+    keep_seconds: float = 600.0,
+    ping_seconds: float = 15.0,
+    close_server: bool = False,
+    web: bool = True,
+) -> FastAPI:
+    """The ASGI app serving ``server``.
+
+    ``auth`` overrides ``server.auth`` (a token mapping or a callable; with neither, tokens
+    come from ``$FLOWSTATE_TOKENS``). ``events_per_request`` bounds each run's replay buffer;
+    finished runs stay resumable for ``keep_seconds`` (at most ``keep_finished`` of them).
+    ``close_server`` closes the server when the app shuts down; ``web`` serves the page at /.
+    """
+    if max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
+    authenticate = make_authenticator(auth if auth is not None else server.auth)
+    api = _Api(
+        server,
+        authenticate,
+        max_body_bytes=max_body_bytes,
+        logs=RequestLogs(
+            max_events=events_per_request, keep_finished=keep_finished, keep_seconds=keep_seconds
+        ),
+        ping_seconds=ping_seconds,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await api.shutdown()
+        if close_server:
+            await server.aclose()
+
+    app = FastAPI(
+        title="flowstate",
+        version=__version__,
+        description="Typed, scoped state for AI and automation flows. See docs/http.md.",
+        lifespan=lifespan,
+    )
+    app.state.flowstate = api
+    components: dict[str, Any] = {}
+    _add_action_routes(app, server, components)
+    app.include_router(router, prefix=API_PREFIX)
+    _install_openapi(app, components)
+
+    @app.exception_handler(FlowStateError)
+    async def on_flowstate_error(request: Request, exc: FlowStateError) -> Response:
+        return _error_response(exc)
+
+    @app.exception_handler(HTTPError)
+    async def on_http_error(request: Request, exc: HTTPError) -> Response:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
+        errors = _clean_errors(exc.errors())
+        return _error_response(
+            HTTPError(422, "validation_error", describe_errors(errors), details=errors)
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_starlette_error(request: Request, exc: StarletteHTTPException) -> Response:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        code = codes.get(exc.status_code, "http_error")
+        return _error_response(
+            HTTPError(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        )
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _error_response(exc)
+
+    if web:
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+        @app.get("/", include_in_schema=False)
+        async def index() -> FileResponse:
+            return FileResponse(STATIC_DIR / "index.html")
+
+    return app
