@@ -9,6 +9,7 @@ a write is atomic and bumps the version, and ``if_version`` turns it into a comp
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,9 +57,22 @@ class StateInfo:
         return self.version > 0
 
 
+def _check_finite(value: Any) -> None:
+    # Pydantic's JSON mode would silently turn NaN and infinities into null.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a JSON number")
+    if isinstance(value, dict):
+        for item in value.values():
+            _check_finite(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_finite(item)
+
+
 def to_json(value: Any, what: str) -> Any:
     """``value`` in JSON form (tuples → lists …), or :class:`StateValidationError`."""
     try:
+        _check_finite(value)
         converted = _FREE.validate_fields({"value": value})["value"]
         json.dumps(converted, allow_nan=False)
     except (StateValidationError, ValueError) as exc:
