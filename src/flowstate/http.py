@@ -36,6 +36,7 @@ from .errors import FlowStateError, SessionNotFoundError, StateValidationError
 from .requestlog import RequestLog, RequestLogs
 from .runtime import Event
 from .schema import describe_errors
+from .scripts.wmill_api import wmill_router
 from .server import FlowServer, RunResult
 
 __all__ = ["HTTPError", "create_app", "error_payload", "status_for"]
@@ -752,6 +753,7 @@ def create_app(
     components: dict[str, Any] = {}
     _add_action_routes(app, server, components)
     app.include_router(router, prefix=API_PREFIX)
+    app.include_router(wmill_router(server.store, authenticate, max_body=max_body_bytes))
     _install_openapi(app, components)
 
     @app.exception_handler(FlowStateError)

@@ -75,7 +75,8 @@ def _error(exc: FlowStateError) -> JSONResponse:
     body: dict[str, Any] = {"code": exc.code, "message": exc.message}
     if isinstance(exc, StateValidationError) and exc.errors:
         body["details"] = {"errors": exc.errors}
-    return JSONResponse({"error": body}, status_code=status)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
 class _Route(APIRoute):
