@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures.thread  # noqa: F401 - import before registering our exit hook below
 import os
 import threading
 from collections.abc import Awaitable, Callable
@@ -89,7 +90,20 @@ class _Engine:
 
 
 _ENGINE = _Engine()
-atexit.register(_ENGINE.shutdown)
+
+
+def _register_exit_hook() -> None:
+    # Closing a store may need the loop's default executor (SQLite joins its writer thread
+    # through it), and the executors refuse work once their own exit hook has run. Threading's
+    # exit hooks run before it, last registered first, so register ours there; the plain
+    # atexit hook is the fallback on interpreters without that (private) registry.
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        register(_ENGINE.shutdown)
+    atexit.register(_ENGINE.shutdown)
+
+
+_register_exit_hook()
 
 
 def call(url: str | None, fn: Callable[[Store], Awaitable[T]]) -> T:
