@@ -17,3 +17,10 @@ def main() -> None:
 from .scripts.cli import register as _register_scripts  # noqa: E402
 
 _register_scripts(main)
+from .cli_server import demo as _demo  # noqa: E402
+from .cli_server import serve as _serve  # noqa: E402
+from .cli_server import state as _state  # noqa: E402
+
+main.add_command(_serve)
+main.add_command(_state)
+main.add_command(_demo)
