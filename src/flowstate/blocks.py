@@ -258,8 +258,8 @@ class Handler(Block, Generic[InT, OutT]):
 
 @overload
 def handler(
-    *,
     name: str,
+    *,
     execute: TypedExecute[SS, US, PS, RS, OS],
     input: type[BaseModel] | None = ...,
     output: type[BaseModel] | None = ...,
@@ -280,8 +280,8 @@ def handler(
 
 @overload
 def handler(
-    *,
     name: str,
+    *,
     execute: None = None,
     input: type[BaseModel] | None = ...,
     output: type[BaseModel] | None = ...,
@@ -301,7 +301,7 @@ def handler(
 
 
 def handler(
-    *, name: str | None = None, execute: Execute | None = None, **options: Any
+    name: str | None = None, *, execute: Execute | None = None, **options: Any
 ) -> Handler[Any, Any] | Callable[[Execute], Handler[Any, Any]]:
     """Define a handler block: ``handler(name=..., execute=fn, ...)`` or ``@handler(name=...)``.
 
