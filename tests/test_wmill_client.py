@@ -6,7 +6,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -40,28 +39,28 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """A flowstate server process on a free loopback port, on a SQLite file we can read too."""
+    """`flowstate serve` on a free loopback port, on a SQLite file the tests read too."""
     tmp = tmp_path_factory.mktemp("wmill")
     store_url = f"sqlite:///{tmp / 'state.db'}"
-    (tmp / "wmill_app.py").write_text(
+    (tmp / "wmill_server.py").write_text(
         textwrap.dedent(
-            f"""
+            """
             from flowstate import FlowServer
-            from flowstate.http import create_app
 
-            server = FlowServer([], store={store_url!r})
-            app = create_app(server, auth={{{TOKEN!r}: "alice"}}, close_server=True)
+            def make(store=None):
+                return FlowServer([], store=store)  # no flows: scripts only
             """
         )
     )
     port = free_port()
+    log = tmp / "server.log"
+    log_file = log.open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "wmill_app:app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
+        ["flowstate", "serve", "wmill_server:make", "--store", store_url, "--host", "127.0.0.1",
+         "--port", str(port), "--token", TOKEN, "--user", "alice", "--log-level", "warning"],
         cwd=tmp,
-        stdout=subprocess.PIPE,
+        stdout=log_file,  # a file, not a pipe: a full pipe would block the server
         stderr=subprocess.STDOUT,
-        text=True,
     )  # fmt: skip
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -72,8 +71,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         except httpx.HTTPError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                output = proc.communicate()[0]
-                pytest.fail(f"the server did not start:\n{output}")
+                proc.wait()
+                log_file.close()
+                pytest.fail(f"the server did not start:\n{log.read_text()}")
             time.sleep(0.1)
     env = {
         **os.environ,
@@ -87,6 +87,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        log_file.close()
         scripts.shutdown()
 
 
