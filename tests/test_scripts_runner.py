@@ -313,6 +313,10 @@ def test_cli_run_failures_exit_1(tmp_path: Path, url: str) -> None:
     result = invoke("run", str(boom), "--store", url)
     assert result.exit_code == 1
     assert "Traceback" in result.stderr and "ValueError: kaput" in result.stderr
+    result = invoke("run", str(boom), "--store", "bogus://x")
+    assert result.exit_code == 1
+    assert "cannot open the store 'bogus://x': unknown store URL" in result.stderr
+    assert "Traceback" not in result.stderr  # reported before the script ran
     odd = write(tmp_path, "odd.py", "def main():\n    return object()\n")
     result = invoke("run", str(odd), "--store", url)
     assert result.exit_code == 1

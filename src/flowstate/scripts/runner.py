@@ -190,6 +190,7 @@ def run_script(
     main = load_main(file)
     kwargs = dict(args or {})
     _bind(main, kwargs, file)
+    _open_store(ctx)
     _reset_wmill_client()
     with use_context(ctx), _script_dir_on_path(file):
         try:
@@ -242,6 +243,7 @@ def run_flow(
         flow_path=path,
         flow_run_id=run_id,
     )
+    _open_store(base)
     results: dict[str, Any] = {}
     flow_args = dict(args or {})
     for step_id, (file, main) in zip(step_ids(len(mains)), mains, strict=True):
@@ -258,6 +260,18 @@ def run_flow(
             _reset_wmill_client()
             _forget_job(ctx, job_id)
     return FlowRunResult(run_id, results)
+
+
+def _open_store(ctx: ScriptContext) -> None:
+    """Open the run's store now, so a bad store URL is reported before the script runs."""
+
+    async def noop(store: Store) -> None:
+        return None
+
+    try:
+        engine.call(ctx.store_url, noop)
+    except (ValueError, OSError) as exc:
+        raise ScriptError(f"cannot open the store {ctx.store_url!r}: {exc}") from None
 
 
 def _record_job(ctx: ScriptContext, job_id: str, run_id: str) -> None:
