@@ -396,3 +396,22 @@ async def test_a_failing_parallel_branch_cancels_its_siblings() -> None:
         await asyncio.sleep(0.3)
         assert finished == []
         assert await server.store.read("session/s1/state") is None
+
+
+def test_a_block_inside_itself_fails_at_define_flow() -> None:
+    outer = sequencer(name="loop").then(echo("a"))
+    outer.then(sequencer(name="inner").then(outer))
+    with pytest.raises(DefinitionError) as info:
+        define_flow("k", actions={"go": outer})
+    assert 'sequencer "loop" contains itself ("loop" → "inner" → "loop")' in str(info.value)
+    # the same block twice side by side is fine: it is not inside itself
+    twice = sequencer(name="twice").then(echo("a")).then(echo("a"))
+    twice.parallel([echo("b"), echo("b")])
+    define_flow("k", actions={"go": twice})
+
+
+async def test_handler_name_may_be_positional() -> None:
+    async def fn(input: Any, ctx: Any) -> Any:
+        return ctx.block_name
+
+    assert (await run_action(handler("positional", execute=fn))).output == "positional"

@@ -192,11 +192,17 @@ class Block:
     def children(self) -> Sequence[Block]:
         return ()
 
-    def walk(self) -> list[Block]:
-        """This block and every block below it, depth first."""
+    def walk(self, _path: tuple[Block, ...] = ()) -> list[Block]:
+        """This block and every block below it, depth first (a block inside itself is an error)."""
+        if any(b is self for b in _path):
+            names = " → ".join(f'"{b.name}"' for b in (*_path, self))
+            raise DefinitionError(
+                f'{self.kind} "{self.name}" contains itself ({names}); a flow is a tree of '
+                "blocks, so repeat work with for_each instead"
+            )
         out: list[Block] = [self]
         for child in self.children():
-            out.extend(child.walk())
+            out.extend(child.walk((*_path, self)))
         return out
 
     def validate_input(self, value: Any) -> Any:
