@@ -28,7 +28,7 @@ BARRIER = """
             time.sleep(0.005)
 """
 
-WRITER = BARRIER + """
+WRITER = """
     import time
     from flowstate import scripts
 
@@ -45,7 +45,7 @@ WRITER = BARRIER + """
         return {"torn": torn, "span": [began, time.time()]}
 """
 
-COUNTER = BARRIER + """
+COUNTER = """
     import time
     from flowstate import scripts
 
@@ -107,7 +107,7 @@ def final_state(url: str) -> scripts.StateInfo:
 
 def test_overlapping_set_state_never_tears_a_value(tmp_path: Path, shared_url: str) -> None:
     script = tmp_path / "writer.py"
-    script.write_text(textwrap.dedent(WRITER))
+    script.write_text(textwrap.dedent(BARRIER) + textwrap.dedent(WRITER))
     n = 30
     results = run_twice(script, shared_url, [{"writer": "A", "n": n}, {"writer": "B", "n": n}])
     assert [r["torn"] for r in results] == [0, 0]
@@ -120,7 +120,7 @@ def test_overlapping_set_state_never_tears_a_value(tmp_path: Path, shared_url: s
 
 def test_overlapping_update_state_loses_no_update(tmp_path: Path, shared_url: str) -> None:
     script = tmp_path / "counter.py"
-    script.write_text(textwrap.dedent(COUNTER))
+    script.write_text(textwrap.dedent(BARRIER) + textwrap.dedent(COUNTER))
     n = 25
     results = run_twice(script, shared_url, [{"n": n, "me": "A"}, {"n": n, "me": "B"}])
     assert sum(r["calls"] for r in results) >= 2 * n  # more when a run lost a race and retried
