@@ -245,6 +245,8 @@ def running(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> It
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
     assert proc.returncode == 0, "\n".join(lines)
 
 
