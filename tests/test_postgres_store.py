@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import multiprocessing
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,7 +20,8 @@ from pydantic import BaseModel
 from flowstate.errors import StateValidationError
 from flowstate.ops import Change, FieldOp
 from flowstate.schema import Schema
-from flowstate.stores import Cap, Store, open_store
+from flowstate.stores import Cap, MemoryStore, Store, open_store
+from flowstate.stores import postgres as postgres_module
 from flowstate.stores.postgres import SCHEMA_VERSION, PostgresStore, migrate
 
 from . import test_store_conformance as conformance
@@ -419,3 +421,109 @@ def test_url_options_are_parsed_and_removed() -> None:
     assert PostgresStore("postgres://u@h/db", migrate=False)._config.migrate is False
     with pytest.raises(ValueError, match="migrate"):
         PostgresStore("postgresql://u@h/db?migrate=maybe")
+
+
+# ------------------------------------------------------------------------ batched writes
+
+
+def _random_change(rng: random.Random, i: int) -> Change:
+    kind = rng.choice(["inc", "set", "append", "record", "replace", "content", "drop"])
+    if kind == "inc":
+        return inc(rng.choice(["n", "m"]), rng.randint(1, 5))
+    if kind == "set":
+        return put(rng.choice(["a", "b", "c"]), rng.choice([i, "s", [i], {"z": i, "a": 1}]))
+    if kind == "append":
+        return ops(FieldOp("append", rng.choice(["l", "l2"]), i))
+    if kind == "record":
+        op = rng.choice(["record_set", "record_delete"])
+        return ops(FieldOp(op, "d", i if op == "record_set" else None, key=rng.choice("xyz")))
+    if kind == "replace":
+        return Change(FREE, replace={"a": i, "l": [i]})
+    if kind == "content":
+        return Change(FREE, ops=(FieldOp("set", "b", i),), content=rng.choice([None, f"c{i}"]))
+    return Change(FREE, replace={})
+
+
+async def test_concurrent_writes_to_many_records_match_one_by_one_writes(
+    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches mixing inserts, updates, deletes, appends and content equal sequential writes."""
+    sizes: list[int] = []
+    real = postgres_module._write_batch
+
+    async def spy(conn: Any, jobs: list[Any]) -> Any:
+        sizes.append(len(jobs))
+        return await real(conn, jobs)
+
+    monkeypatch.setattr(postgres_module, "_write_batch", spy)
+    rng = random.Random(7)
+    store = PostgresStore(postgres_store_url)
+    reference = MemoryStore()
+    keys = [f"r/{i}" for i in range(12)]
+    try:
+        for round_ in range(15):
+            changes = {key: _random_change(rng, round_) for key in keys if rng.random() < 0.8}
+            got = await asyncio.gather(
+                *(store.apply(k, c) for k, c in changes.items()), return_exceptions=True
+            )
+            for (key, change), result in zip(changes.items(), got, strict=True):
+                try:
+                    expected = await reference.apply(key, change)
+                except StateValidationError:
+                    assert isinstance(result, StateValidationError), (key, change, result)
+                    continue
+                assert not isinstance(result, BaseException), (key, change, result)
+                assert (result.status, result.version) == (expected.status, expected.version)
+            if round_ % 5 == 4:
+                for key in keys[:3]:
+                    await store.delete(key)
+                    await reference.delete(key)
+        other = PostgresStore(postgres_store_url)  # no cache: what is really stored
+        try:
+            for key in keys:
+                mine, theirs = await other.read(key), await reference.read(key)
+                assert (mine is None) == (theirs is None), key
+                if mine is not None and theirs is not None:
+                    assert dict(mine.fields) == dict(theirs.fields), key
+                    assert (mine.version, mine.content) == (theirs.version, theirs.content), key
+        finally:
+            await other.aclose()
+    finally:
+        await store.aclose()
+    assert max(sizes) > 1, "concurrent writes were never batched"
+
+
+async def test_one_failing_write_in_a_batch_fails_alone(postgres_store_url: str) -> None:
+    store = PostgresStore(postgres_store_url)
+    try:
+        for i in range(10):
+            await store.apply(f"k/{i}", put("v", "text" if i == 3 else [i]))
+        results = await asyncio.gather(
+            *(store.apply(f"k/{i}", ops(FieldOp("append", "v", "x"))) for i in range(10)),
+            return_exceptions=True,
+        )
+        assert isinstance(results[3], StateValidationError)
+        assert all(r.status == "committed" for i, r in enumerate(results) if i != 3)  # type: ignore[union-attr]
+        assert await fields_of(store, "k/3") == {"v": "text"}
+        assert await fields_of(store, "k/9") == {"v": [9, "x"]}
+    finally:
+        await store.aclose()
+
+
+async def test_a_cancelled_write_does_not_disturb_the_others(postgres_store_url: str) -> None:
+    store = PostgresStore(postgres_store_url)
+    try:
+        tasks = [asyncio.create_task(store.apply(f"k/{i}", inc())) for i in range(20)]
+        await asyncio.sleep(0)
+        tasks[5].cancel()
+        tasks[12].cancel()
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+        for i, result in enumerate(done):
+            record = await store.read(f"k/{i}")
+            if isinstance(result, asyncio.CancelledError):
+                assert record is None or record.fields == {"n": 1}
+            else:
+                assert record is not None and record.fields == {"n": 1}
+        assert (await store.apply("k/5", inc())).status == "committed"
+    finally:
+        await store.aclose()

@@ -36,6 +36,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import random
@@ -420,6 +421,9 @@ class _Cache:
         self._bytes = 0
 
 
+_NO_LOCK = contextlib.nullcontext()
+
+
 class _KeyLocks:
     """One asyncio lock per key in use, so writers of one key in this process queue up."""
 
@@ -462,63 +466,179 @@ def _load_sql(which: Literal["all", "some", "none"], content: bool) -> str:
     )
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Shape:
+    """Which parts a batch write has; one prepared statement per shape."""
+
+    updates: bool = False
+    update_content: bool = False
+    inserts: bool = False
+    changed: bool = False  # fields that exist: UPDATE
+    added: bool = False  # fields that do not: INSERT
+    deletes: bool = False
+    appends: bool = False
+
+
 @functools.cache
-def _write_sql(insert: bool, sets: bool, deletes: bool, content: bool, appends: bool) -> str:
-    """One statement that writes a mutation, guarded by the record's version and generation.
+def _batch_sql(shape: _Shape) -> str:
+    """One statement writing a batch of records (distinct keys), each guarded by its version
+    and generation; returns ``(key, version, gen)`` for every record it wrote.
 
-    Parameters: $1 key, $2 version, $3 gen (update only), then in order content, set names and
-    values, delete names, append names, full lists and items, for the parts that are present.
-    An insert (new record) takes appends as plain sets.
+    Records are locked in key order (an index scan of ``key = ANY(...)``, inserts sorted), so
+    batches from several processes cannot deadlock each other. Field rows are touched only for
+    records this statement wrote, whose row locks it holds. Parameters, in order, for the parts
+    present: update keys, versions, gens, [content flags, contents]; insert keys, contents;
+    changed keys, names, values; added keys, names, values; delete keys, names; append keys,
+    names, whole lists, items.
     """
-    n = 1 if insert else 3
-    parts: list[str] = []
+    n = 0
 
-    def param() -> str:
+    def p(kind: str) -> str:
         nonlocal n
         n += 1
-        return f"${n}"
+        return f"${n}::{kind}"
 
-    if insert:
-        c = param() if content else "NULL"
+    parts: list[str] = []
+    results: list[str] = []
+    if shape.updates:
+        keys, versions, gens = p("text[]"), p("int8[]"), p("int8[]")
+        at = f"array_position({keys}, f.key)"
+        content = ""
+        if shape.update_content:
+            flags, texts = p("bool[]"), p("text[]")
+            content = (
+                f", content = CASE WHEN ({flags})[{at}] THEN ({texts})[{at}] ELSE f.content END"
+            )
         parts.append(
-            "r AS (INSERT INTO fs_records (key, version, content, created_at, accessed_at) "
-            f"SELECT $1, 1, {c}, t.now, t.now FROM (SELECT {_NOW} AS now) t "
-            "ON CONFLICT (key) DO NOTHING RETURNING version, gen)"
+            f"ru AS (UPDATE fs_records f SET version = f.version + 1, accessed_at = {_NOW}"
+            f"{content} WHERE f.key = ANY({keys}) AND f.version = ({versions})[{at}] "
+            f"AND f.gen = ({gens})[{at}] RETURNING f.key, f.version, f.gen)"
         )
-    else:
-        c = f", content = {param()}" if content else ""
+        results.append("SELECT key, version, gen FROM ru")
+    if shape.inserts:
+        keys, texts = p("text[]"), p("text[]")
         parts.append(
-            f"r AS (UPDATE fs_records SET version = version + 1, accessed_at = {_NOW}{c} "
-            "WHERE key = $1 AND version = $2 AND gen = $3 RETURNING version, gen)"
+            "ri AS (INSERT INTO fs_records (key, version, content, created_at, accessed_at) "
+            f"SELECT u.key, 1, u.c, t.now, t.now FROM unnest({keys}, {texts}) AS u(key, c), "
+            f"(SELECT {_NOW} AS now) t ORDER BY u.key "
+            "ON CONFLICT (key) DO NOTHING RETURNING key, version, gen)"
         )
-    if sets:
-        names, values = param(), param()
+        results.append("SELECT key, version, gen FROM ri")
+    parts.append("r AS (" + " UNION ALL ".join(results) + ")")
+    if shape.changed:
+        keys, names, values = p("text[]"), p("text[]"), p("json[]")
         parts.append(
-            "s AS (INSERT INTO fs_fields (key, name, value) SELECT $1, u.name, u.value "
-            f"FROM r, unnest({names}::text[], {values}::json[]) AS u(name, value) "
-            "ON CONFLICT (key, name) DO UPDATE SET value = EXCLUDED.value)"
+            "fc AS (UPDATE fs_fields f SET value = v.value "
+            f"FROM unnest({keys}, {names}, {values}) AS v(key, name, value), r "
+            "WHERE f.key = v.key AND f.name = v.name AND r.key = v.key)"
         )
-    if deletes:
+    if shape.added:
+        keys, names, values = p("text[]"), p("text[]"), p("json[]")
         parts.append(
-            "d AS (DELETE FROM fs_fields f USING r "
-            f"WHERE f.key = $1 AND f.name = ANY({param()}::text[]))"
+            "fa AS (INSERT INTO fs_fields (key, name, value) SELECT v.key, v.name, v.value "
+            f"FROM unnest({keys}, {names}, {values}) AS v(key, name, value) "
+            "JOIN r ON r.key = v.key ON CONFLICT (key, name) DO UPDATE SET value = EXCLUDED.value)"
         )
-    if appends:
-        names, fulls, items = param(), param(), param()
+    if shape.deletes:
+        keys, names = p("text[]"), p("text[]")
         parts.append(
-            "au AS (UPDATE fs_fields f SET value = fs_append(f.name, f.value, u.whole, u.items) "
-            f"FROM r, unnest({names}::text[], {fulls}::text[], {items}::text[]) "
-            "AS u(name, whole, items) WHERE f.key = $1 AND f.name = u.name)"
+            f"fd AS (DELETE FROM fs_fields f USING unnest({keys}, {names}) AS v(key, name), r "
+            "WHERE f.key = v.key AND f.name = v.name AND r.key = v.key)"
+        )
+    if shape.appends:
+        keys, names, wholes, items = p("text[]"), p("text[]"), p("text[]"), p("text[]")
+        parts.append(
+            "fu AS (UPDATE fs_fields f SET value = fs_append(f.name, f.value, v.whole, v.items) "
+            f"FROM unnest({keys}, {names}, {wholes}, {items}) AS v(key, name, whole, items), r "
+            "WHERE f.key = v.key AND f.name = v.name AND r.key = v.key)"
         )
         parts.append(
-            "ai AS (INSERT INTO fs_fields (key, name, value) SELECT $1, u.name, u.whole::json "
-            f"FROM r, unnest({names}::text[], {fulls}::text[]) AS u(name, whole) "
-            "WHERE NOT EXISTS (SELECT 1 FROM fs_fields f WHERE f.key = $1 AND f.name = u.name))"
+            "fi AS (INSERT INTO fs_fields (key, name, value) SELECT v.key, v.name, v.whole::json "
+            f"FROM unnest({keys}, {names}, {wholes}) AS v(key, name, whole) "
+            "JOIN r ON r.key = v.key WHERE NOT EXISTS "
+            "(SELECT 1 FROM fs_fields f WHERE f.key = v.key AND f.name = v.name))"
         )
-    return "WITH " + ", ".join(parts) + " SELECT version, gen FROM r"
+    return "WITH " + ", ".join(parts) + " SELECT key, version, gen FROM r"
 
 
-_INSERT_SQL = _write_sql(True, True, False, True, False)
+@dataclasses.dataclass(eq=False, slots=True)
+class _Job:
+    """One record write waiting to be committed, possibly together with others."""
+
+    key: str
+    entry: _Entry | None  # what it was resolved against (None: the record did not exist)
+    mutation: Mutation
+    enc: _Encoded
+    future: asyncio.Future[tuple[int, int] | None] | None = None
+
+
+def _batch_args(jobs: list[_Job]) -> tuple[_Shape, list[Any]]:
+    """The statement shape and parameters that write ``jobs`` (distinct keys)."""
+    upd: list[_Job] = []
+    ins: list[_Job] = []
+    changed: tuple[list[str], list[str], list[str]] = ([], [], [])
+    added: tuple[list[str], list[str], list[str]] = ([], [], [])
+    deletes: tuple[list[str], list[str]] = ([], [])
+    appends: tuple[list[str], list[str], list[str], list[str]] = ([], [], [], [])
+    for job in sorted(jobs, key=lambda j: j.key):
+        entry, enc, key = job.entry, job.enc, job.key
+        if entry is None:
+            ins.append(job)
+            sets = {**enc.sets, **{name: whole for name, (whole, _) in enc.appends.items()}}
+            for name, value in sets.items():
+                for column, item in zip(added, (key, name, value), strict=True):
+                    column.append(item)
+            continue
+        upd.append(job)
+        for name, value in enc.sets.items():
+            target = changed if name in entry.fields else added
+            for column, item in zip(target, (key, name, value), strict=True):
+                column.append(item)
+        for name in job.mutation.delete:
+            deletes[0].append(key)
+            deletes[1].append(name)
+        for name, (whole, items) in enc.appends.items():
+            for column, value in zip(appends, (key, name, whole, items), strict=True):
+                column.append(value)
+    update_content = any(j.mutation.content is not UNCHANGED for j in upd)
+    shape = _Shape(
+        updates=bool(upd),
+        update_content=update_content,
+        inserts=bool(ins),
+        changed=bool(changed[0]),
+        added=bool(added[0]),
+        deletes=bool(deletes[0]),
+        appends=bool(appends[0]),
+    )
+    args: list[Any] = []
+    if upd:
+        args += [[j.key for j in upd], [j.entry.version for j in upd if j.entry]]
+        args.append([j.entry.gen for j in upd if j.entry])
+        if update_content:
+            args.append([j.mutation.content is not UNCHANGED for j in upd])
+            args.append(
+                [None if j.mutation.content is UNCHANGED else j.mutation.content for j in upd]
+            )
+    if ins:
+        args.append([j.key for j in ins])
+        args.append([None if j.mutation.content is UNCHANGED else j.mutation.content for j in ins])
+    for part in (changed, added, deletes, appends):
+        if part[0]:
+            args += part
+    return shape, args
+
+
+async def _write_batch(conn: Connection, jobs: list[_Job]) -> dict[str, tuple[int, int]]:
+    """Write ``jobs`` in one statement; return ``key → (version, gen)`` of those written."""
+    shape, args = _batch_args(jobs)
+    try:
+        rows = await conn.fetch(_batch_sql(shape), *args)
+    except asyncpg.PostgresError as exc:
+        if getattr(exc, "sqlstate", None) == "FS001":  # raised by fs_append
+            raise append_target_error(exc.message, exc.detail) from None
+        raise
+    return {row[0]: (row[1], row[2]) for row in rows}
+
 
 _FIELDS_SQL = "SELECT name, value FROM fs_fields WHERE key = $1"
 
@@ -527,6 +647,20 @@ def _needed(change: Change) -> frozenset[str] | None:
     """Fields to load for ``change``: lists that are only appended to are appended in SQL."""
     names = change.needed_fields
     return None if names is None else names - change.lazy_appends
+
+
+async def _keep_session(conn: Connection) -> None:
+    """Pool release without asyncpg's reset query (a round trip per operation).
+
+    The store leaves no session state behind: the search path is a startup setting, advisory
+    locks are transaction-scoped, and it never LISTENs, opens cursors or SETs on pool
+    connections. An open transaction is still rolled back by asyncpg itself.
+    """
+
+
+_POOL_OPTIONS: dict[str, Any] = (
+    {"reset": _keep_session} if "reset" in inspect.signature(asyncpg.create_pool).parameters else {}
+)
 
 
 class _Retry(Exception):
@@ -743,6 +877,7 @@ class PostgresStore(Store):
     """Records in PostgreSQL, shared by any number of processes (``postgresql://…``)."""
 
     optimistic_attempts = 3
+    max_batch = 64
 
     def __init__(self, url: str, *, migrate: bool | None = None) -> None:
         super().__init__()
@@ -757,6 +892,10 @@ class PostgresStore(Store):
         self._locks = _KeyLocks()
         self._events: _Events | None = None
         self._closed = False
+        self._pending: list[_Job] = []
+        self._flushers = 0
+        self._max_flushers = max(1, self._config.max_size // 4)
+        self._flush_tasks: set[asyncio.Task[None]] = set()
 
     @property
     def schema(self) -> str | None:
@@ -781,6 +920,7 @@ class PostgresStore(Store):
                     self._pool.terminate()
                 self._pool = None
                 self._events = None
+                self._pending, self._flushers, self._flush_tasks = [], 0, set()
             config = self._config
             conn = await asyncpg.connect(config.dsn)
             try:
@@ -800,6 +940,7 @@ class PostgresStore(Store):
                 min_size=min(config.min_size, config.max_size),
                 max_size=config.max_size,
                 server_settings=config.server_settings,
+                **_POOL_OPTIONS,
             )
             self._pool_loop = loop
             return self._pool
@@ -854,51 +995,112 @@ class PostgresStore(Store):
 
     # ------------------------------------------------------------------ writing
 
-    async def _write(
-        self, conn: Connection, key: str, entry: _Entry | None, mutation: Mutation, enc: _Encoded
-    ) -> tuple[int, int] | None:
-        """Write ``mutation`` if the record is still at ``entry``'s version (or still absent)."""
-        content = mutation.content is not UNCHANGED
-        args: list[Any] = [key]
-        if entry is None:
-            sets = {**enc.sets, **{name: full for name, (full, _) in enc.appends.items()}}
-            appends: dict[str, tuple[str, str]] = {}
-            deletes: list[str] = []
-        else:
-            sets, appends, deletes = enc.sets, enc.appends, list(mutation.delete)
-            args += [entry.version, entry.gen]
-        if content:
-            args.append(mutation.content)
-        if sets:
-            args += [list(sets), list(sets.values())]
-        if deletes:
-            args.append(deletes)
-        if appends:
-            args += [
-                list(appends),
-                [f for f, _ in appends.values()],
-                [i for _, i in appends.values()],
-            ]
-        sql = _write_sql(entry is None, bool(sets), bool(deletes), content, bool(appends))
+    # Writes from concurrent callers are committed together: a caller that finds the writer
+    # idle writes its own record at once; while that is in flight, others queue up and one
+    # or more flusher tasks write them in batches (one statement each). Every record in a
+    # batch is still guarded by its own version and generation.
+
+    async def _commit(self, job: _Job) -> tuple[int, int] | None:
+        """Write one resolved job; ``(version, gen)``, or None if the record had moved on."""
+        if not self._pending and self._flushers == 0:
+            self._flushers += 1
+            try:
+                pool = await self._get_pool()
+                async with pool.acquire() as conn:
+                    written = await self._write_alone(conn, job)
+            finally:
+                self._flushers -= 1
+                if self._pending:
+                    self._spawn_flusher()
+            return written
+        job.future = asyncio.get_running_loop().create_future()
+        self._pending.append(job)
+        if self._flushers < self._max_flushers:
+            self._spawn_flusher()
+        return await job.future
+
+    @staticmethod
+    async def _write_alone(conn: Connection, job: _Job) -> tuple[int, int] | None:
         try:
-            row = await conn.fetchrow(sql, *args)
-        except asyncpg.PostgresError as exc:
-            if getattr(exc, "sqlstate", None) == "FS001":  # raised by fs_append
-                raise append_target_error(exc.message, exc.detail) from None
-            raise
-        return None if row is None else (row[0], row[1])
+            return (await _write_batch(conn, [job])).get(job.key)
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            return None  # treated like a moved record: the caller reloads and tries again
+
+    def _spawn_flusher(self) -> None:
+        self._flushers += 1
+        task = asyncio.get_running_loop().create_task(self._flush_loop())
+        self._flush_tasks.add(task)
+        task.add_done_callback(self._flush_tasks.discard)
+
+    def _take_batch(self) -> list[_Job]:
+        batch: list[_Job] = []
+        rest: list[_Job] = []
+        keys: set[str] = set()
+        for job in self._pending:
+            if job.future is not None and job.future.done():
+                continue  # its caller gave up: do not write it
+            if job.key in keys or len(batch) >= self.max_batch:
+                rest.append(job)
+            else:
+                keys.add(job.key)
+                batch.append(job)
+        self._pending = rest
+        return batch
+
+    async def _flush_loop(self) -> None:
+        try:
+            while batch := self._take_batch():
+                await self._flush(batch)
+        finally:
+            self._flushers -= 1
+
+    async def _flush(self, batch: list[_Job]) -> None:
+        def settle(job: _Job, value: tuple[int, int] | BaseException | None) -> None:
+            future = job.future
+            if future is None or future.done():
+                return
+            if isinstance(value, BaseException):
+                future.set_exception(value)
+            else:
+                future.set_result(value)
+
+        try:
+            pool = await self._get_pool()
+            async with pool.acquire() as conn:
+                if len(batch) > 1:
+                    try:
+                        written = await _write_batch(conn, batch)
+                    except (asyncpg.PostgresError, StateValidationError):
+                        pass  # one job's error (or a deadlock): write them one by one
+                    else:
+                        for job in batch:
+                            settle(job, written.get(job.key))
+                        return
+                for job in batch:
+                    try:
+                        settle(job, await self._write_alone(conn, job))
+                    except Exception as exc:
+                        settle(job, exc)
+        except BaseException as exc:
+            for job in batch:
+                settle(job, exc)
+            if not isinstance(exc, Exception):
+                raise
 
     async def apply(self, key: str, change: Change, *, touch: bool = False) -> Applied:
         pool = await self._get_pool()
         names = _needed(change)
         want_content = change.content is not UNCHANGED
-        async with self._locks.hold(key), pool.acquire() as conn:
+        # Writers of one key queue here rather than race, except compare-and-swap writes: all
+        # but one of a crowd must fail anyway, and they should find out in parallel.
+        queue = self._locks.hold(key) if change.expected_version is None else _NO_LOCK
+        async with queue:
             try:
                 for _ in range(self.optimistic_attempts):
                     entry = self._cache.get(key)
                     fresh = entry is None or not entry.covers(names, want_content)
                     if fresh:
-                        loaded = await self._load(conn, key, names, want_content)
+                        loaded = await self._load(pool, key, names, want_content)
                         entry = None if loaded is None else loaded[0]
                         if entry is not None:
                             self._cache.merge(key, entry)
@@ -928,18 +1130,19 @@ class PostgresStore(Store):
                             self._cache.drop(key)
                             continue
                         if touch and entry is not None:
-                            await conn.execute(
+                            await pool.execute(
                                 f"UPDATE fs_records SET accessed_at = {_NOW} WHERE key = $1", key
                             )
                         return Applied("noop", version)
                     enc = _Encoded.of(mutation)
-                    written = await self._write(conn, key, entry, mutation, enc)
+                    written = await self._commit(_Job(key, entry, mutation, enc))
                     if written is not None:
                         base = entry or _Entry(0, 0, {}, None, None, True)
                         self._cache.put(key, base.after(mutation, enc, *written))
                         return Applied("committed", written[0], mutation)
                     self._cache.drop(key)
-                return await self._apply_locked(conn, key, change, touch)
+                async with pool.acquire() as conn:
+                    return await self._apply_locked(conn, key, change, touch)
             except BaseException:
                 self._cache.drop(key)
                 raise
@@ -984,7 +1187,8 @@ class PostgresStore(Store):
                             )
                         return Applied("noop", version)
                     enc = _Encoded.of(mutation)
-                    written = await self._write(conn, key, entry, mutation, enc)
+                    job = _Job(key, entry, mutation, enc)
+                    written = (await _write_batch(conn, [job])).get(key)
                     if written is None:
                         raise _Retry  # created meanwhile (we saw no row to lock): again
             except _RETRYABLE:
@@ -1056,16 +1260,20 @@ class PostgresStore(Store):
                         return Created("full", 0)
                     order = "accessed_at" if cap.eviction == "lru" else "created_at"
                     victims = await conn.fetch(
+                        # pick by age, lock in key order (as batch writes do): no deadlocks
                         f"WITH v AS (SELECT key FROM fs_records WHERE key >= $1 AND key < $2 "
-                        f"ORDER BY {order}, key LIMIT $3 FOR UPDATE) "
-                        "DELETE FROM fs_records r USING v WHERE r.key = v.key RETURNING r.key",
+                        f"ORDER BY {order}, key LIMIT $3), "
+                        "l AS (SELECT f.key FROM fs_records f WHERE f.key IN (SELECT key FROM v) "
+                        "ORDER BY f.key FOR UPDATE) "
+                        "DELETE FROM fs_records r USING l WHERE r.key = l.key RETURNING r.key",
                         lo,
                         hi,
                         excess,
                     )
                     evicted = sorted(r[0] for r in victims)
                     await conn.execute("DELETE FROM fs_fields WHERE key = ANY($1::text[])", evicted)
-            new = await conn.fetchrow(_INSERT_SQL, key, content, names, values)
+            job = _Job(key, None, Mutation(set=fields, content=content), _Encoded(encoded, {}))
+            new = (await _write_batch(conn, [job])).get(key)
             if new is None:
                 raise _Retry  # created meanwhile without the cap lock: look again
             gen = new[1]
@@ -1170,6 +1378,8 @@ class PostgresStore(Store):
         events, self._events = self._events, None
         if events is not None:
             await events.aclose()
+        while self._flush_tasks:
+            await asyncio.gather(*self._flush_tasks, return_exceptions=True)
         self._closed = True
         pool, self._pool = self._pool, None
         self._cache.clear()
