@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 __all__ = ["TERMINAL_EVENTS", "RequestLog", "RequestLogs"]
@@ -29,6 +29,7 @@ class RequestLog:
         self.session_id: str | None = None
         self.events: deque[dict[str, Any]] = deque(maxlen=max_events)
         self.finished_at: float | None = None
+        self.on_finish: Callable[[RequestLog], None] | None = None
         self._changed = asyncio.Event()
 
     @property
@@ -53,6 +54,8 @@ class RequestLog:
         """Mark the run over (also called if it ends without a terminal event)."""
         if self.finished_at is None:
             self.finished_at = time.monotonic()
+            if self.on_finish is not None:
+                self.on_finish(self)
         self._wake()
 
     def _wake(self) -> None:
@@ -78,8 +81,9 @@ class RequestLog:
 class RequestLogs:
     """The logs of running requests plus recently finished ones, by request id.
 
-    Finished logs are kept for ``keep_seconds`` and at most ``keep_finished`` of them, so a
-    client can resume a stream shortly after it ended; running logs are never dropped.
+    Finished logs are kept for ``keep_seconds`` and at most ``keep_finished`` of them (the
+    oldest finished go first), so a client can resume a stream shortly after it ended;
+    running logs are never dropped.
     """
 
     def __init__(
@@ -92,35 +96,36 @@ class RequestLogs:
         self.max_events = max_events
         self.keep_finished = keep_finished
         self.keep_seconds = keep_seconds
-        self._logs: OrderedDict[str, RequestLog] = OrderedDict()
-        self._pruned_at = time.monotonic()
+        self._logs: dict[str, RequestLog] = {}
+        self._finished: deque[tuple[float, str]] = deque()  # in the order they finished
 
     def __len__(self) -> int:
         return len(self._logs)
 
     def new(self, *, user_id: str, flow_kind: str) -> RequestLog:
         """A log for a run about to start; :meth:`add` it once its first event names it."""
-        return RequestLog(user_id=user_id, flow_kind=flow_kind, max_events=self.max_events)
+        log = RequestLog(user_id=user_id, flow_kind=flow_kind, max_events=self.max_events)
+        log.on_finish = self._finished_one
+        return log
 
     def add(self, log: RequestLog) -> None:
         assert log.request_id is not None
         self._logs[log.request_id] = log
-        now = time.monotonic()
-        # A full pass is O(logs): do it when over the limit or at most once a second.
-        if len(self._logs) > self.keep_finished or now - self._pruned_at > 1.0:
-            self.prune(now)
+        self.prune()
 
     def get(self, request_id: str) -> RequestLog | None:
         return self._logs.get(request_id)
 
+    def _finished_one(self, log: RequestLog) -> None:
+        if log.request_id is not None and log.finished_at is not None:
+            self._finished.append((log.finished_at, log.request_id))
+
     def prune(self, now: float | None = None) -> None:
-        """Drop finished logs that are too old, then the oldest finished beyond the limit."""
+        """Drop finished logs past ``keep_seconds``, then the oldest beyond ``keep_finished``."""
         now = time.monotonic() if now is None else now
-        self._pruned_at = now
-        finished = [
-            (rid, log.finished_at) for rid, log in self._logs.items() if log.finished_at is not None
-        ]
-        excess = len(finished) - self.keep_finished
-        for index, (rid, finished_at) in enumerate(finished):
-            if index < excess or now - finished_at > self.keep_seconds:
-                del self._logs[rid]
+        finished = self._finished
+        while finished and (
+            len(finished) > self.keep_finished or now - finished[0][0] > self.keep_seconds
+        ):
+            _, request_id = finished.popleft()
+            self._logs.pop(request_id, None)
