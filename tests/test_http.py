@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from flowstate import AuthError, FlowServer
-from flowstate.http import create_app
+from flowstate.errors import FlowStateError
+from flowstate.http import create_app, status_for
 from flowstate.transport import StreamingASGITransport
 
 from .http_support import ALICE, BOB, SECRET, TOKENS, Gate, lab_flow, parse_sse
@@ -290,6 +291,33 @@ async def test_default_tokens_come_from_the_environment(
 
 
 # ----------------------------------------------------------------------------------- errors
+
+
+def test_every_error_code_has_its_status() -> None:
+    codes = {
+        cls.code: status_for(cls.code)
+        for cls in _all_errors(FlowStateError)
+        if cls.__module__ == "flowstate.errors"  # the public hierarchy (SPEC §11)
+    }
+    assert codes == {
+        "flowstate_error": 500,
+        "validation_error": 422,
+        "concurrent_modification": 409,
+        "schema_conflict": 500,
+        "resource_not_found": 404,
+        "resource_already_exists": 409,
+        "resource_read_only": 403,
+        "invalid_key": 422,
+        "collection_full": 409,
+        "session_not_found": 404,
+        "definition_error": 500,
+        "auth_error": 401,
+    }
+    assert status_for("request_not_found") == 404 and status_for("anything_else") == 500
+
+
+def _all_errors(cls: type[FlowStateError]) -> list[type[FlowStateError]]:
+    return [cls, *(sub for child in cls.__subclasses__() for sub in _all_errors(child))]
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
-from .auth import Authenticator, make_authenticator
+from .auth import TOKENS_ENV, Authenticator, make_authenticator, tokens_from_env
 from .blocks import Block
 from .clientdata import to_json
 from .errors import FlowStateError, SessionNotFoundError, StateValidationError
@@ -725,7 +725,12 @@ def create_app(
     """
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
-    authenticate = make_authenticator(auth if auth is not None else server.auth)
+    configured = auth if auth is not None else server.auth
+    if configured is None and not tokens_from_env():
+        log.warning(
+            "no auth configured and $%s is empty: every API request answers 401", TOKENS_ENV
+        )
+    authenticate = make_authenticator(configured)
     api = _Api(
         server,
         authenticate,
