@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,12 @@ from .conftest import make_store_url
 BARRIER = """
     import pathlib, time
 
-    def wait_for_each_other(barrier, me):
-        # Both processes start their writes together, however slowly each one started.
+    def wait_for_each_other(barrier, me, count=2):
+        # The processes start their work together, however slowly each one started.
         directory = pathlib.Path(barrier)
         (directory / me).touch()
         deadline = time.time() + 60
-        while len(list(directory.iterdir())) < 2 and time.time() < deadline:
+        while len(list(directory.iterdir())) < count and time.time() < deadline:
             time.sleep(0.005)
 """
 
@@ -127,3 +128,37 @@ def test_overlapping_update_state_loses_no_update(tmp_path: Path, shared_url: st
     info = final_state(shared_url)
     assert info.value == 2 * n
     assert info.version == 2 * n
+
+
+OPENER = """
+    import asyncio, sys
+    from flowstate.stores import open_store
+
+    wait_for_each_other(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+
+    async def main():
+        store = open_store(sys.argv[1])
+        await store.aclose()
+
+    asyncio.run(main())
+"""
+
+
+def test_runs_starting_together_on_a_fresh_sqlite_file_all_open_it(tmp_path: Path) -> None:
+    # A new database is switched to WAL on first open; processes doing that at the same
+    # moment used to fail at once with "database is locked".
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    script = tmp_path / "opener.py"
+    script.write_text(textwrap.dedent(BARRIER) + textwrap.dedent(OPENER))
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), url, str(barrier), f"p{i}", "4"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    errors = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors

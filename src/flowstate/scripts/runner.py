@@ -270,7 +270,7 @@ def _open_store(ctx: ScriptContext) -> None:
 
     try:
         engine.call(ctx.store_url, noop)
-    except (ValueError, OSError) as exc:
+    except Exception as exc:  # whatever the backend raises: a bad URL, no server, no access
         raise ScriptError(f"cannot open the store {ctx.store_url!r}: {exc}") from None
 
 

@@ -136,7 +136,7 @@ class SQLiteStore(Store):
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
         if self.path != ":memory:":
-            conn.execute("PRAGMA journal_mode = WAL")
+            self._set_wal(conn)
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -152,6 +152,21 @@ class SQLiteStore(Store):
             conn.execute("ROLLBACK")
             raise
         return conn
+
+    def _set_wal(self, conn: sqlite3.Connection) -> None:
+        # Switching a new database to WAL fails at once with "database is locked" (the busy
+        # timeout does not apply) while another process opens it too: retry until the timeout.
+        deadline = time.monotonic() + self._busy_timeout
+        delay = 0.001
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     def _run(self, ready: queue.SimpleQueue[BaseException | None]) -> None:
         try:
