@@ -303,6 +303,21 @@ class _Api:
         self.logs = logs
         self.ping_seconds = ping_seconds
         self.tasks: set[asyncio.Task[RunResult]] = set()
+        self.flow_list = {
+            "flows": [
+                {
+                    "kind": kind,
+                    "actions": [
+                        {
+                            "name": name,
+                            "input": None if b.input is None else b.input.model_json_schema(),
+                        }
+                        for name, b in flow.actions.items()
+                    ],
+                }
+                for kind, flow in server.flows.items()
+            ]
+        }
 
     def sse(self, content: AsyncIterator[ServerSentEvent]) -> EventSourceResponse:
         return EventSourceResponse(content, sep="\n", ping=self.ping_seconds)
@@ -418,17 +433,7 @@ async def _run_action(request: Request, user: str, kind: str, action: str) -> Re
 
 @router.get("", summary="List the flows and their actions")
 async def list_flows(user: User, request: Request) -> dict[str, Any]:
-    flows = []
-    for kind, flow in _api(request).server.flows.items():
-        actions = [
-            {
-                "name": name,
-                "input": None if block.input is None else block.input.model_json_schema(),
-            }
-            for name, block in flow.actions.items()
-        ]
-        flows.append({"kind": kind, "actions": actions})
-    return {"flows": flows}
+    return _api(request).flow_list
 
 
 @router.post("/{kind}/actions/{action}", include_in_schema=False)
@@ -723,8 +728,12 @@ def create_app(
     finished runs stay resumable for ``keep_seconds`` (at most ``keep_finished`` of them).
     ``close_server`` closes the server when the app shuts down; ``web`` serves the page at /.
     """
-    if max_body_bytes < 1:
-        raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
+    for name, value in (
+        ("max_body_bytes", max_body_bytes),
+        ("events_per_request", events_per_request),
+    ):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     configured = auth if auth is not None else server.auth
     if configured is None and not tokens_from_env():
         log.warning(
