@@ -26,6 +26,7 @@ from .paths import ScriptContext, check_path
 from .storage import StateInfo
 
 __all__ = [
+    "SCRIPT_RETRY",
     "NoFlowRunError",
     "ScriptContext",
     "StateInfo",
@@ -47,6 +48,12 @@ __all__ = [
 ]
 
 shutdown = engine.shutdown
+
+SCRIPT_RETRY = RetryPolicy(max_attempts=50, base_delay=0.001, max_delay=0.05)
+"""``update_state``'s default retries. More than a flow scope's 10: a retry costs one read, and
+a script has nothing better to do than to get its update in. Under SQLite, a writer waiting
+for the file lock sleeps in steps of up to 100 ms, so a process hammering one state can win
+several rounds in a row; 50 jittered attempts (about 2.5 s at most) ride that out."""
 
 
 class NoFlowRunError(FlowStateError):
@@ -108,12 +115,13 @@ def update_state(fn: Callable[[Any], Any], *, retry: RetryPolicy | None = None) 
 
     ``current`` is None before the first write. The new value is written only if nobody wrote
     in between; otherwise the state is read again and ``fn`` re-run (so ``fn`` must be pure),
-    with bounded, jittered retries (``retry``, default 10 attempts). On exhaustion:
-    :class:`~flowstate.ConcurrentModificationError` with ``.attempts``. Returns the new value.
+    with bounded, jittered retries (``retry``, default :data:`SCRIPT_RETRY`: 50 attempts).
+    On exhaustion: :class:`~flowstate.ConcurrentModificationError` (``.attempts``). Returns
+    the new value.
     """
     ctx = _ctx()
     path = ctx.state_path
-    policy = retry or RetryPolicy()
+    policy = retry or SCRIPT_RETRY
     for attempt in range(1, policy.max_attempts + 1):
         if attempt > 1:
             time.sleep(policy.delay(attempt - 1))
