@@ -1,7 +1,7 @@
 """HTTP throughput and latency of an action, next to a bare FastAPI endpoint; SSE delivery delay.
 
-    python bench/bench_http.py [--requests 3000] [--concurrency 16] [--sse-samples 300]
-                               [--time-limit 300]
+    python bench/bench_http.py [--rounds 3] [--requests 3000] [--concurrency 16]
+                               [--sse-samples 300] [--time-limit 300]
 
 Everything runs on loopback, each server in its own uvicorn process (one worker, no access
 log) on a fresh SQLite file (WAL, synchronous=FULL), and the load generator in a second
@@ -14,6 +14,9 @@ process (httpx + asyncio, keep-alive, ``--concurrency`` workers each with its ow
   lock: writes to one SQLite file are serial anyway), answering ``{"value": n}``.
 
 The ratio is bare requests/s ÷ flowstate requests/s (1.00 = no overhead over the bare write).
+Each round starts both servers afresh, in alternating order; the table shows medians over the
+rounds, plus the server process's CPU time per request (from ``/proc``), which shared-machine
+noise disturbs much less than throughput.
 
 SSE delay: a client follows ``GET /api/flows/users/me/stream`` while it runs ``stamp`` (one
 ``ctx.user.inc_state``) one request at a time; the handler returns ``time.time()`` taken right
@@ -30,6 +33,7 @@ import json
 import os
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -161,6 +165,7 @@ async def load(kind: str, url: str, requests: int, concurrency: int) -> dict[str
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
         elapsed = time.perf_counter() - start
     return {
+        "warmup": 5 * concurrency,
         "requests": len(latencies),
         "seconds": elapsed,
         "rps": len(latencies) / elapsed,
@@ -239,13 +244,20 @@ def me(*args: str, time_limit: float) -> subprocess.CompletedProcess[str]:
     )
 
 
-def measure(kind: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(kind: str, tmp: Path, args: argparse.Namespace, *, sse: bool) -> dict[str, Any]:
     port = free_port()
-    db = str(tmp / f"{kind}.db")
+    db = str(tmp / f"{kind}-{port}.db")
     server = subprocess.Popen([sys.executable, __file__, "--serve", kind, db, str(port)])
     try:
         wait_up(port)
         url = f"http://127.0.0.1:{port}"
+        cpu_before = cpu_seconds(server.pid)
         out = me(
             "--load",
             kind,
@@ -255,13 +267,19 @@ def measure(kind: str, tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
             time_limit=args.time_limit,
         )
         result: dict[str, Any] = json.loads(out.stdout)
-        if kind == "flowstate" and args.sse_samples:
-            sse = me("--sse", url, str(args.sse_samples), time_limit=args.time_limit)
-            result["sse"] = json.loads(sse.stdout)
+        served = result["requests"] + result["warmup"]
+        result["cpu_ms"] = (cpu_seconds(server.pid) - cpu_before) / served * 1e3
+        if sse:
+            out = me("--sse", url, str(args.sse_samples), time_limit=args.time_limit)
+            result["sse"] = json.loads(out.stdout)
         return result
     finally:
         server.terminate()
         server.wait(30)
+
+
+def median(rounds: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(r[key] for r in rounds)
 
 
 def main() -> None:
@@ -269,6 +287,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--sse-samples", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--time-limit", type=float, default=300)
     parser.add_argument("--serve", nargs=3, metavar=("KIND", "DB", "PORT"))
     parser.add_argument("--load", nargs=4, metavar=("KIND", "URL", "REQUESTS", "CONCURRENCY"))
@@ -287,26 +306,43 @@ def main() -> None:
         print(json.dumps(asyncio.run(sse_delay(url, int(n)))))
         return
 
+    rounds: dict[str, list[dict[str, Any]]] = {"bare": [], "flowstate": []}
     with tempfile.TemporaryDirectory(prefix="flowstate-bench-http-") as tmp:
-        results = {kind: measure(kind, Path(tmp), args) for kind in ("bare", "flowstate")}
-    bare, flow = results["bare"], results["flowstate"]
+        for number in range(args.rounds):  # alternate the order: drift hits both alike
+            kinds = ("bare", "flowstate") if number % 2 == 0 else ("flowstate", "bare")
+            for kind in kinds:
+                last = number == args.rounds - 1
+                sse = kind == "flowstate" and last and args.sse_samples > 0
+                rounds[kind].append(measure(kind, Path(tmp), args, sse=sse))
+    bare_rps = median(rounds["bare"], "rps")
     print(
-        f"# bench_http: {args.requests} requests, concurrency {args.concurrency}, "
-        f"{os.cpu_count()} CPUs, SQLite WAL synchronous=FULL, loopback\n"
+        f"# bench_http: {args.rounds} rounds x {args.requests} requests, concurrency "
+        f"{args.concurrency}, {os.cpu_count()} CPUs, SQLite WAL synchronous=FULL, loopback "
+        "(medians)\n"
     )
-    print("| server | requests/s | p50 ms | p99 ms | bare ÷ this |")
-    print("|---|---:|---:|---:|---:|")
-    for name, r in (("bare FastAPI + sqlite3 UPDATE", bare), ("flowstate action", flow)):
+    print("| server | requests/s | p50 ms | p99 ms | server CPU ms/request | bare ÷ this |")
+    print("|---|---:|---:|---:|---:|---:|")
+    names = {"bare": "bare FastAPI + sqlite3 UPDATE", "flowstate": "flowstate action"}
+    for kind, results in rounds.items():
+        rps = median(results, "rps")
         print(
-            f"| {name} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
-            f"{bare['rps'] / r['rps']:.2f} |"
+            f"| {names[kind]} | {rps:,.0f} | {median(results, 'p50_ms'):.2f} | "
+            f"{median(results, 'p99_ms'):.2f} | {median(results, 'cpu_ms'):.2f} | "
+            f"{bare_rps / rps:.2f} |"
         )
-    if "sse" in flow:
-        s = flow["sse"]
+    print(
+        "\nper round requests/s: "
+        + "; ".join(
+            f"{kind} " + ", ".join(f"{r['rps']:,.0f}" for r in results)
+            for kind, results in rounds.items()
+        )
+    )
+    sse_result = rounds["flowstate"][-1].get("sse")
+    if sse_result:
         print(
             f"\nSSE delay, committed write → state_change frame at the client "
-            f"({s['samples']} samples): p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, "
-            f"max {s['max_ms']:.2f} ms"
+            f"({sse_result['samples']} samples): p50 {sse_result['p50_ms']:.2f} ms, "
+            f"p99 {sse_result['p99_ms']:.2f} ms, max {sse_result['max_ms']:.2f} ms"
         )
 
 
