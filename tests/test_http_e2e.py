@@ -131,3 +131,25 @@ def test_body_limit_over_a_socket(served: Served) -> None:
     assert streamed.status_code == 413
     with Client(served.url, token="tok-alice") as client:
         assert client.list_sessions() == []
+
+
+@pytest.mark.postgres
+async def test_user_stream_reaches_across_servers_on_postgres(postgres_store_url: str) -> None:
+    """Two servers (two stores, as two processes would have) on one PostgreSQL database."""
+    watcher = FlowServer([lab_flow()], store=postgres_store_url, auth=TOKENS)
+    writer = FlowServer([lab_flow()], store=postgres_store_url, auth=TOKENS)
+    try:
+        async with (
+            AsyncClient(app=create_app(watcher), token="tok-alice") as on_a,
+            AsyncClient(app=create_app(writer), token="tok-alice") as on_b,
+        ):
+            async with on_a.user_events() as events:
+                result = await on_b.run("lab", "bump", {"amount": 1})
+                event = await asyncio.wait_for(anext(events), 10)
+            assert (event.type, event.request_id) == ("state_change", result.request_id)
+            assert event.data["scope"] == "user" and event.data["values"] == {"visits": 1}
+            # The session written through B is readable through A: one database.
+            assert (await on_a.snapshot(result.session_id))["clientData"]["session"] == {"count": 1}
+    finally:
+        await watcher.aclose()
+        await writer.aclose()
