@@ -322,11 +322,11 @@ class _Api:
     def sse(self, content: AsyncIterator[ServerSentEvent]) -> EventSourceResponse:
         return EventSourceResponse(content, sep="\n", ping=self.ping_seconds)
 
-    def track(self, task: "asyncio.Task[RunResult]", request_log: RequestLog) -> None:
+    def track(self, task: asyncio.Task[RunResult], request_log: RequestLog) -> None:
         """Keep a run alive whoever listens, and close its log when it ends."""
         self.tasks.add(task)
 
-        def done(t: "asyncio.Task[RunResult]") -> None:
+        def done(t: asyncio.Task[RunResult]) -> None:
             self.tasks.discard(t)
             request_log.finish()
             if t.cancelled():
