@@ -459,3 +459,16 @@ async def test_collections_are_per_session(server: FlowServer) -> None:
     assert (await run_body(server, count)).output == 1
     assert (await run_body(server, count, session_id="s2")).output == 0
     assert (await run_body(server, count, user_id="bob", session_id="s3")).output == 0
+
+
+async def test_peek_reads_without_counting_as_an_lru_access(server: FlowServer) -> None:
+    async def body(ctx: Any) -> Any:
+        lru = ctx.session.resources.lru
+        for k in ("a", "b", "c"):
+            await lru.create(k)
+        peeked = await lru.peek("a")  # a client listing: must not keep "a" alive
+        await lru.get("b")
+        await lru.create("d")
+        return peeked.key, await lru.list(), await lru.peek("zzz")
+
+    assert (await run_body(server, body)).output == ("lru/a", ["lru/b", "lru/c", "lru/d"], None)

@@ -219,6 +219,8 @@ class Block:
 def _validate(model: type[BaseModel] | None, value: Any, what: str, block: str) -> Any:
     if model is None or isinstance(value, model):
         return value
+    if value is None:
+        value = {}  # no input: a model whose fields all have defaults still validates
     try:
         if isinstance(value, BaseModel):
             value = value.model_dump()

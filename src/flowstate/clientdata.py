@@ -39,7 +39,7 @@ async def _resource_states(binding: ScopeBinding, limit: int) -> dict[str, Any]:
         else:
             items: dict[str, Any] = {}
             for key in await ref.list(limit=limit):
-                item = await ref.get_optional(key)
+                item = await ref.peek(key)
                 if item is not None:
                     items[key] = item.state
             out[name] = items
@@ -77,7 +77,7 @@ async def resource_client_data(binding: ScopeBinding, limit: int = 100) -> dict[
             assert isinstance(ref, CollectionRef)
             items = []
             for key in await ref.list(limit=limit):
-                item = await ref.get_optional(key)
+                item = await ref.peek(key)
                 if item is not None:
                     items.append(
                         {

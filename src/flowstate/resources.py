@@ -353,12 +353,17 @@ class CollectionRef:
 
     async def get_optional(self, key: str | Mapping[str, object]) -> ResourceRef | None:
         """The instance, or None if it does not exist. Counts as an access for LRU."""
+        ref = await self.peek(key)
+        if ref is not None and self.definition.eviction == "lru":
+            await self._binding.store.touch(self._root + ref.key)
+        return ref
+
+    async def peek(self, key: str | Mapping[str, object]) -> ResourceRef | None:
+        """Like :meth:`get_optional`, but not an access for LRU (listings, client views)."""
         storage_key = self.resolve_key(key)
         record = await self._binding.store.read(self._root + storage_key)
         if record is None:
             return None
-        if self.definition.eviction == "lru":
-            await self._binding.store.touch(self._root + storage_key)
         ref = self._ref(storage_key)
         ref._cell._set(record.fields, record.version, record.content)
         return ref

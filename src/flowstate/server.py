@@ -531,7 +531,7 @@ class FlowServer:
         keys = await ref.list(prefix, after=after, limit=limit + 1)
         items = []
         for key in keys[:limit]:
-            item = await ref.get_optional(key)
+            item = await ref.peek(key)
             if item is not None:
                 items.append(
                     {
