@@ -32,6 +32,7 @@ path of every connection), ``migrate`` (``false``: do not migrate on first use),
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -44,7 +45,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]
@@ -136,6 +137,15 @@ _MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
                     RETURN (t || p_items || ']')::json;
                 END IF;
                 RETURN (t || ',' || p_items || ']')::json;
+            END $$""",
+            # The current version of records (for a compare-and-swap that lost): a volatile
+            # plpgsql function, so its query sees a fresh snapshot, not its caller's.
+            """CREATE OR REPLACE FUNCTION fs_current(p_keys TEXT[])
+            RETURNS TABLE (o_key TEXT, o_version BIGINT, o_gen BIGINT)
+            LANGUAGE plpgsql VOLATILE AS $$
+            BEGIN
+                RETURN QUERY SELECT f.key, f.version, f.gen FROM fs_records f
+                    WHERE f.key = ANY(p_keys);
             END $$""",
             # delete_prefix: records first (waiting for their writers), then every field row
             # in the range whose record is gone.
@@ -421,28 +431,58 @@ class _Cache:
         self._bytes = 0
 
 
-_NO_LOCK = contextlib.nullcontext()
+_NO_LOCK: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
 
 
 class _KeyLocks:
-    """One asyncio lock per key in use, so writers of one key in this process queue up."""
+    """A queue per key in use, so writers of one key in this process take turns.
+
+    A key is held while it is in ``_waiters``; its deque holds the futures of those waiting.
+    Cheaper than an ``asyncio.Lock`` per key, which would be created and dropped per write.
+    """
 
     def __init__(self) -> None:
-        self._slots: dict[str, list[Any]] = {}
+        self._waiters: dict[str, collections.deque[asyncio.Future[None]]] = {}
 
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        slot = self._slots.get(key)
-        if slot is None:
-            slot = self._slots[key] = [asyncio.Lock(), 0]
-        slot[1] += 1
+    def hold(self, key: str) -> _Turn:
+        return _Turn(self, key)
+
+    def _release(self, key: str) -> None:
+        waiters = self._waiters[key]
+        while waiters:
+            future = waiters.popleft()
+            if not future.done():
+                future.set_result(None)  # the key passes to that waiter
+                return
+        del self._waiters[key]
+
+
+class _Turn:
+    __slots__ = ("key", "locks")
+
+    def __init__(self, locks: _KeyLocks, key: str) -> None:
+        self.locks = locks
+        self.key = key
+
+    async def __aenter__(self) -> None:
+        waiters = self.locks._waiters.get(self.key)
+        if waiters is None:
+            self.locks._waiters[self.key] = collections.deque()
+            return
+        future = asyncio.get_running_loop().create_future()
+        waiters.append(future)
         try:
-            async with slot[0]:
-                yield
-        finally:
-            slot[1] -= 1
-            if slot[1] == 0:
-                del self._slots[key]
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.locks._release(self.key)  # handed the key, but leaving: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    waiters.remove(future)
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.locks._release(self.key)
 
 
 # ------------------------------------------------------------------------------------ SQL
@@ -477,6 +517,7 @@ class _Shape:
     added: bool = False  # fields that do not: INSERT
     deletes: bool = False
     appends: bool = False
+    report: bool = False  # also return the current version of records not written
 
 
 @functools.cache
@@ -500,8 +541,10 @@ def _batch_sql(shape: _Shape) -> str:
 
     parts: list[str] = []
     results: list[str] = []
+    touched: list[str] = []
     if shape.updates:
         keys, versions, gens = p("text[]"), p("int8[]"), p("int8[]")
+        touched.append(keys)
         at = f"array_position({keys}, f.key)"
         content = ""
         if shape.update_content:
@@ -517,6 +560,7 @@ def _batch_sql(shape: _Shape) -> str:
         results.append("SELECT key, version, gen FROM ru")
     if shape.inserts:
         keys, texts = p("text[]"), p("text[]")
+        touched.append(keys)
         parts.append(
             "ri AS (INSERT INTO fs_records (key, version, content, created_at, accessed_at) "
             f"SELECT u.key, 1, u.c, t.now, t.now FROM unnest({keys}, {texts}) AS u(key, c), "
@@ -558,7 +602,19 @@ def _batch_sql(shape: _Shape) -> str:
             "JOIN r ON r.key = v.key WHERE NOT EXISTS "
             "(SELECT 1 FROM fs_fields f WHERE f.key = v.key AND f.name = v.name))"
         )
-    return "WITH " + ", ".join(parts) + " SELECT key, version, gen FROM r"
+    main = "SELECT key, version, gen, true FROM r"
+    if shape.report:
+        # Where the version check failed: the record as it is now (fs_current reads with a
+        # fresh snapshot, taken after any wait above), so a compare-and-swap can report its
+        # conflict without another round trip.
+        wanted = " || ".join(touched)
+        parts.append(
+            f"cur AS (SELECT * FROM fs_current(ARRAY(SELECT k FROM unnest({wanted}) AS k "
+            "WHERE NOT EXISTS (SELECT 1 FROM r WHERE r.key = k))) "
+            f"WHERE (SELECT count(*) FROM r) < cardinality({wanted}))"  # only if one failed
+        )
+        main += " UNION ALL SELECT o_key, o_version, o_gen, false FROM cur"
+    return "WITH " + ", ".join(parts) + " " + main
 
 
 @dataclasses.dataclass(eq=False, slots=True)
@@ -569,7 +625,8 @@ class _Job:
     entry: _Entry | None  # what it was resolved against (None: the record did not exist)
     mutation: Mutation
     enc: _Encoded
-    future: asyncio.Future[tuple[int, int] | None] | None = None
+    report: bool = False  # a compare-and-swap: wants the current version if not written
+    future: asyncio.Future[_Outcome | None] | None = None
 
 
 def _batch_args(jobs: list[_Job]) -> tuple[_Shape, list[Any]]:
@@ -609,6 +666,7 @@ def _batch_args(jobs: list[_Job]) -> tuple[_Shape, list[Any]]:
         added=bool(added[0]),
         deletes=bool(deletes[0]),
         appends=bool(appends[0]),
+        report=any(j.report for j in jobs),
     )
     args: list[Any] = []
     if upd:
@@ -628,8 +686,23 @@ def _batch_args(jobs: list[_Job]) -> tuple[_Shape, list[Any]]:
     return shape, args
 
 
-async def _write_batch(conn: Connection, jobs: list[_Job]) -> dict[str, tuple[int, int]]:
-    """Write ``jobs`` in one statement; return ``key → (version, gen)`` of those written."""
+def _same_base(a: _Job, b: _Job) -> bool:
+    """Whether two writes of one key were resolved against the same version of it."""
+    if a.entry is None or b.entry is None:
+        return a.entry is b.entry
+    return (a.entry.version, a.entry.gen) == (b.entry.version, b.entry.gen)
+
+
+class _Outcome(NamedTuple):
+    """A job's write: done (``version``, ``gen`` are the new ones) or not (the current ones)."""
+
+    written: bool
+    version: int
+    gen: int
+
+
+async def _write_batch(conn: Connection, jobs: list[_Job]) -> dict[str, _Outcome]:
+    """Write ``jobs`` in one statement; ``key → outcome`` (absent: not written, unknown)."""
     shape, args = _batch_args(jobs)
     try:
         rows = await conn.fetch(_batch_sql(shape), *args)
@@ -637,7 +710,7 @@ async def _write_batch(conn: Connection, jobs: list[_Job]) -> dict[str, tuple[in
         if getattr(exc, "sqlstate", None) == "FS001":  # raised by fs_append
             raise append_target_error(exc.message, exc.detail) from None
         raise
-    return {row[0]: (row[1], row[2]) for row in rows}
+    return {row[0]: _Outcome(row[3], row[1], row[2]) for row in rows}
 
 
 _FIELDS_SQL = "SELECT name, value FROM fs_fields WHERE key = $1"
@@ -894,7 +967,8 @@ class PostgresStore(Store):
         self._closed = False
         self._pending: list[_Job] = []
         self._flushers = 0
-        self._max_flushers = max(1, self._config.max_size // 4)
+        self._writer_conn: Connection | None = None
+        self._max_flushers = max(1, self._config.max_size // 2)
         self._flush_tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -921,6 +995,7 @@ class PostgresStore(Store):
                 self._pool = None
                 self._events = None
                 self._pending, self._flushers, self._flush_tasks = [], 0, set()
+                self._writer_conn = None
             config = self._config
             conn = await asyncpg.connect(config.dsn)
             try:
@@ -1000,17 +1075,35 @@ class PostgresStore(Store):
     # or more flusher tasks write them in batches (one statement each). Every record in a
     # batch is still guarded by its own version and generation.
 
-    async def _commit(self, job: _Job) -> tuple[int, int] | None:
-        """Write one resolved job; ``(version, gen)``, or None if the record had moved on."""
+    async def _commit(self, job: _Job) -> _Outcome | None:
+        """Write one resolved job, alone or in a batch."""
         if not self._pending and self._flushers == 0:
             self._flushers += 1
+            written: _Outcome | None = None
             try:
                 pool = await self._get_pool()
-                async with pool.acquire() as conn:
-                    written = await self._write_alone(conn, job)
+                if self._config.max_size < 2:
+                    async with pool.acquire() as conn:
+                        written = await self._write_alone(conn, job)
+                else:  # a connection kept for these writes: no pool round trip per write
+                    conn = self._writer_conn
+                    if conn is None or conn.is_closed():
+                        conn = self._writer_conn = await pool.acquire()
+                    try:
+                        written = await self._write_alone(conn, job)
+                    except (StateValidationError, asyncpg.PostgresError):
+                        raise  # the statement failed, the connection is fine
+                    except BaseException:  # cancelled or broken mid-statement: not reusable
+                        self._writer_conn = None
+                        with contextlib.suppress(BaseException):
+                            conn.terminate()
+                            await pool.release(conn)
+                        raise
             finally:
                 self._flushers -= 1
                 if self._pending:
+                    if written is not None and written.written:
+                        self._fail_doomed({job.key: (job, written)})
                     self._spawn_flusher()
             return written
         job.future = asyncio.get_running_loop().create_future()
@@ -1020,11 +1113,27 @@ class PostgresStore(Store):
         return await job.future
 
     @staticmethod
-    async def _write_alone(conn: Connection, job: _Job) -> tuple[int, int] | None:
+    async def _write_alone(conn: Connection, job: _Job) -> _Outcome | None:
         try:
             return (await _write_batch(conn, [job])).get(job.key)
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             return None  # treated like a moved record: the caller reloads and tries again
+
+    def _fail_doomed(self, committed: dict[str, tuple[_Job, _Outcome]]) -> None:
+        """Settle at once the queued writes that these commits have made stale.
+
+        A queued write of the same key resolved against the same version can only fail its
+        version check; its caller learns now, with the version just committed.
+        """
+        keep: list[_Job] = []
+        for job in self._pending:
+            done = committed.get(job.key)
+            if done is not None and job.future is not None and _same_base(job, done[0]):
+                if not job.future.done():
+                    job.future.set_result(_Outcome(False, done[1].version, done[1].gen))
+            else:
+                keep.append(job)
+        self._pending = keep
 
     def _spawn_flusher(self) -> None:
         self._flushers += 1
@@ -1055,7 +1164,7 @@ class PostgresStore(Store):
             self._flushers -= 1
 
     async def _flush(self, batch: list[_Job]) -> None:
-        def settle(job: _Job, value: tuple[int, int] | BaseException | None) -> None:
+        def settle(job: _Job, value: _Outcome | BaseException | None) -> None:
             future = job.future
             if future is None or future.done():
                 return
@@ -1075,6 +1184,9 @@ class PostgresStore(Store):
                     else:
                         for job in batch:
                             settle(job, written.get(job.key))
+                        self._fail_doomed(
+                            {j.key: (j, written[j.key]) for j in batch if j.key in written}
+                        )
                         return
                 for job in batch:
                     try:
@@ -1135,12 +1247,18 @@ class PostgresStore(Store):
                             )
                         return Applied("noop", version)
                     enc = _Encoded.of(mutation)
-                    written = await self._commit(_Job(key, entry, mutation, enc))
-                    if written is not None:
+                    cas = change.expected_version is not None
+                    outcome = await self._commit(_Job(key, entry, mutation, enc, cas))
+                    if outcome is not None and outcome.written:
                         base = entry or _Entry(0, 0, {}, None, None, True)
-                        self._cache.put(key, base.after(mutation, enc, *written))
-                        return Applied("committed", written[0], mutation)
+                        self._cache.put(
+                            key, base.after(mutation, enc, outcome.version, outcome.gen)
+                        )
+                        return Applied("committed", outcome.version, mutation)
                     self._cache.drop(key)
+                    expected = change.expected_version
+                    if outcome is not None and expected is not None and outcome.version != expected:
+                        return Applied("conflict", outcome.version)  # seen under a row lock
                 async with pool.acquire() as conn:
                     return await self._apply_locked(conn, key, change, touch)
             except BaseException:
@@ -1189,14 +1307,14 @@ class PostgresStore(Store):
                     enc = _Encoded.of(mutation)
                     job = _Job(key, entry, mutation, enc)
                     written = (await _write_batch(conn, [job])).get(key)
-                    if written is None:
+                    if written is None or not written.written:
                         raise _Retry  # created meanwhile (we saw no row to lock): again
             except _RETRYABLE:
                 await asyncio.sleep(random.uniform(0, 0.001 * min(attempt + 1, 20)))
                 continue
             base = entry or _Entry(0, 0, {}, None, None, True)
-            self._cache.put(key, base.after(mutation, enc, *written))
-            return Applied("committed", written[0], mutation)
+            self._cache.put(key, base.after(mutation, enc, written.version, written.gen))
+            return Applied("committed", written.version, mutation)
         raise RuntimeError(f"flowstate: could not write {key!r}: the record keeps being recreated")
 
     async def create(
@@ -1274,9 +1392,9 @@ class PostgresStore(Store):
                     await conn.execute("DELETE FROM fs_fields WHERE key = ANY($1::text[])", evicted)
             job = _Job(key, None, Mutation(set=fields, content=content), _Encoded(encoded, {}))
             new = (await _write_batch(conn, [job])).get(key)
-            if new is None:
+            if new is None or not new.written:
                 raise _Retry  # created meanwhile without the cap lock: look again
-            gen = new[1]
+            gen = new.gen
             return Created("created", 1, tuple(evicted))
 
         try:
@@ -1382,6 +1500,10 @@ class PostgresStore(Store):
             await asyncio.gather(*self._flush_tasks, return_exceptions=True)
         self._closed = True
         pool, self._pool = self._pool, None
+        writer, self._writer_conn = self._writer_conn, None
+        if pool is not None and writer is not None:
+            with contextlib.suppress(Exception):
+                await pool.release(writer)
         self._cache.clear()
         if pool is not None:
             try:
