@@ -25,6 +25,7 @@ PAGES = [
     "targets.md",
     "sharing.md",
     "client-data.md",
+    "storage.md",
 ]
 
 FENCE = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)

@@ -479,3 +479,31 @@ async def test_field_validators_of_a_partial_model_run_on_write(store: Store) ->
     async with FlowServer([flow], store=store) as server:
         result = await server.run("v", "go", None, user_id="u")
         assert result.output == ("bob", ["name"])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+async def test_non_finite_numbers_are_rejected_not_stored_as_null(
+    store: Store, bad: float
+) -> None:
+    async with probe_server(store, session_state=Chat, user_state=None) as server:
+
+        async def typed(ctx: Any) -> Any:
+            await ctx.session.patch_state(ratio=bad)
+
+        async def amount(ctx: Any) -> Any:
+            await ctx.session.inc_state(ratio=bad)
+
+        async def free(ctx: Any) -> Any:
+            await ctx.user.patch_state(nested={"values": [1.0, bad]})
+
+        with pytest.raises(StateValidationError) as info:
+            await run_body(server, typed)
+        assert info.value.errors[0]["loc"] == ["ratio"]
+        assert info.value.errors[0]["type"] == "finite_number"
+        with pytest.raises(StateValidationError, match="inc_state needs a number amount"):
+            await run_body(server, amount)
+        with pytest.raises(StateValidationError) as info:
+            await run_body(server, free)
+        assert info.value.errors[0]["loc"] == ["nested", "values", 1]
+        assert await server.store.read("session/s1/state") is None
+        assert await server.store.read("user/alice/state") is None

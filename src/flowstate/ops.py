@@ -8,6 +8,7 @@ result against the schema and returns the :class:`Mutation` to write, or None fo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -53,7 +54,9 @@ class FieldOp:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _op_error(op: FieldOp, message: str, type_: str) -> StateValidationError:

@@ -7,6 +7,7 @@ Pure logic, no I/O. A block declares a *partial* model with only the fields it u
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -313,6 +314,7 @@ class Schema:
 
     def validate_item(self, name: str, value: Any) -> JSON:
         """Validate one item appended to list field ``name``; return it in JSON form."""
+        check_finite(value, (name, -1))
         if self.model is None:
             return _jsonable(name, value)
         adapter = self._item_adapters[name]
@@ -372,6 +374,8 @@ class Schema:
 
     def validate_fields(self, values: Mapping[str, Any]) -> dict[str, JSON]:
         """Validate some fields on their own; return them in JSON form."""
+        for k, v in values.items():
+            check_finite(v, (k,))
         if self.model is None:
             return {k: _jsonable(k, v) for k, v in values.items()}
         self.check_known(values)
@@ -389,6 +393,8 @@ class Schema:
 
     def validate_state(self, values: Mapping[str, Any]) -> dict[str, JSON]:
         """Validate a whole state (missing fields take defaults); return it in JSON form."""
+        for k, v in values.items():
+            check_finite(v, (k,))
         if self.model is None:
             return {k: _jsonable(k, v) for k, v in values.items()}
         self.check_known(values)
@@ -424,6 +430,28 @@ def _copy_json(value: JSON) -> JSON:
 
 
 _ANY_ADAPTER: TypeAdapter[Any] = TypeAdapter(Any)
+
+
+def check_finite(value: Any, loc: tuple[str | int, ...]) -> None:
+    """Reject NaN and infinities anywhere in ``value``: JSON has no such numbers, and storing
+    them would silently turn them into ``null``."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            message = f"Input should be a finite number, got {value!r}"
+            path = ".".join(str(p) for p in loc)
+            raise StateValidationError(
+                f'field "{path}": {message} (finite_number)',
+                errors=[{"loc": list(loc), "msg": message, "type": "finite_number"}],
+            )
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_finite(v, (*loc, k))
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            check_finite(v, (*loc, i))
+    elif isinstance(value, BaseModel):
+        for k in type(value).model_fields:
+            check_finite(getattr(value, k, None), (*loc, k))
 
 
 def _jsonable(name: str, value: Any) -> JSON:
