@@ -5,16 +5,23 @@ field, ``json`` text kept verbatim), ``fs_meta`` (schema version), plus ``fs_eve
 events too large for a NOTIFY payload. Keys use ``COLLATE "C"``, so prefix scans are index
 range scans in code-point order.
 
-Writes. A record row lock excludes other writers, but holding it across the round trips of
-read → resolve in Python → write → commit costs four round trips. So :meth:`PostgresStore.apply`
-runs optimistically: it resolves the change against a per-process cache of recently seen
-records (validated, never trusted: every entry carries the record's ``version`` and ``gen``, an
-id that changes when a key is deleted and created again), and writes with one statement that
-succeeds only if the record is still at that version and generation. A commit costs one round
-trip; a stale cache costs one more read. Every outcome that is not a commit (no-op, conflict,
-missing, validation error) is decided on a fresh read. After a few failed attempts (contention
-from other processes) it falls back to ``SELECT … FOR UPDATE`` in one transaction, which always
-makes progress. Within one process, writers of one key queue on a local lock instead of racing.
+Writes. Holding a record's row lock across read → resolve in Python → write → commit costs
+four round trips, so :meth:`PostgresStore.apply` runs optimistically instead. It resolves the
+change against a per-process cache of recently seen records (validated, never trusted: each
+entry carries the record's ``version`` and ``gen``, an id that changes when a key is deleted
+and created again) and writes with one statement that succeeds only if the record is still at
+that version and generation: one round trip per write. A stale cache costs one fresh read;
+every outcome that is not a commit (no-op, missing, validation error) is decided on a fresh
+read, and a compare-and-swap conflict on the version the failed write itself reports. After a
+few failed attempts (contention from other processes) it falls back to ``SELECT … FOR UPDATE``
+in one transaction, which always makes progress. Lists that are only appended to are extended
+in SQL (``fs_append``) without being loaded.
+
+Within a process, writers of one key take turns (compare-and-swap writes excepted: all but
+one of a crowd must fail anyway), and writes of concurrent callers are committed together:
+a caller that finds the writer idle writes at once on a connection kept for that; meanwhile
+others queue and flusher tasks write them in batches, one statement per batch, locking rows
+in key order so that batches of different processes cannot deadlock.
 
 Caps: ``create`` with a cap takes a transaction-scoped advisory lock on the collection prefix,
 so count, eviction and insert are serialised across processes.
