@@ -100,6 +100,22 @@ async def test_json_values_round_trip_exactly(store: Store) -> None:
     assert type(got["big_int"]) is int and type(got["false"]) is bool
 
 
+async def test_the_store_shares_no_mutable_values_with_callers(store: Store) -> None:
+    given = {"l": [1], "d": {"a": [1]}}
+    await store.create("k", given)
+    given["l"].append("caller")
+    given["d"]["a"].append("caller")
+    record = await store.read("k")
+    assert record is not None and dict(record.fields) == {"l": [1], "d": {"a": [1]}}
+    record.fields["l"].append("reader")
+    item = {"x": [1]}
+    result = await store.apply("k", ops(FieldOp("set", "m", [1]), FieldOp("append", "l", item)))
+    assert result.mutation is not None
+    result.mutation.set["m"].append("writer")
+    item["x"].append("pusher")
+    assert await fields_of(store, "k") == {"l": [1, {"x": [1]}], "d": {"a": [1]}, "m": [1]}
+
+
 # --------------------------------------------------------------------------------- apply
 
 

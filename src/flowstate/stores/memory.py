@@ -19,6 +19,15 @@ from .base import Applied, Cap, Created, Record, Store, prefix_end
 __all__ = ["MemoryStore"]
 
 
+def _copy(value: Any) -> Any:
+    """A copy of a JSON value, so that no caller shares a list or dict with the store."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
 @dataclass(slots=True)
 class _Row:
     version: int
@@ -50,7 +59,7 @@ class MemoryStore(Store):
         chosen = row.fields
         if fields is not None:
             chosen = {k: row.fields[k] for k in fields if k in row.fields}
-        return Record(key, row.version, dict(chosen), row.content, row.created_at, row.accessed_at)
+        return Record(key, row.version, _copy(chosen), row.content, row.created_at, row.accessed_at)
 
     def _insert(self, key: str, row: _Row) -> None:
         if key not in self._rows:
@@ -76,7 +85,10 @@ class MemoryStore(Store):
             version = row.version if row else 0
             if change.expected_version is not None and change.expected_version != version:
                 return Applied("conflict", version)
-            stored = dict(row.fields) if row else {}
+            needed = change.needed_fields
+            if needed is not None:
+                needed = needed - change.lazy_appends
+            stored = self._record(key, row, needed).fields if row else {}
             content = row.content if row else None
             mutation = change.resolve(
                 stored,
@@ -93,11 +105,11 @@ class MemoryStore(Store):
                 current = row.fields.get(name) if row else None
                 if current is not None and not isinstance(current, list):
                     raise append_target_error(name, type(current).__name__)
-                appended[name] = [*(base if current is None else current), *items]
+                appended[name] = [*(base if current is None else current), *_copy(items)]
             if row is None:
                 row = _Row(0, {}, None, now)
                 self._insert(key, row)
-            row.fields.update(mutation.set)
+            row.fields.update(_copy(mutation.set))
             row.fields.update(appended)
             for name in mutation.delete:
                 row.fields.pop(name, None)
@@ -123,7 +135,7 @@ class MemoryStore(Store):
                 if not replace:
                     return Created("exists", existing.version)
                 previous = self._record(key, existing, None)
-                existing.fields = dict(fields)
+                existing.fields = _copy(dict(fields))
                 existing.content = content
                 existing.version += 1
                 existing.accessed_at = now
@@ -139,7 +151,7 @@ class MemoryStore(Store):
                     for victim in ordered[: len(members) - cap.max_instances + 1]:
                         self._remove(victim)
                         evicted.append(victim)
-            self._insert(key, _Row(1, dict(fields), content, now, now))
+            self._insert(key, _Row(1, _copy(dict(fields)), content, now, now))
             return Created("created", 1, tuple(evicted))
 
     async def delete(self, key: str) -> Record | None:
