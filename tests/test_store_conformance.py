@@ -116,6 +116,18 @@ async def test_the_store_shares_no_mutable_values_with_callers(store: Store) -> 
     assert await fields_of(store, "k") == {"l": [1, {"x": [1]}], "d": {"a": [1]}, "m": [1]}
 
 
+async def test_appending_keeps_the_stored_items_exactly(store: Store) -> None:
+    items = [1.0, 1e16, 2**70, {"z": 1, "a": [None, True]}, "é 😀 \u0000", -0.5, 1e-7]
+    await store.apply("k", put("l", items))
+    await store.apply(
+        "k", ops(FieldOp("append", "l", 3.0), FieldOp("append", "l", {"y": 1, "b": 2}))
+    )
+    got = (await fields_of(store, "k") or {})["l"]
+    assert got == [*items, 3.0, {"y": 1, "b": 2}]
+    assert [type(x) for x in got] == [type(x) for x in [*items, 3.0, {}]]
+    assert list(got[3]) == ["z", "a"] and list(got[-1]) == ["y", "b"]
+
+
 # --------------------------------------------------------------------------------- apply
 
 
