@@ -306,6 +306,8 @@ class _Entry:
 
     ``fields`` maps present field names to their JSON text; ``known`` are the names whose
     presence is known (None: all of them). ``content`` is meaningful only if ``has_content``.
+    ``seen`` is the store's clock when the statement that saw it was sent: an entry seen after
+    an operation began shows the database as it was during that operation.
     """
 
     version: int
@@ -314,6 +316,7 @@ class _Entry:
     known: frozenset[str] | None
     content: str | None
     has_content: bool
+    seen: int = 0
 
     @property
     def size(self) -> int:
@@ -347,9 +350,10 @@ class _Entry:
             known,
             content_from.content,
             content_from.has_content,
+            max(self.seen, newer.seen),
         )
 
-    def after(self, mutation: Mutation, enc: _Encoded, version: int, gen: int) -> _Entry:
+    def after(self, mutation: Mutation, enc: _Encoded, version: int, gen: int, seen: int) -> _Entry:
         """This entry once ``mutation`` is written (appended lists only if already known)."""
         fields = {k: v for k, v in self.fields.items() if k not in mutation.delete}
         fields.update(enc.sets)
@@ -367,7 +371,7 @@ class _Entry:
             content, has_content = self.content, self.has_content
         else:
             content, has_content = mutation.content, True  # type: ignore[assignment]
-        return _Entry(version, gen, fields, frozen, content, has_content)
+        return _Entry(version, gen, fields, frozen, content, has_content, seen)
 
 
 def _append_text(old: str, items: str) -> str:
@@ -436,9 +440,6 @@ class _Cache:
     def clear(self) -> None:
         self._entries.clear()
         self._bytes = 0
-
-
-_NO_LOCK: contextlib.AbstractAsyncContextManager[None] = contextlib.nullcontext()
 
 
 class _KeyLocks:
@@ -634,6 +635,7 @@ class _Job:
     enc: _Encoded
     report: bool = False  # a compare-and-swap: wants the current version if not written
     future: asyncio.Future[_Outcome | None] | None = None
+    sent: int = 0  # the store's clock when its statement was sent
 
 
 def _batch_args(jobs: list[_Job]) -> tuple[_Shape, list[Any]]:
@@ -691,13 +693,6 @@ def _batch_args(jobs: list[_Job]) -> tuple[_Shape, list[Any]]:
         if part[0]:
             args += part
     return shape, args
-
-
-def _same_base(a: _Job, b: _Job) -> bool:
-    """Whether two writes of one key were resolved against the same version of it."""
-    if a.entry is None or b.entry is None:
-        return a.entry is b.entry
-    return (a.entry.version, a.entry.gen) == (b.entry.version, b.entry.gen)
 
 
 class _Outcome(NamedTuple):
@@ -974,6 +969,7 @@ class PostgresStore(Store):
         self._closed = False
         self._pending: list[_Job] = []
         self._flushers = 0
+        self._clock = 0
         self._writer_conn: Connection | None = None
         self._max_flushers = max(1, self._config.max_size // 2)
         self._flush_tasks: set[asyncio.Task[None]] = set()
@@ -1041,9 +1037,15 @@ class PostgresStore(Store):
 
     # ------------------------------------------------------------------ reading
 
+    def _tick(self) -> int:
+        """The store's clock: orders what this process sent and saw (see ``_Entry.seen``)."""
+        self._clock += 1
+        return self._clock
+
     async def _load(
         self, conn: Connection, key: str, names: frozenset[str] | None, content: bool
     ) -> tuple[_Entry, Record] | None:
+        seen = self._tick()
         if names is None:
             row = await conn.fetchrow(_load_sql("all", content), key)
         elif not names:
@@ -1055,7 +1057,7 @@ class PostgresStore(Store):
         version, gen, text, created_at, accessed_at, fnames, fvalues = row
         fields = dict(zip(fnames, fvalues, strict=True)) if fnames else {}
         known = None if names is None else frozenset(names)
-        entry = _Entry(version, gen, fields, known, text, content)
+        entry = _Entry(version, gen, fields, known, text, content, seen)
         record = Record(
             key,
             version,
@@ -1109,8 +1111,6 @@ class PostgresStore(Store):
             finally:
                 self._flushers -= 1
                 if self._pending:
-                    if written is not None and written.written:
-                        self._fail_doomed({job.key: (job, written)})
                     self._spawn_flusher()
             return written
         job.future = asyncio.get_running_loop().create_future()
@@ -1119,28 +1119,12 @@ class PostgresStore(Store):
             self._spawn_flusher()
         return await job.future
 
-    @staticmethod
-    async def _write_alone(conn: Connection, job: _Job) -> _Outcome | None:
+    async def _write_alone(self, conn: Connection, job: _Job) -> _Outcome | None:
+        job.sent = self._tick()
         try:
             return (await _write_batch(conn, [job])).get(job.key)
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             return None  # treated like a moved record: the caller reloads and tries again
-
-    def _fail_doomed(self, committed: dict[str, tuple[_Job, _Outcome]]) -> None:
-        """Settle at once the queued writes that these commits have made stale.
-
-        A queued write of the same key resolved against the same version can only fail its
-        version check; its caller learns now, with the version just committed.
-        """
-        keep: list[_Job] = []
-        for job in self._pending:
-            done = committed.get(job.key)
-            if done is not None and job.future is not None and _same_base(job, done[0]):
-                if not job.future.done():
-                    job.future.set_result(_Outcome(False, done[1].version, done[1].gen))
-            else:
-                keep.append(job)
-        self._pending = keep
 
     def _spawn_flusher(self) -> None:
         self._flushers += 1
@@ -1184,6 +1168,9 @@ class PostgresStore(Store):
             pool = await self._get_pool()
             async with pool.acquire() as conn:
                 if len(batch) > 1:
+                    sent = self._tick()
+                    for job in batch:
+                        job.sent = sent
                     try:
                         written = await _write_batch(conn, batch)
                     except (asyncpg.PostgresError, StateValidationError):
@@ -1191,9 +1178,6 @@ class PostgresStore(Store):
                     else:
                         for job in batch:
                             settle(job, written.get(job.key))
-                        self._fail_doomed(
-                            {j.key: (j, written[j.key]) for j in batch if j.key in written}
-                        )
                         return
                 for job in batch:
                     try:
@@ -1210,16 +1194,19 @@ class PostgresStore(Store):
         pool = await self._get_pool()
         names = _needed(change)
         want_content = change.content is not UNCHANGED
-        # Writers of one key queue here rather than race, except compare-and-swap writes: all
-        # but one of a crowd must fail anyway, and they should find out in parallel.
-        queue = self._locks.hold(key) if change.expected_version is None else _NO_LOCK
-        async with queue:
+        expected = change.expected_version
+        start = self._tick()
+        async with self._locks.hold(key):  # writers of one key in this process take turns
             try:
                 for _ in range(self.optimistic_attempts):
                     entry = self._cache.get(key)
-                    fresh = entry is None or not entry.covers(names, want_content)
-                    if fresh:
+                    # what was seen since this call began is the database during this call
+                    fresh = entry is not None and entry.seen > start
+                    if fresh and entry is not None and expected not in (None, entry.version):
+                        return Applied("conflict", entry.version)
+                    if entry is None or not entry.covers(names, want_content):
                         loaded = await self._load(pool, key, names, want_content)
+                        fresh = True
                         entry = None if loaded is None else loaded[0]
                         if entry is not None:
                             self._cache.merge(key, entry)
@@ -1227,7 +1214,7 @@ class PostgresStore(Store):
                     if entry is None and change.must_exist:
                         return Applied("missing", 0)
                     version = 0 if entry is None else entry.version
-                    if change.expected_version is not None and change.expected_version != version:
+                    if expected is not None and expected != version:
                         if fresh:
                             return Applied("conflict", version)
                         self._cache.drop(key)
@@ -1254,18 +1241,18 @@ class PostgresStore(Store):
                             )
                         return Applied("noop", version)
                     enc = _Encoded.of(mutation)
-                    cas = change.expected_version is not None
-                    outcome = await self._commit(_Job(key, entry, mutation, enc, cas))
+                    job = _Job(key, entry, mutation, enc, report=expected is not None)
+                    outcome = await self._commit(job)
                     if outcome is not None and outcome.written:
                         base = entry or _Entry(0, 0, {}, None, None, True)
-                        self._cache.put(
-                            key, base.after(mutation, enc, outcome.version, outcome.gen)
-                        )
+                        after = base.after(mutation, enc, outcome.version, outcome.gen, job.sent)
+                        self._cache.put(key, after)
                         return Applied("committed", outcome.version, mutation)
-                    self._cache.drop(key)
-                    expected = change.expected_version
-                    if outcome is not None and expected is not None and outcome.version != expected:
-                        return Applied("conflict", outcome.version)  # seen under a row lock
+                    if outcome is None:
+                        self._cache.drop(key)
+                    else:  # the version as the failed write found it: a conflict, or go again
+                        moved = _Entry(outcome.version, outcome.gen, {}, frozenset(), None, False)
+                        self._cache.put(key, dataclasses.replace(moved, seen=job.sent))
                 async with pool.acquire() as conn:
                     return await self._apply_locked(conn, key, change, touch)
             except BaseException:
@@ -1312,7 +1299,7 @@ class PostgresStore(Store):
                             )
                         return Applied("noop", version)
                     enc = _Encoded.of(mutation)
-                    job = _Job(key, entry, mutation, enc)
+                    job = _Job(key, entry, mutation, enc, sent=self._tick())
                     written = (await _write_batch(conn, [job])).get(key)
                     if written is None or not written.written:
                         raise _Retry  # created meanwhile (we saw no row to lock): again
@@ -1320,7 +1307,8 @@ class PostgresStore(Store):
                 await asyncio.sleep(random.uniform(0, 0.001 * min(attempt + 1, 20)))
                 continue
             base = entry or _Entry(0, 0, {}, None, None, True)
-            self._cache.put(key, base.after(mutation, enc, written.version, written.gen))
+            after = base.after(mutation, enc, written.version, written.gen, job.sent)
+            self._cache.put(key, after)
             return Applied("committed", written.version, mutation)
         raise RuntimeError(f"flowstate: could not write {key!r}: the record keeps being recreated")
 
