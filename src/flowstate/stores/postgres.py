@@ -10,18 +10,17 @@ four round trips, so :meth:`PostgresStore.apply` runs optimistically instead. It
 change against a per-process cache of recently seen records (validated, never trusted: each
 entry carries the record's ``version`` and ``gen``, an id that changes when a key is deleted
 and created again) and writes with one statement that succeeds only if the record is still at
-that version and generation: one round trip per write. A stale cache costs one fresh read;
-every outcome that is not a commit (no-op, missing, validation error) is decided on a fresh
-read, and a compare-and-swap conflict on the version the failed write itself reports. After a
-few failed attempts (contention from other processes) it falls back to ``SELECT … FOR UPDATE``
-in one transaction, which always makes progress. Lists that are only appended to are extended
-in SQL (``fs_append``) without being loaded.
+that version and generation: one round trip per write. An outcome that is not a commit
+(no-op, conflict, missing, validation error) counts only if decided on what the database
+showed during the call (a fresh read, or what a write sent during the call found), never on
+an older cache entry. After a few failed attempts (contention from other processes) it falls
+back to ``SELECT … FOR UPDATE`` in one transaction, which always makes progress. Lists that
+are only appended to are extended in SQL (``fs_append``) without being loaded.
 
-Within a process, writers of one key take turns (compare-and-swap writes excepted: all but
-one of a crowd must fail anyway), and writes of concurrent callers are committed together:
-a caller that finds the writer idle writes at once on a connection kept for that; meanwhile
-others queue and flusher tasks write them in batches, one statement per batch, locking rows
-in key order so that batches of different processes cannot deadlock.
+Within a process, writers of one key take turns, and writes of concurrent callers are
+committed together: a caller that finds the writer idle writes at once on a connection kept
+for that; meanwhile others queue and flusher tasks write them in batches, one statement per
+batch, locking rows in key order so that batches of different processes cannot deadlock.
 
 Caps: ``create`` with a cap takes a transaction-scoped advisory lock on the collection prefix,
 so count, eviction and insert are serialised across processes.
