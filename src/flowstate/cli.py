@@ -24,3 +24,6 @@ from .cli_server import state as _state  # noqa: E402
 main.add_command(_serve)
 main.add_command(_state)
 main.add_command(_demo)
+from .cli_db import db as _db  # noqa: E402
+
+main.add_command(_db)
