@@ -34,9 +34,7 @@ class Bench(BaseModel):
 
 
 def handle(store: Store, sid: str = "bench") -> tuple[ScopeBinding, ScopeHandle[Bench]]:
-    binding = ScopeBinding(
-        store, "session", sid, scope_root("session", sid), Schema(Bench), {}
-    )
+    binding = ScopeBinding(store, "session", sid, scope_root("session", sid), Schema(Bench), {})
     return binding, binding.handle(Bench)
 
 
@@ -148,9 +146,7 @@ async def scale(kind: str, others: int, n: int, tmp: Path, synchronous: str) -> 
         inc_rate, inc_lat = await timed(n, lambda i: h.inc_state(count=1))
         for i in range(50):
             await store.create(f"session/target/c/files/files/f{i:03d}", {"count": i})
-        list_rate, list_lat = await timed(
-            200, lambda i: store.scan("session/target/c/files/files/")
-        )
+        _, list_lat = await timed(200, lambda i: store.scan("session/target/c/files/files/"))
         count_rate, _ = await timed(200, lambda i: store.count("session/target/c/files/"))
         return {
             "inc_state ops/s": inc_rate,
@@ -182,24 +178,24 @@ async def main() -> None:
         print("| backend | operation | ops/s | p50 µs | p99 µs | raw floor ÷ flowstate |")
         print("|---|---|---:|---:|---:|---:|")
         print(
-            f"| sqlite3 (raw) | CAS UPDATE | {raw_rate:,.0f} | {pct(raw_lat, .5):.0f} | "
-            f"{pct(raw_lat, .99):.0f} | 1.00 |"
+            f"| sqlite3 (raw) | CAS UPDATE | {raw_rate:,.0f} | {pct(raw_lat, 0.5):.0f} | "
+            f"{pct(raw_lat, 0.99):.0f} | 1.00 |"
         )
         sqlite = SQLiteStore(tmp / "flow.db", synchronous=sync)
         memory = MemoryStore()
         try:
             rate, lat = await store_apply_floor(sqlite, args.ops)
             print(
-                f"| sqlite (store.apply) | inc | {rate:,.0f} | {pct(lat, .5):.0f} | "
-                f"{pct(lat, .99):.0f} | {raw_rate / rate:.2f} |"
+                f"| sqlite (store.apply) | inc | {rate:,.0f} | {pct(lat, 0.5):.0f} | "
+                f"{pct(lat, 0.99):.0f} | {raw_rate / rate:.2f} |"
             )
             for name, store in (("sqlite", sqlite), ("memory", memory)):
                 results = await per_operation(store, args.ops)
                 for op, (rate, lat) in results.items():
                     ratio = f"{raw_rate / rate:.2f}" if name == "sqlite" else "—"
                     print(
-                        f"| {name} | {op} | {rate:,.0f} | {pct(lat, .5):.0f} | "
-                        f"{pct(lat, .99):.0f} | {ratio} |"
+                        f"| {name} | {op} | {rate:,.0f} | {pct(lat, 0.5):.0f} | "
+                        f"{pct(lat, 0.99):.0f} | {ratio} |"
                     )
             print("\n## Contention: 8 writers, one record, inc_state\n")
             print("| backend | ops/s | final count | expected | lost |")
@@ -221,13 +217,15 @@ async def main() -> None:
                 for length in (100, 100_000):
                     _, h = handle(store, f"list{length}")
                     await h.set_state({"items": list(range(length))})
-                    _, lat = await timed(200, lambda i: h.push_state("items", i))
-                    print(f"| {name} | {length:,} | {pct(lat, .5):.0f} | {pct(lat, .99):.0f} |")
+                    _, lat = await timed(200, lambda i, h=h: h.push_state("items", i))
+                    print(f"| {name} | {length:,} | {pct(lat, 0.5):.0f} | {pct(lat, 0.99):.0f} |")
             finally:
                 await store.aclose()
         print("\n## Scale: unrelated records in the store\n")
-        print("| backend | other records | inc_state ops/s | inc p50 µs | list(50) p50 µs |"
-              " count ops/s |")
+        print(
+            "| backend | other records | inc_state ops/s | inc p50 µs | list(50) p50 µs |"
+            " count ops/s |"
+        )
         print("|---|---:|---:|---:|---:|---:|")
         for kind in ("sqlite", "memory"):
             for others in (1_000, args.big):

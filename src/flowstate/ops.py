@@ -1,9 +1,11 @@
 """State operations as pure values, and how a change resolves against a stored record.
 
 No I/O here. A :class:`Change` is built by a handle (``patch_state`` …) and handed to the
-store, which calls :meth:`Change.resolve` exactly once, inside its write transaction, with the
-record's current version and fields. Resolution applies the field operations, validates the
-result against the schema and returns the :class:`Mutation` to write, or None for a no-op.
+store, which calls :meth:`Change.resolve` with the record's current fields and writes the
+:class:`Mutation` it returns (or nothing, for None: a no-op) only if the record is still at the
+version it resolved against — inside its write transaction (memory, SQLite) or with a
+version-conditional write (PostgreSQL, which may therefore resolve more than once). Resolution
+applies the field operations and validates the result against the schema; it is pure.
 """
 
 from __future__ import annotations

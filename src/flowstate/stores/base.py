@@ -140,6 +140,10 @@ class Store(ABC):
     async def apply(self, key: str, change: Change, *, touch: bool = False) -> Applied:
         """Resolve ``change`` against the record and write the result, atomically.
 
+        ``resolve`` is pure, so a backend may call it more than once (e.g. first against a
+        cached copy); what it writes must be the result resolved against the version it
+        replaces, so that no other commit is ever lost.
+
         Under the record's write lock: load the version, the fields in
         ``change.needed_fields`` (all when None) and, unless ``change.content`` is UNCHANGED,
         the content. A missing record has version 0 and no fields. Then, in this order:
