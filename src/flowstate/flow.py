@@ -37,10 +37,15 @@ def normalize_scope(scope: str) -> str:
 
 @dataclass(frozen=True)
 class ClientConfig:
-    """What clients see of a scope: ``expose`` (verbatim fields) and ``derived`` functions."""
+    """What clients see of a scope: ``expose`` (verbatim fields) and ``derived`` functions.
+
+    ``client_data`` is the seeds' older spelling of ``derived``; both are merged (``derived``
+    wins on a shared name).
+    """
 
     expose: Sequence[str] = ()
     derived: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
+    client_data: Mapping[str, Callable[[Any], Any]] | None = None
 
     @classmethod
     def coerce(cls, value: Any, where: str) -> ClientConfig:
@@ -57,8 +62,9 @@ class ClientConfig:
                     f"{where}: unknown client key {key!r}{hint}; a client config takes "
                     "expose, derived (or its older spelling client_data)"
                 )
-            derived = {**(value.get("client_data") or {}), **(value.get("derived") or {})}
-            config = cls(value.get("expose") or (), derived)
+            config = cls(
+                value.get("expose") or (), value.get("derived") or {}, value.get("client_data")
+            )
         else:
             raise DefinitionError(
                 f"{where}: client must be a ClientConfig or a dict, got {type(value).__name__}"
@@ -69,11 +75,12 @@ class ClientConfig:
                 f'{where}: client.expose must be a list of field names, e.g. ["mode"], '
                 f"got {expose!r}"
             )
-        if not isinstance(config.derived, Mapping):
-            raise DefinitionError(
-                f"{where}: client.derived must be a dict of name → function, got {config.derived!r}"
-            )
-        return ClientConfig(tuple(expose), dict(config.derived))
+        for name, functions in (("derived", config.derived), ("client_data", config.client_data)):
+            if functions is not None and not isinstance(functions, Mapping):
+                raise DefinitionError(
+                    f"{where}: client.{name} must be a dict of name → function, got {functions!r}"
+                )
+        return ClientConfig(tuple(expose), {**(config.client_data or {}), **(config.derived or {})})
 
 
 @dataclass(frozen=True)
