@@ -436,12 +436,6 @@ async def list_flows(user: User, request: Request) -> dict[str, Any]:
     return _api(request).flow_list
 
 
-@router.post("/{kind}/actions/{action}", include_in_schema=False)
-async def run_any_action(kind: str, action: str, request: Request, user: User) -> Response:
-    """Unknown flows and actions land here (documented actions have their own routes)."""
-    return await _run_action(request, user, kind, action)
-
-
 @router.get(
     "/{kind}/requests/{request_id}/stream",
     summary="Follow a run's events (SSE), resumable with Last-Event-ID",
@@ -611,13 +605,16 @@ def _model_ref(
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _action_openapi(kind: str, action: str, block: Block, components: dict[str, Any]) -> Any:
+def _action_openapi(kind: str, action: str, block: Block | None, components: dict[str, Any]) -> Any:
+    """The OpenAPI body and responses of one action's route (``block=None``: any action)."""
     prefix = _component_name(f"{kind}.{action}.")
     ident = {"type": "string", "minLength": 1, "maxLength": 200}
+    input_model = None if block is None else block.input
+    output_model = None if block is None else block.output
     properties: dict[str, Any] = {
         "input": {"description": "any JSON (the action declares no input model)"}
-        if block.input is None
-        else _model_ref(block.input, prefix, "validation", components),
+        if input_model is None
+        else _model_ref(input_model, prefix, "validation", components),
         "sessionId": {**ident, "description": "run in this session (created if new)"},
         "projectId": {**ident, "description": "the project scope of a new session"},
     }
@@ -627,12 +624,12 @@ def _action_openapi(kind: str, action: str, block: Block, components: dict[str, 
         "properties": properties,
         "additionalProperties": False,
     }
-    if block.input is not None:
+    if input_model is not None:
         body["required"] = ["input"]
     output = (
         {}
-        if block.output is None
-        else _model_ref(block.output, prefix, "serialization", components)
+        if output_model is None
+        else _model_ref(output_model, prefix, "serialization", components)
     )
     result = {
         "type": "object",
@@ -685,6 +682,21 @@ def _add_action_routes(app: FastAPI, server: FlowServer, components: dict[str, A
                 responses=ERROR_RESPONSES,
                 openapi_extra=_action_openapi(kind, action, block, components),
             )
+
+    async def run_any_action(kind: str, action: str, request: Request, user: User) -> Response:
+        """The generic action route of SPEC §8 (a run's JSON result, or SSE on request)."""
+        return await _run_action(request, user, kind, action)
+
+    app.add_api_route(
+        f"{API_PREFIX}/{{kind}}/actions/{{action}}",
+        run_any_action,
+        methods=["POST"],
+        summary="Run an action of any flow",
+        description="Each registered action also has its own route documenting its input and "
+        "output models; unknown flows and actions answer 404.",
+        responses=ERROR_RESPONSES,
+        openapi_extra=_action_openapi("{kind}", "{action}", None, components),
+    )
 
 
 def _install_openapi(app: FastAPI, components: dict[str, Any]) -> None:
