@@ -22,6 +22,17 @@ def to_json(value: Any) -> Any:
     return _JSON.dump_python(value, mode="json")
 
 
+class ResourceStates(dict[str, Any]):
+    """Resource states by name; ``view.resources.plan`` reads as ``view.resources["plan"]``,
+    like ``ctx.session.resources`` does for refs."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f'no resource "{name}" on this scope') from None
+
+
 @dataclass(frozen=True)
 class DerivedView:
     """What a ``derived`` function receives: the scope's state and its resources' states."""
@@ -30,8 +41,8 @@ class DerivedView:
     resources: dict[str, Any]
 
 
-async def _resource_states(binding: ScopeBinding, limit: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+async def _resource_states(binding: ScopeBinding, limit: int) -> ResourceStates:
+    out = ResourceStates()
     for name in binding.registry.names():
         ref = binding.registry.get(name)
         if isinstance(ref, ResourceRef):
