@@ -1837,13 +1837,19 @@ async def test_derived_view_exposes_state_and_resources_for_each_scope() -> None
         ),
         project=ScopeConfig(
             resources={"kb": define_resource(Plan)},
-            client=ClientConfig(derived={"n": lambda view: len(view.resources["kb"].steps)}),
+            client=ClientConfig(
+                derived={
+                    "n": lambda view: len(view.resources["kb"].steps),
+                    # the seeds' attribute style reads the same state
+                    "same": lambda view: view.resources.kb is view.resources["kb"],
+                }
+            ),
         ),
     )
     async with FlowServer([f], store="memory://") as server:
         res = await server.run("views", "go", user_id="a", project_id="acme")
         snap = await server.snapshot("views", res.session_id, user_id="a")
-    assert snap["clientData"] == {"user": {"t": "light"}, "project": {"n": 1}}
+    assert snap["clientData"] == {"user": {"t": "light"}, "project": {"n": 1, "same": True}}
     assert "resources" not in snap
 
 
@@ -1923,3 +1929,117 @@ def test_scripts_read_the_runner_context_from_windmill_variables(tmp_path: Path)
     )
     assert res.returncode == 0, res.stderr
     assert last_json(res.stdout) == ["u/alice/counter/user", 1]
+
+
+# ------------------------------------------------------------- caps, targets, snapshot kinds
+
+
+@pytest.mark.parametrize("eviction", ["none", "lru", "oldest"])
+async def test_cap_holds_under_concurrent_creates(store_url: str, eviction: str) -> None:
+    capped = define_resource_collection("jobs/*", FileState, max_instances=3, eviction=eviction)
+
+    async def create(input: Any, ctx: Any) -> Any:
+        try:
+            await ctx.project.resources.jobs.create(input)
+        except CollectionFullError:
+            return "full"
+        return "created"
+
+    async def count(input: Any, ctx: Any) -> Any:
+        return [await ctx.project.resources.jobs.count(), await ctx.project.resources.jobs.list()]
+
+    f = define_flow(
+        "caps",
+        actions={
+            "create": handler(name="create", execute=create),
+            "count": handler(name="count", execute=count),
+        },
+        project=ScopeConfig(resources={"jobs": capped}),
+    )
+    async with FlowServer([f], store=store_url) as server:
+        results = await asyncio.gather(
+            *(
+                server.run("caps", "create", f"j{i}", user_id=f"u{i}", project_id="p")
+                for i in range(8)
+            )
+        )
+        n, keys = (await server.run("caps", "count", user_id="u0", project_id="p")).output
+    outcomes = [r.output for r in results]
+    assert n == 3 and len(keys) == 3
+    if eviction == "none":
+        assert outcomes.count("created") == 3 and outcomes.count("full") == 5
+    else:
+        assert outcomes == ["created"] * 8
+
+
+async def test_get_target_reaches_any_named_ancestor_and_own_state_is_per_run() -> None:
+    async def leaf(input: Any, ctx: Any) -> Any:
+        outer = ctx.get_target("outer")
+        assert outer is not None
+        await outer.inc_state(progress=3)
+        assert ctx.get_target("nobody") is None
+        return ctx.sequencer.state.progress
+
+    outer = sequencer(name="outer", state=Progress).then(handler(name="leaf", execute=leaf))
+    f = define_flow("anc", actions={"go": outer})
+    async with FlowServer([f], store="memory://") as server:
+        first = await server.run("anc", "go", user_id="a")
+        second = await server.run("anc", "go", user_id="a", session_id=first.session_id)
+    assert (first.output, second.output) == (3, 3)
+
+
+async def test_snapshot_of_another_flow_kind_is_not_found() -> None:
+    a = _user_flow("chat", ThemeStr)
+    b = _user_flow("admin", ThemeStr)
+    async with FlowServer([a, b], store="memory://") as server:
+        res = await server.run("chat", "go", user_id="alice")
+        with pytest.raises(SessionNotFoundError):
+            await server.snapshot("admin", res.session_id, user_id="alice")
+        with pytest.raises(SessionNotFoundError):
+            await server.snapshot("chat", "no-such-session", user_id="alice")
+
+
+def test_resource_client_takes_one_projection() -> None:
+    with pytest.raises(DefinitionError):
+        ResourceClient(data=lambda s: s, expose=["steps"])
+    with pytest.raises(DefinitionError):
+        ResourceClient(expose=["steps"], exclude=["status"])
+
+
+async def test_isolated_project_state_is_separate() -> None:
+    def pflow(kind: str, **kw: Any) -> Any:
+        async def body(input: Any, ctx: Any) -> Any:
+            if input:
+                await ctx.project.patch_state(theme=input)
+            return ctx.project.state.theme
+
+        return define_flow(
+            kind,
+            actions={"go": handler(name="go", execute=body)},
+            project=ScopeConfig(state=ThemeStr),
+            **kw,
+        )
+
+    async with FlowServer(
+        [pflow("chat"), pflow("admin"), pflow("ops", isolate_project_state=True)],
+        store="memory://",
+    ) as server:
+        await server.run("chat", "go", "light", user_id="a", project_id="p")
+        assert (await server.run("admin", "go", user_id="b", project_id="p")).output == "light"
+        assert (await server.run("ops", "go", user_id="b", project_id="p")).output == "dark"
+
+
+def test_flowstate_run_defaults_user_to_user_without_USER(tmp_path: Path) -> None:
+    (tmp_path / "counter.py").write_text(COUNTER_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("USER", "FLOWSTATE_PROJECT")}
+    env["FLOWSTATE_STORE"] = f"sqlite:///{tmp_path / 's.db'}"
+    res = subprocess.run(
+        ["flowstate", "run", "counter.py"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert last_json(res.stdout)["path"] == "u/user/counter/user"
