@@ -733,7 +733,10 @@ async def test_collection_runtime_api(store_url: str) -> None:
             await ref.patch_state(size="big")
         await ref.write_content("hello")
         assert await (await files.get("readme.md")).read_content_raw() == "hello"
-        return await files.list()
+        # documented choice: the storage keys list() returns can be passed back
+        keys = await files.list()
+        assert [(await files.get(k)).key for k in keys] == keys
+        return keys
 
     out = await run_probe(store_url, body, session_resources={"files": files_collection()})
     assert out.output == ["files/config.json", "files/readme.md", "files/src/deep/a.py"]
