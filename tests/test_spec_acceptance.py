@@ -489,7 +489,10 @@ async def test_request_scope_is_per_run() -> None:
     assert (first.output, second.output) == (0, 0)
 
 
-async def test_state_reflects_other_writers_after_refresh(store_url: str) -> None:
+@pytest.mark.parametrize("pick_up", ["refresh", "noop", "write"])
+async def test_state_reflects_other_writers_after_refresh_or_next_operation(
+    store_url: str, pick_up: str
+) -> None:
     started = asyncio.Event()
     written = asyncio.Event()
 
@@ -497,7 +500,13 @@ async def test_state_reflects_other_writers_after_refresh(store_url: str) -> Non
         assert ctx.project.state.count == 0
         started.set()
         await written.wait()
-        await ctx.project.refresh()
+        assert ctx.project.state.count == 0  # a snapshot: unchanged until refreshed
+        if pick_up == "refresh":
+            await ctx.project.refresh()
+        elif pick_up == "noop":
+            assert await ctx.project.patch_state(title="") is False
+        else:
+            assert await ctx.project.patch_state(title="mine") is True
         return ctx.project.state.count
 
     async def writer(input: Any, ctx: Any) -> Any:
