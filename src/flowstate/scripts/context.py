@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import threading
 from collections.abc import Iterator, Mapping
 
 from .paths import ScriptContext
@@ -27,6 +28,13 @@ __all__ = [
 _CURRENT: contextvars.ContextVar[ScriptContext | None] = contextvars.ContextVar(
     "flowstate_script_context", default=None
 )
+
+# The environment is one per process, but runs may overlap (threads): every active export is
+# kept on a stack; the newest one is what the environment shows, and when the last one ends
+# the values from before the first one come back, whatever order the runs finish in.
+_ENV_LOCK = threading.Lock()
+_ENV_STACK: list[tuple[object, dict[str, str | None]]] = []
+_ENV_BEFORE: dict[str, str | None] = {}
 
 
 def default_user(environ: Mapping[str, str] | None = None) -> str:
@@ -90,25 +98,48 @@ def context_env(ctx: ScriptContext) -> dict[str, str | None]:
     return env
 
 
+def _set_env(values: Mapping[str, str | None]) -> None:
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def _export_env(owner: object, env: dict[str, str | None]) -> None:
+    with _ENV_LOCK:
+        for name in env:
+            _ENV_BEFORE.setdefault(name, os.environ.get(name))
+        _ENV_STACK.append((owner, env))
+        _set_env(env)
+
+
+def _unexport_env(owner: object) -> None:
+    with _ENV_LOCK:
+        _ENV_STACK[:] = [entry for entry in _ENV_STACK if entry[0] is not owner]
+        if _ENV_STACK:
+            _set_env({**_ENV_BEFORE, **_ENV_STACK[-1][1]})
+        else:
+            _set_env(_ENV_BEFORE)
+            _ENV_BEFORE.clear()
+
+
 @contextlib.contextmanager
 def use_context(ctx: ScriptContext, *, export_env: bool = True) -> Iterator[ScriptContext]:
     """Run the block as ``ctx``: set the context variable and (by default) the ``WM_*``
-    environment; both are restored afterwards."""
+    environment; both are restored afterwards.
+
+    Overlapping runs in one process (threads) share one environment: it shows the newest
+    active run, and the previous values return once every run has ended. In-process code
+    reads its own run from the context variable, which is exact per thread and task.
+    """
     token = _CURRENT.set(ctx)
-    saved: dict[str, str | None] = {}
+    owner = object()
     if export_env:
-        for name, value in context_env(ctx).items():
-            saved[name] = os.environ.get(name)
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        _export_env(owner, context_env(ctx))
     try:
         yield ctx
     finally:
-        for name, old in saved.items():
-            if old is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = old
+        if export_env:
+            _unexport_env(owner)
         _CURRENT.reset(token)
