@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -2055,3 +2056,36 @@ def test_flowstate_run_defaults_user_to_user_without_USER(tmp_path: Path) -> Non
     )
     assert res.returncode == 0, res.stderr
     assert last_json(res.stdout)["path"] == "u/user/counter/user"
+
+
+def test_overlapping_script_runs_in_threads_leave_no_environment_behind(tmp_path: Path) -> None:
+    """Each run exports its context as WM_* variables; runs that overlap in one process must
+    not leave one run's variables behind (they made a later get_state_path() lie)."""
+    import threading
+
+    from flowstate.scripts.runner import run_script
+
+    (tmp_path / "slow.py").write_text(
+        "import os, time\n"
+        "def main(pause: float):\n"
+        "    time.sleep(pause)\n"
+        "    return os.environ.get('WM_JOB_PATH')\n"
+    )
+    before = {k: v for k, v in os.environ.items() if k.startswith("WM_")}
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    results: dict[str, Any] = {}
+
+    def run(name: str, pause: float) -> None:
+        results[name] = run_script(
+            tmp_path / "slow.py", {"pause": pause}, path=f"u/alice/{name}", store=store
+        )
+
+    first = threading.Thread(target=run, args=("first", 0.1))
+    second = threading.Thread(target=run, args=("second", 0.4))
+    first.start()
+    time.sleep(0.05)  # second starts while first runs, and ends after it
+    second.start()
+    first.join()
+    second.join()
+    assert results["second"] == "u/alice/second"  # first's end did not wipe second's run
+    assert {k: v for k, v in os.environ.items() if k.startswith("WM_")} == before
