@@ -1672,11 +1672,16 @@ async def test_http_callable_auth(style: str) -> None:
 # ------------------------------------------------------------------------- §9 scripts
 
 
+def clean_environ() -> dict[str, str]:
+    """This process's environment without any script-run context (WM_*, FLOWSTATE_*)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("WM_", "FLOWSTATE_"))}
+
+
 def run_cli(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["flowstate", *args],
         cwd=cwd,
-        env={**os.environ, **env},
+        env={**clean_environ(), **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -1931,7 +1936,7 @@ def test_scripts_read_the_runner_context_from_windmill_variables(tmp_path: Path)
         [sys.executable, "-c", probe],
         cwd=tmp_path,
         env={
-            **os.environ,
+            **clean_environ(),
             "FLOWSTATE_STORE": store,
             "WM_WORKSPACE": "acme",
             "WM_STATE_PATH": "u/alice/counter/user",
@@ -2044,7 +2049,7 @@ async def test_isolated_project_state_is_separate() -> None:
 
 def test_flowstate_run_defaults_user_to_user_without_USER(tmp_path: Path) -> None:
     (tmp_path / "counter.py").write_text(COUNTER_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in ("USER", "FLOWSTATE_PROJECT")}
+    env = {k: v for k, v in clean_environ().items() if k != "USER"}
     env["FLOWSTATE_STORE"] = f"sqlite:///{tmp_path / 's.db'}"
     res = subprocess.run(
         ["flowstate", "run", "counter.py"],
