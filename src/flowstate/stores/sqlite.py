@@ -65,6 +65,10 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+class _Busy(Exception):
+    """The inline fast path found the database write-locked by another process."""
+
+
 class _Job:
     __slots__ = ("fn", "future", "loop")
 
@@ -117,6 +121,11 @@ class SQLiteStore(Store):
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._clock = 0
         self._closed = False
+        # The connection is shared by the writer thread and the inline fast path (see
+        # _submit); this lock serialises them.
+        self._conn_lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._waiting = 0
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         ready: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
@@ -174,6 +183,7 @@ class SQLiteStore(Store):
         except BaseException as exc:
             ready.put(exc)
             return
+        self._conn = conn
         ready.put(None)
         try:
             while True:
@@ -195,9 +205,15 @@ class SQLiteStore(Store):
                 if stop:
                     return
         finally:
-            conn.close()
+            with self._conn_lock:
+                self._conn = None
+                conn.close()
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        with self._conn_lock:
+            self._run_batch_locked(conn, batch)
+
+    def _run_batch_locked(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
         results: list[tuple[_Job, bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -226,9 +242,53 @@ class SQLiteStore(Store):
         for job, ok, value in results:
             _settle(job, ok, value)
 
+    def _run_inline(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run one job on the caller's thread; raise _Busy if another process holds the lock.
+
+        Never waits for another process (busy timeout 0 while taking the write lock), so it
+        cannot stall the event loop for longer than the transaction's own work and fsync.
+        """
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise _Busy from exc
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        try:
+            value = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return value
+
     async def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
             raise RuntimeError(f"store {self.url} is closed")
+        # Fast path: a lone caller runs its transaction right here, saving two thread
+        # switches. First yield once, so concurrent callers show up and go to the writer
+        # thread together instead (group commit).
+        self._waiting += 1
+        try:
+            await asyncio.sleep(0)
+        finally:
+            self._waiting -= 1
+        conn = self._conn
+        if (
+            conn is not None
+            and self._waiting == 0
+            and self._jobs.empty()
+            and self._conn_lock.acquire(blocking=False)
+        ):
+            try:
+                if not self._closed:
+                    return self._run_inline(conn, fn)
+            except _Busy:
+                pass  # another process is writing: wait for it in the writer thread
+            finally:
+                self._conn_lock.release()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put(_Job(fn, loop, future))
