@@ -453,9 +453,6 @@ class CollectionRef:
         self._call_hook(self.definition.on_instance_deleted, storage_key)
         return True
 
-    def __aiter__(self) -> Any:
-        raise TypeError("iterate over `await collection.list()` instead")
-
 
 class ResourceRegistry:
     """A scope's resources by name: ``resources.plan``, ``resources["plan"]``, ``.get("plan")``."""
