@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 from typing import Any, Final, Literal
 
 from .errors import StateValidationError
@@ -159,14 +160,14 @@ class Change:
     must_exist: bool = False
     operation: str = "patch"
 
-    @property
+    @cached_property
     def needed_fields(self) -> frozenset[str] | None:
         """Fields the store must load for :meth:`resolve`; None means all of them."""
         if self.replace is not None or self.schema.full_validation:
             return None
         return frozenset(op.field for op in self.ops)
 
-    @property
+    @cached_property
     def lazy_appends(self) -> frozenset[str]:
         """Fields only appended to, whose items validate alone: no need to load the list.
 

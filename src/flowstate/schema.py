@@ -26,6 +26,7 @@ __all__ = [
     "Incompatibility",
     "Schema",
     "compare",
+    "copy_json",
     "merge_declarations",
     "type_name",
 ]
@@ -412,7 +413,7 @@ class Schema:
         """Build what a block sees: an instance of its partial model (or a dict)."""
         target = model or self.model
         if target is None:
-            return _copy_json(dict(values))
+            return copy_json(dict(values))
         wanted = {k: v for k, v in values.items() if k in target.model_fields}
         try:
             return target.model_validate(wanted)
@@ -421,11 +422,12 @@ class Schema:
             return target.model_construct(**wanted)
 
 
-def _copy_json(value: JSON) -> JSON:
+def copy_json(value: JSON) -> JSON:
+    """A deep copy of a JSON value (dicts and lists copied, scalars shared)."""
     if isinstance(value, dict):
-        return {k: _copy_json(v) for k, v in value.items()}
+        return {k: copy_json(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_copy_json(v) for v in value]
+        return [copy_json(v) for v in value]
     return value
 
 

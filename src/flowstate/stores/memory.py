@@ -14,18 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..ops import UNCHANGED, Change, append_target_error
+from ..schema import copy_json
 from .base import Applied, Cap, Created, Record, Store, prefix_end
 
 __all__ = ["MemoryStore"]
-
-
-def _copy(value: Any) -> Any:
-    """A copy of a JSON value, so that no caller shares a list or dict with the store."""
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    return value
 
 
 @dataclass(slots=True)
@@ -59,7 +51,9 @@ class MemoryStore(Store):
         chosen = row.fields
         if fields is not None:
             chosen = {k: row.fields[k] for k in fields if k in row.fields}
-        return Record(key, row.version, _copy(chosen), row.content, row.created_at, row.accessed_at)
+        return Record(
+            key, row.version, copy_json(chosen), row.content, row.created_at, row.accessed_at
+        )
 
     def _insert(self, key: str, row: _Row) -> None:
         if key not in self._rows:
@@ -105,11 +99,11 @@ class MemoryStore(Store):
                 current = row.fields.get(name) if row else None
                 if current is not None and not isinstance(current, list):
                     raise append_target_error(name, type(current).__name__)
-                appended[name] = [*(base if current is None else current), *_copy(items)]
+                appended[name] = [*(base if current is None else current), *copy_json(items)]
             if row is None:
                 row = _Row(0, {}, None, now)
                 self._insert(key, row)
-            row.fields.update(_copy(mutation.set))
+            row.fields.update(copy_json(mutation.set))
             row.fields.update(appended)
             for name in mutation.delete:
                 row.fields.pop(name, None)
@@ -135,7 +129,7 @@ class MemoryStore(Store):
                 if not replace:
                     return Created("exists", existing.version)
                 previous = self._record(key, existing, None)
-                existing.fields = _copy(dict(fields))
+                existing.fields = copy_json(dict(fields))
                 existing.content = content
                 existing.version += 1
                 existing.accessed_at = now
@@ -151,7 +145,7 @@ class MemoryStore(Store):
                     for victim in ordered[: len(members) - cap.max_instances + 1]:
                         self._remove(victim)
                         evicted.append(victim)
-            self._insert(key, _Row(1, _copy(dict(fields)), content, now, now))
+            self._insert(key, _Row(1, copy_json(dict(fields)), content, now, now))
             return Created("created", 1, tuple(evicted))
 
     async def delete(self, key: str) -> Record | None:
