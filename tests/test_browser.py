@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from flowstate.demo import create_server
+from flowstate.cli.demo import create_server
 from flowstate.http import create_app
 
 from .http_support import SECRET, serve_in_thread

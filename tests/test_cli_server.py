@@ -20,10 +20,10 @@ import pytest
 from click.testing import CliRunner
 
 from flowstate.cli import main
-from flowstate.cli_server import load_server
-from flowstate.demo import FILES_CAP, create_server
+from flowstate.cli._serve import load_server
+from flowstate.cli.demo import FILES_CAP, create_server
 
-APP = "flowstate.demo:create_server"
+APP = "flowstate.cli.demo:create_server"
 
 
 @pytest.fixture
@@ -195,10 +195,10 @@ def test_load_server_targets(tmp_path: Path) -> None:
     server = load_server(APP, f"sqlite:///{tmp_path / 'x.db'}")
     assert list(server.flows) == ["demo"] and server.store.url.endswith("x.db")
     for target, message in (
-        ("flowstate.demo", 'expected "module:attribute"'),
+        ("flowstate.cli.demo", 'expected "module:attribute"'),
         ("flowstate.nope:x", 'cannot import module "flowstate.nope"'),
-        ("flowstate.demo:missing", 'has no attribute "missing"'),
-        ("flowstate.demo:FILES_CAP", "is not a FlowServer"),
+        ("flowstate.cli.demo:missing", 'has no attribute "missing"'),
+        ("flowstate.cli.demo:FILES_CAP", "is not a FlowServer"),
     ):
         with pytest.raises(click.ClickException, match=message):
             load_server(target)

@@ -23,7 +23,7 @@ from flowstate import (
 )
 from flowstate.client import AsyncClient, Client, RemoteError, SSEDecoder, error_from_wire
 from flowstate.http import create_app
-from flowstate.transport import StreamingASGITransport
+from flowstate.client import StreamingASGITransport
 
 from .http_support import TOKENS, Gate, lab_flow
 

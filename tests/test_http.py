@@ -14,7 +14,7 @@ import pytest
 from flowstate import AuthError, FlowServer
 from flowstate.errors import FlowStateError
 from flowstate.http import create_app, status_for
-from flowstate.transport import StreamingASGITransport
+from flowstate.client import StreamingASGITransport
 
 from .http_support import ALICE, BOB, SECRET, TOKENS, Gate, lab_flow, parse_sse
 

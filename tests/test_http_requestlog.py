@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any
 
-from flowstate.requestlog import RequestLog, RequestLogs
+from flowstate.http._requestlog import RequestLog, RequestLogs
 
 
 def wire(rid: str, seq: int, type_: str = "state_change") -> dict[str, Any]:

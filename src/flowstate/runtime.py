@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from pydantic import BaseModel
@@ -16,6 +15,7 @@ from .schema import Schema
 from .scopes import ScopeBinding, ScopeHandle
 from .state import StateCell, StateHandle
 from .stores.memory import MemoryStore
+from .values import Event
 
 __all__ = ["Context", "Event", "Frame", "Run", "Targets"]
 
@@ -30,20 +30,6 @@ M = TypeVar("M", bound=BaseModel)
 
 if TYPE_CHECKING:
     from .flow import Flow
-
-
-@dataclass(frozen=True)
-class Event:
-    """One event of a run: ``seq`` counts from 1 per request; ``data`` uses wire names."""
-
-    type: str
-    seq: int
-    request_id: str
-    data: dict[str, Any] = field(default_factory=dict)
-
-    def to_wire(self) -> dict[str, Any]:
-        """The JSON an SSE frame or a client sees."""
-        return {"type": self.type, "seq": self.seq, "requestId": self.request_id, **self.data}
 
 
 Sink = Callable[[Event], Awaitable[None]]

@@ -13,7 +13,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 from pydantic.fields import FieldInfo
@@ -293,7 +293,7 @@ class Schema:
     def _adapters(self) -> dict[str, TypeAdapter[Any]]:
         assert self.model is not None
         return {
-            name: TypeAdapter(Annotated[info.annotation, info])
+            name: TypeAdapter(cast(Any, Annotated[info.annotation, info]))
             for name, info in self.model.model_fields.items()
         }
 

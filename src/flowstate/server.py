@@ -7,7 +7,6 @@ import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -23,10 +22,11 @@ from .errors import (
 )
 from .flow import Flow, normalize_scope
 from .resources import AnyResourceDefinition, CollectionRef, ResourceCollectionDefinition
-from .runtime import Event, Run, execute_block
+from .runtime import Run, execute_block
 from .scopes import ScopeBinding, scope_root
 from .sharing import check_shared_scopes
 from .stores import Store, open_store
+from .values import Event, RunResult, SessionInfo
 
 __all__ = ["FlowServer", "RunResult", "SessionInfo"]
 
@@ -41,36 +41,6 @@ def _check_id(value: Any, what: str) -> str:
     if any(ord(c) < 32 or c == "\x7f" for c in value):
         raise DefinitionError(f"{what} must not contain control characters")
     return value
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """The outcome of :meth:`FlowServer.run`."""
-
-    output: Any
-    session_id: str
-    request_id: str
-    events: list[Event] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    """A session's binding: its user, flow kind and project, fixed at its first run."""
-
-    session_id: str
-    user_id: str
-    flow_kind: str
-    project_id: str | None
-    created_at: float
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "sessionId": self.session_id,
-            "userId": self.user_id,
-            "flowKind": self.flow_kind,
-            "projectId": self.project_id,
-            "createdAt": self.created_at,
-        }
 
 
 def _session_key(session_id: str) -> str:

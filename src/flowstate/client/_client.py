@@ -1,7 +1,7 @@
 """Python clients of the flowstate HTTP API: :class:`AsyncClient` and :class:`Client` (sync).
 
 Both speak to a server by base URL, or to an ASGI app in-process (``AsyncClient(app=app)``),
-with responses streamed either way (see :mod:`flowstate.transport`). Errors come back as the
+with responses streamed either way (see :mod:`flowstate.client._transport`). Errors come back as the
 flowstate exception of their code (``SessionNotFoundError``, ``StateValidationError`` …)
 carrying ``status_code``, ``request_id`` and ``session_id``; unknown codes as
 :class:`RemoteError`. :class:`LiveSession` keeps a session's snapshot fresh the way the seeds
@@ -32,11 +32,10 @@ from urllib.parse import quote
 
 import httpx
 
-from . import errors as _errors
-from .errors import FlowStateError
-from .runtime import Event
-from .server import RunResult, SessionInfo
-from .transport import StreamingASGITransport
+from .. import errors as _errors
+from ..errors import FlowStateError
+from ..values import Event, RunResult, SessionInfo
+from ._transport import StreamingASGITransport
 
 __all__ = [
     "AsyncClient",

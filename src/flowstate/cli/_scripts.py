@@ -17,11 +17,11 @@ import click
 from pydantic_core import to_jsonable_python
 
 from ..errors import FlowStateError
-from . import engine
-from .context import default_user
-from .paths import check_id, check_path
-from .runner import ScriptError, run_flow, run_script
-from .scheduler import ScheduledRun, parse_interval, run_schedule
+from ..scripts import engine
+from ..scripts.context import default_user
+from ..scripts.paths import check_id, check_path
+from ..scripts.runner import ScriptError, run_flow, run_script
+from ..scripts.scheduler import ScheduledRun, parse_interval, run_schedule
 
 __all__ = ["register"]
 

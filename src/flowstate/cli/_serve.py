@@ -23,13 +23,13 @@ from urllib.parse import quote
 
 import click
 
-from .auth import TOKENS_ENV, generate_token, tokens_from_env
-from .errors import FlowStateError
-from .flow import Flow, normalize_scope
-from .schema import Schema
-from .scopes import ScopeBinding, scope_root
-from .server import FlowServer
-from .stores import Store, default_store_url, open_store
+from ..errors import FlowStateError
+from ..flow import Flow, normalize_scope
+from ..http._auth import TOKENS_ENV, generate_token, tokens_from_env
+from ..schema import Schema
+from ..scopes import ScopeBinding, scope_root
+from ..server import FlowServer
+from ..stores import Store, default_store_url, open_store
 
 __all__ = ["demo", "load_server", "serve", "state"]
 
@@ -149,7 +149,7 @@ def _serve(
 ) -> None:
     import uvicorn
 
-    from .http import create_app
+    from ..http import create_app
 
     auth, auth_line = _resolve_auth(server, token, user)
     app = create_app(server, auth=auth, close_server=True)
@@ -458,7 +458,7 @@ def state_set(
 
 
 def _raw_handle(store: Store, key: str, scope: str) -> Any:
-    from .state import StateCell, StateHandle
+    from ..state import StateCell, StateHandle
 
     cell = StateCell(store, key, Schema.of(None), label=f"{scope} record {key}", scope=scope)
     return StateHandle(cell)

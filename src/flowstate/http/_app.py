@@ -28,22 +28,22 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__
-from .auth import TOKENS_ENV, Authenticator, make_authenticator, tokens_from_env
-from .blocks import Block
-from .clientdata import to_json
-from .errors import FlowStateError, SessionNotFoundError, StateValidationError
-from .requestlog import RequestLog, RequestLogs
-from .runtime import Event
-from .schema import describe_errors
-from .scripts.wmill_api import wmill_router
-from .server import FlowServer, RunResult
+from .. import __version__
+from ..blocks import Block
+from ..clientdata import to_json
+from ..errors import FlowStateError, SessionNotFoundError, StateValidationError
+from ..schema import describe_errors
+from ..scripts.wmill_api import wmill_router
+from ..server import FlowServer, RunResult
+from ..values import Event
+from ._auth import TOKENS_ENV, Authenticator, make_authenticator, tokens_from_env
+from ._requestlog import RequestLog, RequestLogs
 
 __all__ = ["HTTPError", "create_app", "error_payload", "status_for"]
 
 log = logging.getLogger("flowstate.http")
 
-STATIC_DIR = Path(__file__).parent / "static"
+STATIC_DIR = Path(__file__).parent.parent / "static"
 API_PREFIX = "/api/flows"
 
 M = TypeVar("M", bound=BaseModel)

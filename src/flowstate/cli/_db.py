@@ -6,7 +6,7 @@ import asyncio
 
 import click
 
-from .stores import default_store_url, open_store
+from ..stores import default_store_url, open_store
 
 __all__ = ["db"]
 
@@ -14,11 +14,11 @@ __all__ = ["db"]
 async def _migrate(url: str) -> int:
     scheme = url.split(":", 1)[0].lower()
     if scheme in ("postgresql", "postgres"):
-        from .stores.postgres import migrate
+        from ..stores.postgres import migrate
 
         return await migrate(url)
     if scheme == "sqlite":
-        from .stores.sqlite import SCHEMA_VERSION
+        from ..stores.sqlite import SCHEMA_VERSION
 
         store = open_store(url)  # opening creates or upgrades the tables
         await store.aclose()

@@ -14,16 +14,16 @@ def main() -> None:
 
 
 # Command registrations (one line per module that contributes commands) go below.
-from .scripts.cli import register as _register_scripts  # noqa: E402
+from ._scripts import register as _register_scripts  # noqa: E402
 
 _register_scripts(main)
-from .cli_server import demo as _demo  # noqa: E402
-from .cli_server import serve as _serve  # noqa: E402
-from .cli_server import state as _state  # noqa: E402
+from ._serve import demo as _demo  # noqa: E402
+from ._serve import serve as _serve  # noqa: E402
+from ._serve import state as _state  # noqa: E402
 
 main.add_command(_serve)
 main.add_command(_state)
 main.add_command(_demo)
-from .cli_db import db as _db  # noqa: E402
+from ._db import db as _db  # noqa: E402
 
 main.add_command(_db)

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from .errors import AuthError
+from ..errors import AuthError
 
 __all__ = [
     "TOKENS_ENV",

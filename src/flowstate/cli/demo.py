@@ -5,7 +5,7 @@ One flow, ``demo``, shows each kind of state a client can watch: session counter
 resource (state + text content) and a ``files/**`` collection capped at five instances with
 LRU eviction. The session also holds ``private_note``, a field no client ever sees.
 
-Serve it with ``flowstate demo`` or ``flowstate serve flowstate.demo:create_server``.
+Serve it with ``flowstate demo`` or ``flowstate serve flowstate.cli.demo:create_server``.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from .auth import Authenticator
-from .blocks import handler
-from .flow import ClientConfig, Flow, ScopeConfig, define_flow
-from .resources import ResourceClient, define_resource, define_resource_collection
-from .runtime import Context
-from .server import FlowServer
-from .stores import Store
+from ..blocks import handler
+from ..flow import ClientConfig, Flow, ScopeConfig, define_flow
+from ..http._auth import Authenticator
+from ..resources import ResourceClient, define_resource, define_resource_collection
+from ..runtime import Context
+from ..server import FlowServer
+from ..stores import Store
 
 __all__ = ["FILES_CAP", "create_server", "demo_flow"]
 
