@@ -21,9 +21,15 @@ from flowstate import (
     SessionNotFoundError,
     StateValidationError,
 )
-from flowstate.client import AsyncClient, Client, RemoteError, SSEDecoder, error_from_wire
+from flowstate.client import (
+    AsyncClient,
+    Client,
+    RemoteError,
+    SSEDecoder,
+    StreamingASGITransport,
+    error_from_wire,
+)
 from flowstate.http import create_app
-from flowstate.client import StreamingASGITransport
 
 from .http_support import TOKENS, Gate, lab_flow
 

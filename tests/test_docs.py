@@ -1,7 +1,9 @@
 """Every ```python block of the capability pages in docs/ runs, page by page, in order.
 
-The blocks of one page share one namespace (a page reads like one script); top-level
-``await`` is allowed. A block that raises fails the test with the page and block number.
+The blocks of one page share one namespace (a page reads like one script). A page whose
+examples use top-level ``await`` must say where they run (the asyncio REPL, ``python -m
+asyncio``); only such pages are compiled with top-level ``await`` allowed, so a page that
+forgets to say so fails here. A block that raises fails the test with the page and block number.
 """
 
 from __future__ import annotations
@@ -31,8 +33,29 @@ PAGES = [
 FENCE = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 
+REPL_NOTE = "(`python -m asyncio`)"
+
+
 def python_blocks(page: str) -> list[str]:
     return [m.group(1) for m in FENCE.finditer((DOCS / page).read_text())]
+
+
+def compile_flags(page: str) -> int:
+    """Top-level ``await`` only for pages that tell the reader to use the asyncio REPL."""
+    return ast.PyCF_ALLOW_TOP_LEVEL_AWAIT if REPL_NOTE in (DOCS / page).read_text() else 0
+
+
+def test_pages_with_top_level_await_say_where_they_run() -> None:
+    for page in sorted(p.name for p in DOCS.glob("*.md")):
+        for number, source in enumerate(python_blocks(page), start=1):
+            try:
+                compile(source, f"{page} [python block {number}]", "exec")
+            except SyntaxError as exc:
+                if "outside" not in str(exc) or not compile_flags(page):
+                    raise AssertionError(
+                        f"{page} block {number} does not run as a script ({exc.msg}) and the "
+                        f"page does not say it runs in the asyncio REPL {REPL_NOTE}"
+                    ) from exc
 
 
 def test_every_page_exists_and_has_examples() -> None:
@@ -52,9 +75,7 @@ async def test_page_examples_run(
     namespace = module.__dict__
     try:
         for number, source in enumerate(python_blocks(page), start=1):
-            code = compile(
-                source, f"{page} [python block {number}]", "exec", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
-            )
+            code = compile(source, f"{page} [python block {number}]", "exec", compile_flags(page))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # pages demonstrate warnings on purpose
                 result = eval(code, namespace)

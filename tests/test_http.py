@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from flowstate import AuthError, FlowServer
+from flowstate.client import StreamingASGITransport
 from flowstate.errors import FlowStateError
 from flowstate.http import create_app, status_for
-from flowstate.client import StreamingASGITransport
 
 from .http_support import ALICE, BOB, SECRET, TOKENS, Gate, lab_flow, parse_sse
 

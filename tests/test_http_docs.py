@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import ast
 import inspect
 import re
 import sys
 import types
 from pathlib import Path
+
+from tests.test_docs import compile_flags
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "http.md"
 FENCE = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
@@ -20,9 +21,8 @@ async def test_http_page_examples_run() -> None:
     sys.modules[module.__name__] = module  # pydantic resolves annotations through it
     try:
         for number, source in enumerate(blocks, start=1):
-            code = compile(
-                source, f"http.md [python block {number}]", "exec", ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
-            )
+            where = f"http.md [python block {number}]"
+            code = compile(source, where, "exec", compile_flags(PAGE.name))
             result = eval(code, module.__dict__)
             if inspect.isawaitable(result):
                 await result
