@@ -38,7 +38,8 @@ import asyncpg  # type: ignore[import-untyped]
 
 from flowstate.ops import Change, FieldOp
 from flowstate.schema import Schema
-from flowstate.stores.postgres import _POOL_OPTIONS, PostgresStore
+from flowstate.stores.postgres import PostgresStore
+from flowstate.stores.postgres.sql import POOL_OPTIONS
 
 FREE = Schema(None)
 INC = Change(FREE, ops=(FieldOp("inc", "value", 1),), operation="inc")
@@ -107,7 +108,7 @@ async def main() -> None:
         min_size=args.pool,
         max_size=args.pool,
         server_settings={"search_path": f'"{schema}"'},
-        **_POOL_OPTIONS,  # the same pool configuration as the store's (no reset query)
+        **POOL_OPTIONS,  # the same pool configuration as the store's (no reset query)
     )
     await raw.execute(
         'CREATE TABLE bench_raw (key TEXT COLLATE "C" PRIMARY KEY, value BIGINT NOT NULL, '

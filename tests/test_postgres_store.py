@@ -21,8 +21,8 @@ from flowstate.errors import StateValidationError
 from flowstate.ops import Change, FieldOp
 from flowstate.schema import Schema
 from flowstate.stores import Cap, MemoryStore, Store, open_store
-from flowstate.stores import postgres as postgres_module
 from flowstate.stores.postgres import SCHEMA_VERSION, PostgresStore, migrate
+from flowstate.stores.postgres import store as postgres_module
 
 from . import test_store_conformance as conformance
 
@@ -449,13 +449,13 @@ async def test_concurrent_writes_to_many_records_match_one_by_one_writes(
 ) -> None:
     """Batches mixing inserts, updates, deletes, appends and content equal sequential writes."""
     sizes: list[int] = []
-    real = postgres_module._write_batch
+    real = postgres_module.write_batch
 
     async def spy(conn: Any, jobs: list[Any]) -> Any:
         sizes.append(len(jobs))
         return await real(conn, jobs)
 
-    monkeypatch.setattr(postgres_module, "_write_batch", spy)
+    monkeypatch.setattr(postgres_module, "write_batch", spy)
     rng = random.Random(7)
     store = PostgresStore(postgres_store_url)
     reference = MemoryStore()

@@ -105,6 +105,10 @@ class Broker:
         for queue in list(self._queues.get(topic, ())):
             queue.put_nowait(message)
 
+    def has_listeners(self, topic: str) -> bool:
+        """Whether anyone in this process listens to ``topic``."""
+        return bool(self._queues.get(topic))
+
     @contextlib.asynccontextmanager
     async def listen(self, topic: str) -> AsyncIterator[asyncio.Queue[JSON]]:
         queue: asyncio.Queue[JSON] = asyncio.Queue()

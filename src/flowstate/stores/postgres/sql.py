@@ -1,0 +1,287 @@
+"""The SQL of reads and batch writes: one statement per batch, every record guarded by its
+version and generation."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import inspect
+from typing import Any, Literal, NamedTuple
+
+import asyncpg  # type: ignore[import-untyped]
+
+from ...ops import UNCHANGED, Change, Mutation, append_target_error
+from .cache import Encoded, Entry
+
+__all__ = [
+    "FIELDS_SQL",
+    "NOW",
+    "POOL_OPTIONS",
+    "RETRYABLE",
+    "Job",
+    "Outcome",
+    "Retry",
+    "fields_to_load",
+    "load_sql",
+    "write_batch",
+]
+
+Connection = Any  # asyncpg ships no type information
+
+# Server clock in nanoseconds (microsecond resolution): one clock for every process.
+NOW = "((extract(epoch FROM clock_timestamp()) * 1000000)::bigint * 1000)"
+
+
+@functools.cache
+def load_sql(which: Literal["all", "some", "none"], content: bool) -> str:
+    """Version, generation, (content), timestamps and fields of one record, in one snapshot.
+
+    ``which``: all fields, those named in ``$2``, or none.
+    """
+    body = "r.content" if content else "NULL::text"
+    head = f"SELECT r.version, r.gen, {body}, r.created_at, r.accessed_at"
+    if which == "none":
+        return f"{head}, NULL::text[], NULL::json[] FROM fs_records r WHERE r.key = $1"
+    where = " AND x.name = ANY($2::text[])" if which == "some" else ""
+    return (
+        f"{head}, f.names, f.vals FROM fs_records r LEFT JOIN LATERAL ("
+        "SELECT array_agg(x.name) AS names, array_agg(x.value) AS vals "
+        f"FROM fs_fields x WHERE x.key = r.key{where}) f ON true WHERE r.key = $1"
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Shape:
+    """Which parts a batch write has; one prepared statement per shape."""
+
+    updates: bool = False
+    update_content: bool = False
+    inserts: bool = False
+    changed: bool = False  # fields that exist: UPDATE
+    added: bool = False  # fields that do not: INSERT
+    deletes: bool = False
+    appends: bool = False
+    report: bool = False  # also return the current version of records not written
+
+
+@functools.cache
+def batch_sql(shape: Shape) -> str:
+    """One statement writing a batch of records (distinct keys), each guarded by its version
+    and generation; returns ``(key, version, gen)`` for every record it wrote.
+
+    Records are locked in key order (an index scan of ``key = ANY(...)``, inserts sorted), so
+    batches from several processes cannot deadlock each other. Field rows are touched only for
+    records this statement wrote, whose row locks it holds. Parameters, in order, for the parts
+    present: update keys, versions, gens, [content flags, contents]; insert keys, contents;
+    changed keys, names, values; added keys, names, values; delete keys, names; append keys,
+    names, whole lists, items.
+    """
+    n = 0
+
+    def p(kind: str) -> str:
+        nonlocal n
+        n += 1
+        return f"${n}::{kind}"
+
+    parts: list[str] = []
+    results: list[str] = []
+    touched: list[str] = []
+    if shape.updates:
+        keys, versions, gens = p("text[]"), p("int8[]"), p("int8[]")
+        touched.append(keys)
+        at = f"array_position({keys}, f.key)"
+        content = ""
+        if shape.update_content:
+            flags, texts = p("bool[]"), p("text[]")
+            content = (
+                f", content = CASE WHEN ({flags})[{at}] THEN ({texts})[{at}] ELSE f.content END"
+            )
+        parts.append(
+            f"ru AS (UPDATE fs_records f SET version = f.version + 1, accessed_at = {NOW}"
+            f"{content} WHERE f.key = ANY({keys}) AND f.version = ({versions})[{at}] "
+            f"AND f.gen = ({gens})[{at}] RETURNING f.key, f.version, f.gen)"
+        )
+        results.append("SELECT key, version, gen FROM ru")
+    if shape.inserts:
+        keys, texts = p("text[]"), p("text[]")
+        touched.append(keys)
+        parts.append(
+            "ri AS (INSERT INTO fs_records (key, version, content, created_at, accessed_at) "
+            f"SELECT u.key, 1, u.c, t.now, t.now FROM unnest({keys}, {texts}) AS u(key, c), "
+            f"(SELECT {NOW} AS now) t ORDER BY u.key "
+            "ON CONFLICT (key) DO NOTHING RETURNING key, version, gen)"
+        )
+        results.append("SELECT key, version, gen FROM ri")
+    parts.append("r AS (" + " UNION ALL ".join(results) + ")")
+    if shape.changed:
+        keys, names, values = p("text[]"), p("text[]"), p("json[]")
+        parts.append(
+            "fc AS (UPDATE fs_fields f SET value = v.value "
+            f"FROM unnest({keys}, {names}, {values}) AS v(key, name, value), r "
+            "WHERE f.key = v.key AND f.name = v.name AND r.key = v.key)"
+        )
+    if shape.added:
+        keys, names, values = p("text[]"), p("text[]"), p("json[]")
+        parts.append(
+            "fa AS (INSERT INTO fs_fields (key, name, value) SELECT v.key, v.name, v.value "
+            f"FROM unnest({keys}, {names}, {values}) AS v(key, name, value) "
+            "JOIN r ON r.key = v.key ON CONFLICT (key, name) DO UPDATE SET value = EXCLUDED.value)"
+        )
+    if shape.deletes:
+        keys, names = p("text[]"), p("text[]")
+        parts.append(
+            f"fd AS (DELETE FROM fs_fields f USING unnest({keys}, {names}) AS v(key, name), r "
+            "WHERE f.key = v.key AND f.name = v.name AND r.key = v.key)"
+        )
+    if shape.appends:
+        keys, names, wholes, items = p("text[]"), p("text[]"), p("text[]"), p("text[]")
+        parts.append(
+            "fu AS (UPDATE fs_fields f SET value = fs_append(f.name, f.value, v.whole, v.items) "
+            f"FROM unnest({keys}, {names}, {wholes}, {items}) AS v(key, name, whole, items), r "
+            "WHERE f.key = v.key AND f.name = v.name AND r.key = v.key)"
+        )
+        parts.append(
+            "fi AS (INSERT INTO fs_fields (key, name, value) SELECT v.key, v.name, v.whole::json "
+            f"FROM unnest({keys}, {names}, {wholes}) AS v(key, name, whole) "
+            "JOIN r ON r.key = v.key WHERE NOT EXISTS "
+            "(SELECT 1 FROM fs_fields f WHERE f.key = v.key AND f.name = v.name))"
+        )
+    main = "SELECT key, version, gen, true FROM r"
+    if shape.report:
+        # Where the version check failed: the record as it is now (fs_current reads with a
+        # fresh snapshot, taken after any wait above), so a compare-and-swap can report its
+        # conflict without another round trip.
+        wanted = " || ".join(touched)
+        parts.append(
+            f"cur AS (SELECT * FROM fs_current(ARRAY(SELECT k FROM unnest({wanted}) AS k "
+            "WHERE NOT EXISTS (SELECT 1 FROM r WHERE r.key = k))) "
+            f"WHERE (SELECT count(*) FROM r) < cardinality({wanted}))"  # only if one failed
+        )
+        main += " UNION ALL SELECT o_key, o_version, o_gen, false FROM cur"
+    return "WITH " + ", ".join(parts) + " " + main
+
+
+@dataclasses.dataclass(eq=False, slots=True)
+class Job:
+    """One record write waiting to be committed, possibly together with others."""
+
+    key: str
+    entry: Entry | None  # what it was resolved against (None: the record did not exist)
+    mutation: Mutation
+    enc: Encoded
+    report: bool = False  # a compare-and-swap: wants the current version if not written
+    future: asyncio.Future[Outcome | None] | None = None
+    sent: int = 0  # the store's clock when its statement was sent
+
+
+def batch_args(jobs: list[Job]) -> tuple[Shape, list[Any]]:
+    """The statement shape and parameters that write ``jobs`` (distinct keys)."""
+    upd: list[Job] = []
+    ins: list[Job] = []
+    changed: tuple[list[str], list[str], list[str]] = ([], [], [])
+    added: tuple[list[str], list[str], list[str]] = ([], [], [])
+    deletes: tuple[list[str], list[str]] = ([], [])
+    appends: tuple[list[str], list[str], list[str], list[str]] = ([], [], [], [])
+    for job in sorted(jobs, key=lambda j: j.key):
+        entry, enc, key = job.entry, job.enc, job.key
+        if entry is None:
+            ins.append(job)
+            sets = {**enc.sets, **{name: whole for name, (whole, _) in enc.appends.items()}}
+            for name, value in sets.items():
+                for column, item in zip(added, (key, name, value), strict=True):
+                    column.append(item)
+            continue
+        upd.append(job)
+        for name, value in enc.sets.items():
+            target = changed if name in entry.fields else added
+            for column, item in zip(target, (key, name, value), strict=True):
+                column.append(item)
+        for name in job.mutation.delete:
+            deletes[0].append(key)
+            deletes[1].append(name)
+        for name, (whole, items) in enc.appends.items():
+            for column, value in zip(appends, (key, name, whole, items), strict=True):
+                column.append(value)
+    update_content = any(j.mutation.content is not UNCHANGED for j in upd)
+    shape = Shape(
+        updates=bool(upd),
+        update_content=update_content,
+        inserts=bool(ins),
+        changed=bool(changed[0]),
+        added=bool(added[0]),
+        deletes=bool(deletes[0]),
+        appends=bool(appends[0]),
+        report=any(j.report for j in jobs),
+    )
+    args: list[Any] = []
+    if upd:
+        args += [[j.key for j in upd], [j.entry.version for j in upd if j.entry]]
+        args.append([j.entry.gen for j in upd if j.entry])
+        if update_content:
+            args.append([j.mutation.content is not UNCHANGED for j in upd])
+            args.append(
+                [None if j.mutation.content is UNCHANGED else j.mutation.content for j in upd]
+            )
+    if ins:
+        args.append([j.key for j in ins])
+        args.append([None if j.mutation.content is UNCHANGED else j.mutation.content for j in ins])
+    for part in (changed, added, deletes, appends):
+        if part[0]:
+            args += part
+    return shape, args
+
+
+class Outcome(NamedTuple):
+    """A job's write: done (``version``, ``gen`` are the new ones) or not (the current ones)."""
+
+    written: bool
+    version: int
+    gen: int
+
+
+async def write_batch(conn: Connection, jobs: list[Job]) -> dict[str, Outcome]:
+    """Write ``jobs`` in one statement; ``key → outcome`` (absent: not written, unknown)."""
+    shape, args = batch_args(jobs)
+    try:
+        rows = await conn.fetch(batch_sql(shape), *args)
+    except asyncpg.PostgresError as exc:
+        if getattr(exc, "sqlstate", None) == "FS001":  # raised by fs_append
+            raise append_target_error(exc.message, exc.detail) from None
+        raise
+    return {row[0]: Outcome(row[3], row[1], row[2]) for row in rows}
+
+
+FIELDS_SQL = "SELECT name, value FROM fs_fields WHERE key = $1"
+
+
+def fields_to_load(change: Change) -> frozenset[str] | None:
+    """Fields to load for ``change``: lists that are only appended to are appended in SQL."""
+    names = change.needed_fields
+    return None if names is None else names - change.lazy_appends
+
+
+async def _keep_session(conn: Connection) -> None:
+    """Pool release without asyncpg's reset query (a round trip per operation).
+
+    The store leaves no session state behind: the search path is a startup setting, advisory
+    locks are transaction-scoped, and it never LISTENs, opens cursors or SETs on pool
+    connections. An open transaction is still rolled back by asyncpg itself.
+    """
+
+
+POOL_OPTIONS: dict[str, Any] = (
+    {"reset": _keep_session} if "reset" in inspect.signature(asyncpg.create_pool).parameters else {}
+)
+
+
+class Retry(Exception):
+    """Roll back and run the transaction again (a concurrent insert won a race)."""
+
+
+RETRYABLE = (
+    Retry,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.UniqueViolationError,
+)

@@ -1,0 +1,606 @@
+"""The PostgreSQL store: connections, reads, optimistic and locked writes, caps, events."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import asyncpg  # type: ignore[import-untyped]
+
+from ...errors import StateValidationError
+from ...ops import UNCHANGED, Change, Mutation
+from ..base import Applied, Cap, Created, Record, Store, prefix_end
+from .cache import Cache, Encoded, Entry, KeyLocks, dumps
+from .events import Events
+from .migrations import check_version, migrate_conn, parse_url, quote_ident
+from .sql import (
+    FIELDS_SQL,
+    NOW,
+    POOL_OPTIONS,
+    RETRYABLE,
+    Job,
+    Outcome,
+    Retry,
+    fields_to_load,
+    load_sql,
+    write_batch,
+)
+
+__all__ = ["PostgresStore"]
+
+log = logging.getLogger("flowstate.stores.postgres")
+
+T = TypeVar("T")
+Connection = Any  # asyncpg ships no type information
+Pool = Any
+
+
+class PostgresStore(Store):
+    """Records in PostgreSQL, shared by any number of processes (``postgresql://…``)."""
+
+    optimistic_attempts = 3
+    max_batch = 64
+
+    def __init__(self, url: str, *, migrate: bool | None = None) -> None:
+        super().__init__()
+        self._config = parse_url(url)
+        if migrate is not None:
+            self._config = dataclasses.replace(self._config, migrate=migrate)
+        self.url = url
+        self._pool: Pool | None = None
+        self._pool_loop: asyncio.AbstractEventLoop | None = None
+        self._connecting: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._cache = Cache(self._config.cache_size)
+        self._locks = KeyLocks()
+        self._events: Events | None = None
+        self._closed = False
+        self._pending: list[Job] = []
+        self._flushers = 0
+        self._clock = 0
+        self._writer_conn: Connection | None = None
+        self._max_flushers = max(1, self._config.max_size // 2)
+        self._flush_tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def schema(self) -> str | None:
+        """The PostgreSQL schema holding the tables (None: the server's search path)."""
+        return self._config.schema
+
+    # ------------------------------------------------------------------ connections
+
+    async def _get_pool(self) -> Pool:
+        if self._closed:
+            raise RuntimeError(f"store {self.url} is closed")
+        loop = asyncio.get_running_loop()
+        if self._pool is not None and self._pool_loop is loop:
+            return self._pool
+        if self._connecting is None or self._connecting[0] is not loop:
+            self._connecting = (loop, asyncio.Lock())
+        async with self._connecting[1]:
+            if self._pool is not None and self._pool_loop is loop:
+                return self._pool
+            if self._pool is not None:  # used from a new event loop: the old pool is unusable
+                with contextlib.suppress(Exception):
+                    self._pool.terminate()
+                self._pool = None
+                self._events = None
+                self._pending, self._flushers, self._flush_tasks = [], 0, set()
+                self._writer_conn = None
+            config = self._config
+            conn = await asyncpg.connect(config.dsn)
+            try:
+                if config.migrate:
+                    await migrate_conn(conn, config.schema)
+                else:
+                    if config.schema is not None:
+                        await conn.execute(
+                            "SELECT set_config('search_path', $1, false)",
+                            quote_ident(config.schema),
+                        )
+                    await check_version(conn)
+            finally:
+                await conn.close()
+            self._pool = await asyncpg.create_pool(
+                config.dsn,
+                min_size=min(config.min_size, config.max_size),
+                max_size=config.max_size,
+                server_settings=config.server_settings,
+                **POOL_OPTIONS,
+            )
+            self._pool_loop = loop
+            return self._pool
+
+    async def _transact(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run ``fn`` in a transaction, again on deadlocks and lost insert races."""
+        pool = await self._get_pool()
+        async with pool.acquire() as conn:
+            for attempt in range(100):
+                try:
+                    async with conn.transaction():
+                        return await fn(conn)
+                except RETRYABLE:
+                    await asyncio.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))
+        raise RuntimeError("flowstate: a PostgreSQL transaction kept failing; giving up")
+
+    # ------------------------------------------------------------------ reading
+
+    def _tick(self) -> int:
+        """The store's clock: orders what this process sent and saw (see ``Entry.seen``)."""
+        self._clock += 1
+        return self._clock
+
+    async def _load(
+        self, conn: Connection, key: str, names: frozenset[str] | None, content: bool
+    ) -> tuple[Entry, Record] | None:
+        seen = self._tick()
+        if names is None:
+            row = await conn.fetchrow(load_sql("all", content), key)
+        elif not names:
+            row = await conn.fetchrow(load_sql("none", content), key)
+        else:
+            row = await conn.fetchrow(load_sql("some", content), key, list(names))
+        if row is None:
+            return None
+        version, gen, text, created_at, accessed_at, fnames, fvalues = row
+        fields = dict(zip(fnames, fvalues, strict=True)) if fnames else {}
+        known = None if names is None else frozenset(names)
+        entry = Entry(version, gen, fields, known, text, content, seen)
+        record = Record(
+            key,
+            version,
+            {k: json.loads(v) for k, v in fields.items()},
+            text,
+            created_at,
+            accessed_at,
+        )
+        return entry, record
+
+    async def read(self, key: str, fields: frozenset[str] | None = None) -> Record | None:
+        pool = await self._get_pool()
+        async with pool.acquire() as conn:
+            loaded = await self._load(conn, key, fields, True)
+        if loaded is None:
+            return None
+        self._cache.merge(key, loaded[0])
+        return loaded[1]
+
+    # ------------------------------------------------------------------ writing
+
+    # Writes from concurrent callers are committed together: a caller that finds the writer
+    # idle writes its own record at once; while that is in flight, others queue up and one
+    # or more flusher tasks write them in batches (one statement each). Every record in a
+    # batch is still guarded by its own version and generation.
+
+    async def _commit(self, job: Job) -> Outcome | None:
+        """Write one resolved job, alone or in a batch."""
+        if not self._pending and self._flushers == 0:
+            self._flushers += 1
+            written: Outcome | None = None
+            try:
+                pool = await self._get_pool()
+                if self._config.max_size < 2:
+                    async with pool.acquire() as conn:
+                        written = await self._write_alone(conn, job)
+                else:  # a connection kept for these writes: no pool round trip per write
+                    conn = self._writer_conn
+                    if conn is None or conn.is_closed():
+                        conn = self._writer_conn = await pool.acquire()
+                    try:
+                        written = await self._write_alone(conn, job)
+                    except (StateValidationError, asyncpg.PostgresError):
+                        raise  # the statement failed, the connection is fine
+                    except BaseException:  # cancelled or broken mid-statement: not reusable
+                        self._writer_conn = None
+                        with contextlib.suppress(BaseException):
+                            conn.terminate()
+                            await pool.release(conn)
+                        raise
+            finally:
+                self._flushers -= 1
+                if self._pending:
+                    self._spawn_flusher()
+            return written
+        job.future = asyncio.get_running_loop().create_future()
+        self._pending.append(job)
+        if self._flushers < self._max_flushers:
+            self._spawn_flusher()
+        return await job.future
+
+    async def _write_alone(self, conn: Connection, job: Job) -> Outcome | None:
+        job.sent = self._tick()
+        try:
+            return (await write_batch(conn, [job])).get(job.key)
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
+            return None  # treated like a moved record: the caller reloads and tries again
+
+    def _spawn_flusher(self) -> None:
+        self._flushers += 1
+        task = asyncio.get_running_loop().create_task(self._flush_loop())
+        self._flush_tasks.add(task)
+        task.add_done_callback(self._flush_tasks.discard)
+
+    def _take_batch(self) -> list[Job]:
+        batch: list[Job] = []
+        rest: list[Job] = []
+        keys: set[str] = set()
+        for job in self._pending:
+            if job.future is not None and job.future.done():
+                continue  # its caller gave up: do not write it
+            if job.key in keys or len(batch) >= self.max_batch:
+                rest.append(job)
+            else:
+                keys.add(job.key)
+                batch.append(job)
+        self._pending = rest
+        return batch
+
+    async def _flush_loop(self) -> None:
+        try:
+            while batch := self._take_batch():
+                await self._flush(batch)
+        finally:
+            self._flushers -= 1
+
+    async def _flush(self, batch: list[Job]) -> None:
+        def settle(job: Job, value: Outcome | BaseException | None) -> None:
+            future = job.future
+            if future is None or future.done():
+                return
+            if isinstance(value, BaseException):
+                future.set_exception(value)
+            else:
+                future.set_result(value)
+
+        try:
+            pool = await self._get_pool()
+            async with pool.acquire() as conn:
+                if len(batch) > 1:
+                    sent = self._tick()
+                    for job in batch:
+                        job.sent = sent
+                    try:
+                        written = await write_batch(conn, batch)
+                    except (asyncpg.PostgresError, StateValidationError):
+                        pass  # one job's error (or a deadlock): write them one by one
+                    else:
+                        for job in batch:
+                            settle(job, written.get(job.key))
+                        return
+                for job in batch:
+                    try:
+                        settle(job, await self._write_alone(conn, job))
+                    except Exception as exc:
+                        settle(job, exc)
+        except BaseException as exc:
+            for job in batch:
+                settle(job, exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    async def apply(self, key: str, change: Change, *, touch: bool = False) -> Applied:
+        pool = await self._get_pool()
+        names = fields_to_load(change)
+        want_content = change.content is not UNCHANGED
+        expected = change.expected_version
+        start = self._tick()
+        async with self._locks.hold(key):  # writers of one key in this process take turns
+            try:
+                for _ in range(self.optimistic_attempts):
+                    entry = self._cache.get(key)
+                    # what was seen since this call began is the database during this call
+                    fresh = entry is not None and entry.seen > start
+                    if fresh and entry is not None and expected not in (None, entry.version):
+                        return Applied("conflict", entry.version)
+                    if entry is None or not entry.covers(names, want_content):
+                        loaded = await self._load(pool, key, names, want_content)
+                        fresh = True
+                        entry = None if loaded is None else loaded[0]
+                        if entry is not None:
+                            self._cache.merge(key, entry)
+                            entry = self._cache.get(key) or entry
+                    if entry is None and change.must_exist:
+                        return Applied("missing", 0)
+                    version = 0 if entry is None else entry.version
+                    if expected is not None and expected != version:
+                        if fresh:
+                            return Applied("conflict", version)
+                        self._cache.drop(key)
+                        continue
+                    stored = {} if entry is None else entry.decoded(names)
+                    content: Any = UNCHANGED
+                    if want_content:
+                        content = None if entry is None else entry.content
+                    if fresh:
+                        mutation = change.resolve(stored, content, lazy_appends=True)
+                    else:
+                        try:
+                            mutation = change.resolve(stored, content, lazy_appends=True)
+                        except Exception:  # maybe only because the cache is stale
+                            self._cache.drop(key)
+                            continue
+                    if mutation is None:
+                        if not fresh:
+                            self._cache.drop(key)
+                            continue
+                        if touch and entry is not None:
+                            await pool.execute(
+                                f"UPDATE fs_records SET accessed_at = {NOW} WHERE key = $1", key
+                            )
+                        return Applied("noop", version)
+                    enc = Encoded.of(mutation)
+                    job = Job(key, entry, mutation, enc, report=expected is not None)
+                    outcome = await self._commit(job)
+                    if outcome is not None and outcome.written:
+                        base = entry or Entry(0, 0, {}, None, None, True)
+                        after = base.after(mutation, enc, outcome.version, outcome.gen, job.sent)
+                        self._cache.put(key, after)
+                        return Applied("committed", outcome.version, mutation)
+                    if outcome is None:
+                        self._cache.drop(key)
+                    else:  # the version as the failed write found it: a conflict, or go again
+                        moved = Entry(outcome.version, outcome.gen, {}, frozenset(), None, False)
+                        self._cache.put(key, dataclasses.replace(moved, seen=job.sent))
+                async with pool.acquire() as conn:
+                    return await self._apply_locked(conn, key, change, touch)
+            except BaseException:
+                self._cache.drop(key)
+                raise
+
+    async def _apply_locked(
+        self, conn: Connection, key: str, change: Change, touch: bool
+    ) -> Applied:
+        """The pessimistic path: lock the record row for the whole read-resolve-write."""
+        names = fields_to_load(change)
+        want_content = change.content is not UNCHANGED
+        for attempt in range(100):
+            try:
+                async with conn.transaction():
+                    row = await conn.fetchrow(
+                        "SELECT version, gen, content FROM fs_records WHERE key = $1 FOR UPDATE",
+                        key,
+                    )
+                    if row is None and change.must_exist:
+                        return Applied("missing", 0)
+                    version = 0 if row is None else row[0]
+                    if change.expected_version is not None and change.expected_version != version:
+                        return Applied("conflict", version)
+                    entry: Entry | None = None
+                    if row is not None:  # a new statement, so it sees the latest fields
+                        if names is None:
+                            rows = await conn.fetch(FIELDS_SQL, key)
+                        else:
+                            rows = await conn.fetch(
+                                FIELDS_SQL + " AND name = ANY($2::text[])", key, list(names)
+                            )
+                        known = None if names is None else frozenset(names)
+                        entry = Entry(row[0], row[1], dict(rows), known, row[2], True)
+                    content: Any = UNCHANGED
+                    if want_content:
+                        content = None if entry is None else entry.content
+                    stored = {} if entry is None else entry.decoded(names)
+                    mutation = change.resolve(stored, content, lazy_appends=True)
+                    if mutation is None:
+                        if touch and row is not None:
+                            await conn.execute(
+                                f"UPDATE fs_records SET accessed_at = {NOW} WHERE key = $1", key
+                            )
+                        return Applied("noop", version)
+                    enc = Encoded.of(mutation)
+                    job = Job(key, entry, mutation, enc, sent=self._tick())
+                    written = (await write_batch(conn, [job])).get(key)
+                    if written is None or not written.written:
+                        raise Retry  # created meanwhile (we saw no row to lock): again
+            except RETRYABLE:
+                await asyncio.sleep(random.uniform(0, 0.001 * min(attempt + 1, 20)))
+                continue
+            base = entry or Entry(0, 0, {}, None, None, True)
+            after = base.after(mutation, enc, written.version, written.gen, job.sent)
+            self._cache.put(key, after)
+            return Applied("committed", written.version, mutation)
+        raise RuntimeError(f"flowstate: could not write {key!r}: the record keeps being recreated")
+
+    async def create(
+        self,
+        key: str,
+        fields: Mapping[str, Any],
+        content: str | None = None,
+        *,
+        replace: bool = False,
+        cap: Cap | None = None,
+    ) -> Created:
+        encoded = {name: dumps(value, name) for name, value in fields.items()}
+        names, values = list(encoded), list(encoded.values())
+        schema = self._config.schema or ""
+        gen = 0
+
+        async def txn(conn: Connection) -> Created:
+            nonlocal gen
+            if cap is not None:
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                    f"flowstate:cap:{len(schema)}:{schema}:{cap.prefix}",
+                )
+            row = await conn.fetchrow(
+                "SELECT version, gen, content, created_at, accessed_at FROM fs_records "
+                "WHERE key = $1 FOR UPDATE",
+                key,
+            )
+            if row is not None:
+                if not replace:
+                    return Created("exists", row[0])
+                old = await conn.fetch(FIELDS_SQL, key)
+                previous = Record(
+                    key, row[0], {n: json.loads(v) for n, v in old}, row[2], row[3], row[4]
+                )
+                new = await conn.fetchrow(
+                    "WITH r AS (UPDATE fs_records SET version = version + 1, content = $4, "
+                    f"accessed_at = {NOW} WHERE key = $1 RETURNING version, gen), "
+                    "d AS (DELETE FROM fs_fields f USING r "
+                    "WHERE f.key = $1 AND NOT (f.name = ANY($2::text[]))), "
+                    "s AS (INSERT INTO fs_fields (key, name, value) SELECT $1, u.name, u.value "
+                    "FROM r, unnest($2::text[], $3::json[]) AS u(name, value) "
+                    "ON CONFLICT (key, name) DO UPDATE SET value = EXCLUDED.value) "
+                    "SELECT version, gen FROM r",
+                    key,
+                    names,
+                    values,
+                    content,
+                )
+                gen = new[1]
+                return Created("replaced", new[0], previous=previous)
+            evicted: list[str] = []
+            if cap is not None:
+                lo, hi = cap.prefix, prefix_end(cap.prefix)
+                count = await conn.fetchval(
+                    "SELECT count(*) FROM fs_records WHERE key >= $1 AND key < $2", lo, hi
+                )
+                excess = count - cap.max_instances + 1
+                if excess > 0:
+                    if cap.eviction == "none":
+                        return Created("full", 0)
+                    order = "accessed_at" if cap.eviction == "lru" else "created_at"
+                    victims = await conn.fetch(
+                        # pick by age, lock in key order (as batch writes do): no deadlocks
+                        f"WITH v AS (SELECT key FROM fs_records WHERE key >= $1 AND key < $2 "
+                        f"ORDER BY {order}, key LIMIT $3), "
+                        "l AS (SELECT f.key FROM fs_records f WHERE f.key IN (SELECT key FROM v) "
+                        "ORDER BY f.key FOR UPDATE) "
+                        "DELETE FROM fs_records r USING l WHERE r.key = l.key RETURNING r.key",
+                        lo,
+                        hi,
+                        excess,
+                    )
+                    evicted = sorted(r[0] for r in victims)
+                    await conn.execute("DELETE FROM fs_fields WHERE key = ANY($1::text[])", evicted)
+            job = Job(key, None, Mutation(set=fields, content=content), Encoded(encoded, {}))
+            new = (await write_batch(conn, [job])).get(key)
+            if new is None or not new.written:
+                raise Retry  # created meanwhile without the cap lock: look again
+            gen = new.gen
+            return Created("created", 1, tuple(evicted))
+
+        try:
+            created = await self._transact(txn)
+        except BaseException:
+            self._cache.drop(key)
+            raise
+        for victim in created.evicted:
+            self._cache.drop(victim)
+        if created.status in ("created", "replaced"):
+            self._cache.put(key, Entry(created.version, gen, encoded, None, content, True))
+        return created
+
+    async def delete(self, key: str) -> Record | None:
+        pool = await self._get_pool()
+        self._cache.drop(key)
+        try:
+            row = await pool.fetchrow("SELECT * FROM fs_delete($1)", key)
+        finally:
+            self._cache.drop(key)
+        if row is None:
+            return None
+        version, content, created_at, accessed_at, fnames, fvalues = row
+        fields = {n: json.loads(v) for n, v in zip(fnames or (), fvalues or (), strict=True)}
+        return Record(key, version, fields, content, created_at, accessed_at)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        pool = await self._get_pool()
+        try:
+            n = await pool.fetchval("SELECT fs_delete_prefix($1, $2)", prefix, prefix_end(prefix))
+        finally:
+            self._cache.drop_prefix(prefix)
+        return int(n)
+
+    async def touch(self, key: str) -> None:
+        pool = await self._get_pool()
+        await pool.execute(f"UPDATE fs_records SET accessed_at = {NOW} WHERE key = $1", key)
+
+    async def scan(
+        self, prefix: str, *, after: str | None = None, limit: int | None = None
+    ) -> list[str]:
+        pool = await self._get_pool()
+        lo = after if after is not None and after >= prefix else None
+        sql = "SELECT key FROM fs_records WHERE key < $1 AND " + (
+            "key > $2" if lo is not None else "key >= $2"
+        )
+        args: list[Any] = [prefix_end(prefix), lo if lo is not None else prefix]
+        sql += " ORDER BY key"
+        if limit is not None:
+            sql += " LIMIT $3"
+            args.append(max(limit, 0))
+        return [r[0] for r in await pool.fetch(sql, *args)]
+
+    async def count(self, prefix: str) -> int:
+        pool = await self._get_pool()
+        n = await pool.fetchval(
+            "SELECT count(*) FROM fs_records WHERE key >= $1 AND key < $2",
+            prefix,
+            prefix_end(prefix),
+        )
+        return int(n)
+
+    # ------------------------------------------------------------------ events
+
+    def _event_hub(self) -> Events:
+        if self._events is None or self._events.loop is not asyncio.get_running_loop():
+            self._events = Events(
+                url=self.url,
+                dsn=self._config.dsn,
+                schema=self._config.schema,
+                get_pool=self._get_pool,
+                broker=self.broker,
+            )
+        return self._events
+
+    async def publish(self, topic: str, message: Any) -> None:
+        """Deliver locally now; other processes get it through NOTIFY (sent in the background)."""
+        if self._closed:
+            raise RuntimeError(f"store {self.url} is closed")
+        self.broker.publish_local(topic, message)
+        self._event_hub().send(topic, message)
+
+    async def flush_events(self) -> None:
+        """Wait until every event published so far has been handed to PostgreSQL."""
+        if self._events is not None:
+            await self._events.flush()
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, topic: str) -> AsyncIterator[asyncio.Queue[Any]]:
+        await self._get_pool()
+        hub = self._event_hub()
+        async with self.broker.listen(topic) as queue:
+            await hub.add(topic)
+            try:
+                yield queue
+            finally:
+                with contextlib.suppress(Exception):
+                    await hub.remove(topic)
+
+    # ------------------------------------------------------------------ closing
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        events, self._events = self._events, None
+        if events is not None:
+            await events.aclose()
+        while self._flush_tasks:
+            await asyncio.gather(*self._flush_tasks, return_exceptions=True)
+        self._closed = True
+        pool, self._pool = self._pool, None
+        writer, self._writer_conn = self._writer_conn, None
+        if pool is not None and writer is not None:
+            with contextlib.suppress(Exception):
+                await pool.release(writer)
+        self._cache.clear()
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), 10)
+            except (Exception, asyncio.CancelledError):
+                pool.terminate()
