@@ -6,12 +6,18 @@ import asyncio
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote, unquote
 
 from .blocks import Block
-from .clientdata import resource_client_data, scope_client_data, to_json
+from .clientdata import (
+    CLIENT_SCOPES,
+    parse_client_data_selection,
+    resource_client_data,
+    scope_client_data,
+    to_json,
+)
 from .errors import (
     DefinitionError,
     FlowStateError,
@@ -19,6 +25,7 @@ from .errors import (
     KeyPatternError,
     ResourceNotFoundError,
     SessionNotFoundError,
+    StateValidationError,
 )
 from .flow import Flow, normalize_scope
 from .resources import AnyResourceDefinition, CollectionRef, ResourceCollectionDefinition
@@ -377,29 +384,53 @@ class FlowServer:
 
     # ------------------------------------------------------------------ client view
 
-    async def snapshot(self, kind: str, session_id: str, *, user_id: str) -> dict[str, Any]:
-        """The client snapshot of a session (SPEC §7): client data only, never raw state."""
+    async def snapshot(
+        self,
+        kind: str,
+        session_id: str,
+        *,
+        user_id: str,
+        client_data: Iterable[str] | None = None,
+    ) -> dict[str, Any]:
+        """The client snapshot of a session (SPEC §7): client data only, never raw state.
+
+        ``client_data`` (e.g. ``["session.count", "user.theme"]``; a bare name means session)
+        selects client-data names: only those are computed and returned, and resources are
+        left out. A name the flow does not define raises ``StateValidationError``.
+        """
         flow = self.flow(kind)
+        selection: dict[str, set[str]] | None = None
+        if client_data is not None:
+            try:
+                selection = parse_client_data_selection(client_data, flow.scopes)
+            except ValueError as exc:
+                raise StateValidationError(
+                    f"clientData: {exc}",
+                    errors=[{"loc": ["clientData"], "msg": str(exc), "type": "value_error"}],
+                ) from None
         info = await self.get_session(session_id, user_id=user_id, kind=kind)
         bindings = self._view_bindings(info)
-        client_data: dict[str, Any] = {}
+        data_out: dict[str, Any] = {}
         resources: dict[str, Any] = {}
-        for scope in ("session", "user", "project"):
+        for scope in CLIENT_SCOPES:
             binding = bindings.get(scope)
-            if binding is None:
+            if binding is None or (selection is not None and scope not in selection):
                 continue
             await binding.load()
             spec = flow.scopes[scope]
-            data = await scope_client_data(binding, spec, self.snapshot_limit)
+            names = None if selection is None else selection[scope]
+            data = await scope_client_data(binding, spec, self.snapshot_limit, names)
             if data:
-                client_data[scope] = data
-            res = await resource_client_data(binding, self.snapshot_limit)
-            if res:
-                resources[scope] = res
+                data_out[scope] = data
+            if selection is None:
+                res = await resource_client_data(binding, self.snapshot_limit)
+                if res:
+                    resources[scope] = res
+        client_data_out = data_out
         out: dict[str, Any] = {
             "sessionId": info.session_id,
             "flowKind": kind,
-            "clientData": client_data,
+            "clientData": client_data_out,
         }
         if resources:
             out["resources"] = resources

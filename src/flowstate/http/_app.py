@@ -512,10 +512,29 @@ async def delete_session(session_id: str, request: Request, user: User) -> dict[
 
 
 @router.get("/sessions/{session_id}/state", summary="The session's client snapshot")
-async def session_state(session_id: str, request: Request, user: User) -> dict[str, Any]:
+async def session_state(
+    session_id: str,
+    request: Request,
+    user: User,
+    client_data: Annotated[
+        str | None,
+        Query(
+            alias="clientData",
+            description="only these client-data names, comma-separated: session.a,user.b "
+            "(a bare name means session); resources are then left out",
+        ),
+    ] = None,
+) -> dict[str, Any]:
     server = _api(request).server
     info = await server.get_session(session_id, user_id=user)
-    return await server.snapshot(info.flow_kind, session_id, user_id=user)
+    names = None if client_data is None else client_data.split(",")
+    try:
+        return await server.snapshot(info.flow_kind, session_id, user_id=user, client_data=names)
+    except StateValidationError as exc:
+        if names is None or not exc.errors or exc.errors[0].get("loc") != ["clientData"]:
+            raise
+        errors = [{**exc.errors[0], "loc": ["query", "clientData"]}]
+        raise HTTPError(422, "validation_error", str(exc), details=errors) from None
 
 
 @router.get(
