@@ -11,6 +11,7 @@ from flowstate import (
     DefinitionError,
     Event,
     FlowServer,
+    KeyPatternError,
     RunResult,
     SessionNotFoundError,
     StateValidationError,
@@ -112,9 +113,9 @@ async def test_session_management(server: FlowServer) -> None:
 
 
 async def test_bad_ids_are_rejected(server: FlowServer) -> None:
-    with pytest.raises(DefinitionError, match="user_id must be a non-empty string"):
+    with pytest.raises(KeyPatternError, match="user_id must be a non-empty string"):
         await server.run("chat", "bump", None, user_id="")
-    with pytest.raises(DefinitionError, match="control characters"):
+    with pytest.raises(KeyPatternError, match="control characters"):
         await server.run("chat", "bump", None, user_id="a\nb")
 
 

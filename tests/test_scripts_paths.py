@@ -103,10 +103,15 @@ def test_context_fields_are_validated(fields: dict[str, str], fragment: str) -> 
 def test_keys_live_in_the_project_scope_and_cannot_escape_it() -> None:
     assert item_key("default", "u/alice/etl/user") == "project/default/c/_scripts/u/alice/etl/user"
     # Project ids are percent-encoded like the server's scope roots; so are odd path characters.
-    key = item_key("acme/prod", "u/alice/a b%c")
-    assert key == "project/acme%2Fprod/c/_scripts/u/alice/a%20b%25c"
-    assert item_path("acme/prod", key) == "u/alice/a b%c"
-    assert flow_state_key("p", "run/1") == "project/p/c/_flow_user_states/run%2F1"
+    key = item_key("acme prod%", "u/alice/a b%c")
+    assert key == "project/acme%20prod%25/c/_scripts/u/alice/a%20b%25c"
+    assert item_path("acme prod%", key) == "u/alice/a b%c"
+    assert flow_state_key("p", "run:1") == "project/p/c/_flow_user_states/run%3A1"
+    # An id names one thing: "/" in a project or run id is refused, never encoded into a level.
+    with pytest.raises(KeyPatternError, match=re.escape('must be a single segment (no "/")')):
+        item_key("acme/prod", "u/alice/etl")
+    with pytest.raises(KeyPatternError, match=re.escape('must be a single segment (no "/")')):
+        flow_state_key("p", "run/1")
     assert job_key("p", "j1") == "project/p/c/_jobs/j1"
     with pytest.raises(KeyPatternError, match=re.escape('".." segments')):
         item_key("default", "../../session/x/state")

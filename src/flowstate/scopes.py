@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-from urllib.parse import quote
 
 from pydantic import BaseModel
 from typing_extensions import TypeVar as TypeVarDefault
 
+from .layout import collection_root, resource_key, state_key
 from .resources import (
     AnyResourceDefinition,
     ResourceDefinition,
@@ -24,20 +24,11 @@ from .schema import Schema
 from .state import Commit, RetryPolicy, StateCell, StateHandle
 from .stores.base import Store
 
-__all__ = ["SCOPES", "ScopeBinding", "ScopeHandle", "scope_root"]
+__all__ = ["ScopeBinding", "ScopeHandle"]
 
 S = TypeVarDefault("S", default=Any)
 
-SCOPES = ("request", "session", "user", "project")
-
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
-
-
-def scope_root(scope: str, scope_id: str, *, isolated_kind: str | None = None) -> str:
-    """The key prefix of one scope instance; ids are percent-encoded so they cannot nest."""
-    if isolated_kind is None:
-        return f"{scope}/{quote(scope_id, safe='')}/"
-    return f"{scope}@{quote(isolated_kind, safe='')}/{quote(scope_id, safe='')}/"
 
 
 class ScopeBinding:
@@ -67,7 +58,7 @@ class ScopeBinding:
         self._emit = emit
         self.cell = StateCell(
             store,
-            root + "state",
+            state_key(root),
             schema,
             label=f"{scope} state",
             scope=scope,
@@ -99,7 +90,7 @@ class ScopeBinding:
         )
 
     def collection_root(self, name: str) -> str:
-        return f"{self.root}c/{quote(name, safe='')}/"
+        return collection_root(self.root, name)
 
     def static_ref(self, name: str, definition: ResourceDefinition) -> ResourceRef:
         ref = self._static.get(name)
@@ -110,7 +101,7 @@ class ScopeBinding:
 
             cell = StateCell(
                 self.store,
-                f"{self.root}r/{quote(name, safe='')}",
+                resource_key(self.root, name),
                 definition.schema,
                 label=f'{self.scope} resource "{name}"',
                 scope=self.scope,

@@ -8,7 +8,6 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
-from urllib.parse import quote, unquote
 
 from .blocks import Block
 from .clientdata import (
@@ -28,9 +27,17 @@ from .errors import (
     StateValidationError,
 )
 from .flow import Flow, normalize_scope
+from .layout import (
+    check_id,
+    parse_key,
+    scope_root,
+    session_key,
+    user_session_key,
+    user_sessions_prefix,
+)
 from .resources import AnyResourceDefinition, CollectionRef, ResourceCollectionDefinition
 from .runtime import Run, execute_block
-from .scopes import ScopeBinding, scope_root
+from .scopes import ScopeBinding
 from .sharing import check_shared_scopes
 from .stores import Store, open_store
 from .values import Event, RunResult, SessionInfo
@@ -38,25 +45,6 @@ from .values import Event, RunResult, SessionInfo
 __all__ = ["FlowServer", "RunResult", "SessionInfo"]
 
 Auth = Mapping[str, str] | Callable[[Any], Any] | None
-
-_MAX_ID = 200
-
-
-def _check_id(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > _MAX_ID:
-        raise DefinitionError(f"{what} must be a non-empty string of at most {_MAX_ID} characters")
-    if any(ord(c) < 32 or c == "\x7f" for c in value):
-        raise DefinitionError(f"{what} must not contain control characters")
-    return value
-
-
-def _session_key(session_id: str) -> str:
-    return f"_sessions/{quote(session_id, safe='')}"
-
-
-def _user_index(user_id: str) -> str:
-    return f"_user_sessions/{quote(user_id, safe='')}/"
-
 
 class FlowServer:
     """Hosts flows on one store: runs actions, streams events, serves client snapshots.
@@ -120,7 +108,7 @@ class FlowServer:
     # ------------------------------------------------------------------ sessions
 
     async def _read_session(self, session_id: str) -> SessionInfo | None:
-        record = await self.store.read(_session_key(session_id))
+        record = await self.store.read(session_key(session_id))
         if record is None:
             return None
         f = record.fields
@@ -150,13 +138,13 @@ class FlowServer:
     ) -> SessionInfo:
         """Create (bind) a session for ``user_id`` on flow ``kind``; an existing id must match."""
         self.flow(kind)
-        _check_id(user_id, "user_id")
+        check_id(user_id, "user_id")
         if project_id is not None:
-            _check_id(project_id, "project_id")
-        session_id = _check_id(session_id or uuid.uuid4().hex, "session_id")
+            check_id(project_id, "project_id")
+        session_id = check_id(session_id or uuid.uuid4().hex, "session_id")
         info = SessionInfo(session_id, user_id, kind, project_id, time.time())
         fields = {k: v for k, v in info.to_wire().items() if k != "sessionId"}
-        created = await self.store.create(_session_key(session_id), fields)
+        created = await self.store.create(session_key(session_id), fields)
         if created.status == "exists":
             existing = await self._read_session(session_id)
             if existing is None or (existing.user_id, existing.flow_kind) != (user_id, kind):
@@ -165,7 +153,7 @@ class FlowServer:
                 raise self._not_found(session_id)
             return existing
         await self.store.create(
-            _user_index(user_id) + quote(session_id, safe=""),
+            user_session_key(user_id, session_id),
             {"flowKind": kind, "createdAt": info.created_at},
         )
         return info
@@ -173,9 +161,10 @@ class FlowServer:
     async def list_sessions(self, *, user_id: str, kind: str | None = None) -> list[SessionInfo]:
         """The user's sessions (optionally of one flow kind), oldest key first."""
         out = []
-        for key in await self.store.scan(_user_index(user_id)):
-            session_id = key.rsplit("/", 1)[1]
-            info = await self._read_session(unquote(session_id))
+        for key in await self.store.scan(user_sessions_prefix(user_id)):
+            session_id = parse_key(key).item
+            assert session_id is not None
+            info = await self._read_session(session_id)
             if (
                 info is not None
                 and info.user_id == user_id
@@ -188,8 +177,8 @@ class FlowServer:
         """Delete a session of this user with all its state and resources."""
         info = await self.get_session(session_id, user_id=user_id)
         await self.store.delete_prefix(scope_root("session", info.session_id))
-        await self.store.delete(_user_index(user_id) + quote(session_id, safe=""))
-        await self.store.delete(_session_key(session_id))
+        await self.store.delete(user_session_key(user_id, session_id))
+        await self.store.delete(session_key(session_id))
         return True
 
     # ------------------------------------------------------------------ bindings
@@ -265,11 +254,11 @@ class FlowServer:
     ) -> tuple[Flow, Block, Run]:
         flow = self.flow(kind)
         block = flow.action(action)
-        _check_id(user_id, "user_id")
+        check_id(user_id, "user_id")
         if session_id is None:
             info = await self.create_session(kind, user_id=user_id, project_id=project_id)
         else:
-            existing = await self._read_session(_check_id(session_id, "session_id"))
+            existing = await self._read_session(check_id(session_id, "session_id"))
             if existing is None:
                 info = await self.create_session(
                     kind, user_id=user_id, project_id=project_id, session_id=session_id

@@ -26,8 +26,9 @@ import click
 from ..errors import FlowStateError
 from ..flow import Flow, normalize_scope
 from ..http._auth import TOKENS_ENV, generate_token, tokens_from_env
+from ..layout import collection_root, resource_key, scope_root, session_key, state_key
 from ..schema import Schema
-from ..scopes import ScopeBinding, scope_root
+from ..scopes import ScopeBinding
 from ..server import FlowServer
 from ..stores import Store, default_store_url, open_store
 
@@ -243,9 +244,8 @@ def _record_key(root: str, resource: str | None, key: str | None) -> str:
     if resource is None:
         if key is not None:
             raise _fail("--key needs --resource (the collection's name)")
-        return root + "state"
-    name = quote(resource, safe="")
-    return f"{root}r/{name}" if key is None else f"{root}c/{name}/{key}"
+        return state_key(root)
+    return resource_key(root, resource) if key is None else collection_root(root, resource) + key
 
 
 def _echo_json(value: Any) -> None:
@@ -351,7 +351,7 @@ def state_inspect(
                 "records": records,
             }
             if normalize_scope(scope) == "session":
-                binding = await store.read(f"_sessions/{quote(scope_id, safe='')}")
+                binding = await store.read(session_key(scope_id))
                 out["session"] = None if binding is None else dict(binding.fields)
             return out
         finally:
@@ -422,7 +422,7 @@ def state_set(
             else:
                 flow_kind = kind
                 if scope == "session" and flow_kind is None:
-                    binding = await store.read(f"_sessions/{quote(scope_id, safe='')}")
+                    binding = await store.read(session_key(scope_id))
                     flow_kind = None if binding is None else binding.fields.get("flowKind")
                 flow = _pick_flow(server, flow_kind)
                 isolated = (scope == "user" and flow.isolate_user_state) or (

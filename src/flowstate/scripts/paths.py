@@ -8,12 +8,11 @@ before it becomes a store key, so no value can address records outside its own a
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from urllib.parse import quote, unquote
 
 from ..errors import KeyPatternError
-from ..scopes import scope_root
+from ..layout import MAX_ID_BYTES, check_id, check_text, project_collection_root
 
 __all__ = [
     "FLOW_USER_STATES",
@@ -39,40 +38,15 @@ JOBS = "_jobs"
 """Project collection mapping a running flow step's job id to its flow run (root job) id."""
 
 MAX_PATH = 512
-MAX_ID = 200
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _has_control(value: str) -> bool:
-    return _CONTROL.search(value) is not None
-
-
-def check_id(value: object, what: str, *, segment: bool = False) -> str:
-    """A project id, job id, or (``segment=True``) a user name or step id, which become path
-    segments and so may not contain ``/``. Ids are percent-encoded in store keys."""
-    if not isinstance(value, str) or not value:
-        raise KeyPatternError(f"{what} must be a non-empty string, got {value!r}")
-    if len(value) > MAX_ID:
-        raise KeyPatternError(f"{what} {value[:40]!r}… is longer than {MAX_ID} characters")
-    if _has_control(value):
-        raise KeyPatternError(f"{what} {value!r} must not contain control characters or NUL")
-    if segment and ("/" in value or "\\" in value):
-        raise KeyPatternError(f'{what} {value!r} must be a single segment (no "/")')
-    return value
 
 
 def check_path(value: object, what: str = "path") -> str:
     """A Windmill path such as ``u/alice/etl``: non-empty ``/``-separated segments.
 
     Rejected: empty paths, leading, trailing or doubled ``/``, ``.`` and ``..`` segments,
-    backslashes, control characters and NUL, and paths over 512 characters.
+    backslashes, control characters and NUL, and paths over 512 bytes (UTF-8).
     """
-    if not isinstance(value, str) or not value:
-        raise KeyPatternError(f"{what} must be a non-empty string, got {value!r}")
-    if len(value) > MAX_PATH:
-        raise KeyPatternError(f"{what} {value[:40]!r}… is longer than {MAX_PATH} characters")
-    if _has_control(value):
-        raise KeyPatternError(f"{what} {value!r} must not contain control characters or NUL")
+    value = check_text(value, what, max_bytes=MAX_PATH)
     if "\\" in value:
         raise KeyPatternError(f'{what} {value!r} must use "/" as its separator, not "\\"')
     for segment in value.split("/"):
@@ -95,19 +69,7 @@ def check_script_path(value: object, what: str = "script path") -> str:
 
 def check_flow_key(value: object) -> str:
     """A flow user state key: any non-empty string without control characters."""
-    if not isinstance(value, str) or not value:
-        raise KeyPatternError(f"flow user state key must be a non-empty string, got {value!r}")
-    if len(value) > MAX_ID:
-        raise KeyPatternError(f"flow user state key {value[:40]!r}… is too long (max {MAX_ID})")
-    if _has_control(value):
-        raise KeyPatternError(
-            f"flow user state key {value!r} must not contain control characters or NUL"
-        )
-    return value
-
-
-def _collection_root(project: str, collection: str) -> str:
-    return f"{scope_root('project', check_id(project, 'project id'))}c/{collection}/"
+    return check_text(value, "flow user state key", max_bytes=MAX_ID_BYTES)
 
 
 def _encode(path: str) -> str:
@@ -116,12 +78,12 @@ def _encode(path: str) -> str:
 
 def item_key(project: str, path: str) -> str:
     """Store key of the state or resource at Windmill ``path`` in ``project``."""
-    return _collection_root(project, SCRIPTS) + _encode(check_path(path))
+    return project_collection_root(project, SCRIPTS) + _encode(check_path(path))
 
 
 def item_path(project: str, key: str) -> str:
     """The Windmill path of a key built by :func:`item_key` (inverse)."""
-    root = _collection_root(project, SCRIPTS)
+    root = project_collection_root(project, SCRIPTS)
     if not key.startswith(root):
         raise ValueError(f"{key!r} is not a script state or resource key of project {project!r}")
     return "/".join(unquote(segment) for segment in key[len(root) :].split("/"))
@@ -129,14 +91,14 @@ def item_path(project: str, key: str) -> str:
 
 def flow_state_key(project: str, flow_run_id: str) -> str:
     """Store key of one flow run's user state (each user state key is a field)."""
-    return _collection_root(project, FLOW_USER_STATES) + quote(
+    return project_collection_root(project, FLOW_USER_STATES) + quote(
         check_id(flow_run_id, "flow run id"), safe=""
     )
 
 
 def job_key(project: str, job_id: str) -> str:
     """Store key of a running flow step's job record."""
-    return _collection_root(project, JOBS) + quote(check_id(job_id, "job id"), safe="")
+    return project_collection_root(project, JOBS) + quote(check_id(job_id, "job id"), safe="")
 
 
 def step_ids(count: int) -> list[str]:
