@@ -91,7 +91,7 @@ BLOCK_OPTIONS = (
     "target_state",
 )
 
-# The seeds' (TypeScript) spellings, so a ported definition gets a precise hint.
+# flow-state.dev's (TypeScript) spellings, so a ported definition gets a precise hint.
 _SEED_SPELLINGS = {
     "inputSchema": "input",
     "outputSchema": "output",
@@ -126,7 +126,7 @@ def _reject_unknown(options: Iterable[str], allowed: Iterable[str], where: str) 
 
 
 def _alias(kwargs: dict[str, Any], alias: str, name: str, where: str) -> None:
-    """Fold the seeds' ``org_*`` spelling into ``project_*`` (giving both is an error)."""
+    """Fold flow-state.dev's ``org_*`` spelling into ``project_*`` (giving both is an error)."""
     if alias not in kwargs:
         return
     value = kwargs.pop(alias)

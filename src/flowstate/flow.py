@@ -26,7 +26,7 @@ SCOPE_ALIASES = {"org": "project"}
 
 
 def normalize_scope(scope: str) -> str:
-    """``org`` is accepted everywhere as the seeds' name for ``project``."""
+    """``org`` is accepted everywhere as flow-state.dev's name for ``project``."""
     scope = SCOPE_ALIASES.get(scope, scope)
     if scope not in STATE_SCOPES:
         raise DefinitionError(
@@ -39,7 +39,7 @@ def normalize_scope(scope: str) -> str:
 class ClientConfig:
     """What clients see of a scope: ``expose`` (verbatim fields) and ``derived`` functions.
 
-    ``client_data`` is the seeds' older spelling of ``derived``; both are merged (``derived``
+    ``client_data`` is flow-state.dev's older spelling of ``derived``; both are merged (``derived``
     wins on a shared name).
     """
 
@@ -125,7 +125,7 @@ class ScopeConfig:
         return client
 
 
-# The seeds' (TypeScript) spellings of scope config keys.
+# flow-state.dev's (TypeScript) spellings of scope config keys.
 _SEED_KEYS = {
     "stateSchema": "state",
     "schema": "state",

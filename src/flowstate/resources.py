@@ -152,7 +152,7 @@ def define_resource_collection(
     on_instance_deleted: Callable[[str, HookContext], None] | None = None,
     client: ResourceClient | Mapping[str, Any] | None = None,
 ) -> ResourceCollectionDefinition:
-    """Define a resource collection (see SPEC §4 for patterns, caps and hooks)."""
+    """Define a resource collection (see docs/collections.md for patterns, caps and hooks)."""
     parsed = KeyPattern.parse(pattern)
     if eviction not in ("none", "lru", "oldest"):
         raise DefinitionError(

@@ -187,7 +187,7 @@ class Context(Generic[SessionS, UserS, ProjectS, RequestS, SelfS]):
 
     @property
     def org(self) -> ScopeHandle[ProjectS] | None:
-        """Alias of :attr:`project` (the seeds' name)."""
+        """Alias of :attr:`project` (flow-state.dev's name)."""
         return self.project
 
     @property

@@ -49,7 +49,7 @@ Auth = Mapping[str, str] | Callable[[Any], Any] | None
 class FlowServer:
     """Hosts flows on one store: runs actions, streams events, serves client snapshots.
 
-    Registration checks that flows sharing user/project state agree (SPEC §6) before the
+    Registration checks that flows sharing user/project state agree before the
     store is opened, so a conflict stores nothing.
     """
 
@@ -381,7 +381,7 @@ class FlowServer:
         user_id: str,
         client_data: Iterable[str] | None = None,
     ) -> dict[str, Any]:
-        """The client snapshot of a session (SPEC §7): client data only, never raw state.
+        """The client snapshot of a session: client data only, never raw state.
 
         ``client_data`` (e.g. ``["session.count", "user.theme"]``; a bare name means session)
         selects client-data names: only those are computed and returned, and resources are
@@ -463,7 +463,7 @@ class FlowServer:
         key: str | None = None,
         scope: str | None = None,
     ) -> dict[str, Any]:
-        """A resource's text for clients: ``{"name", "key"?, "content"}`` (SPEC §12).
+        """A resource's text for clients: ``{"name", "key"?, "content"}``.
 
         Only resources declared with ``ResourceClient(content=True)`` serve content; a
         collection needs the instance ``key``. ``scope`` picks the scope when a name is

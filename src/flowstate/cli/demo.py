@@ -1,4 +1,4 @@
-"""The demo app behind ``flowstate demo``: the seeds' counter, mode switch and artifacts.
+"""The demo app behind ``flowstate demo``: flow-state.dev's counter, mode switch and artifacts.
 
 One flow, ``demo``, shows each kind of state a client can watch: session counters and a mode
 (scope state with ``derived`` client data), a user preference (exposed), an ``artifacts``

@@ -4,8 +4,9 @@ Both speak to a server by base URL, or to an ASGI app in-process (``AsyncClient(
 with responses streamed either way (see :mod:`flowstate.client._transport`). Errors come back as the
 flowstate exception of their code (``SessionNotFoundError``, ``StateValidationError`` …)
 carrying ``status_code``, ``request_id`` and ``session_id``; unknown codes as
-:class:`RemoteError`. :class:`LiveSession` keeps a session's snapshot fresh the way the seeds
-describe: change events mark it stale, and it is refetched on ``request.completed``.
+:class:`RemoteError`. :class:`LiveSession` keeps a session's snapshot fresh the way
+flow-state.dev describes: change events mark it stale, and it is refetched on
+``request.completed``.
 
 The sync :class:`Client` runs an :class:`AsyncClient` on a private event loop thread, so both
 have the same behaviour.
@@ -470,8 +471,8 @@ class AsyncLiveSession:
     """A session whose client snapshot stays fresh across the runs made through it.
 
     ``state_change`` / ``resource_change`` events mark the snapshot stale; it is refetched on
-    ``request.completed`` (and after a failed run that changed something), as the seeds
-    describe. Without ``session_id`` the first run creates the session.
+    ``request.completed`` (and after a failed run that changed something), as flow-state.dev
+    describes. Without ``session_id`` the first run creates the session.
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""The HTTP API (SPEC §8): a FastAPI app over a :class:`~flowstate.server.FlowServer`.
+"""The HTTP API: a FastAPI app over a :class:`~flowstate.server.FlowServer`.
 
 ``create_app(server)`` mounts the API at ``/api/flows`` (OpenAPI at ``/openapi.json``, one
 documented route per action so each action's input model is in the schema) and the web page
@@ -52,7 +52,7 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def status_for(code: str) -> int:
-    """The HTTP status of an error code (SPEC §12); unknown codes are server errors."""
+    """The HTTP status of an error code; unknown codes are server errors."""
     if code in ("validation_error", "invalid_key"):
         return 422
     if code == "auth_error":
@@ -247,7 +247,7 @@ def _parse_last_event_id(value: str | None, request_id: str) -> int:
 
 
 def _frame(wire: Mapping[str, Any]) -> ServerSentEvent:
-    """``id: {requestId}:{seq}``, ``event: {type}``, ``data: {json}`` (SPEC §12)."""
+    """``id: {requestId}:{seq}``, ``event: {type}``, ``data: {json}``."""
     return ServerSentEvent(
         data=json.dumps(wire, separators=(",", ":")),
         event=wire["type"],
@@ -703,7 +703,7 @@ def _add_action_routes(app: FastAPI, server: FlowServer, components: dict[str, A
             )
 
     async def run_any_action(kind: str, action: str, request: Request, user: User) -> Response:
-        """The generic action route of SPEC §8 (a run's JSON result, or SSE on request)."""
+        """The generic action route (a run's JSON result, or SSE on request)."""
         return await _run_action(request, user, kind, action)
 
     app.add_api_route(

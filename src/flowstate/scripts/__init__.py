@@ -1,6 +1,6 @@
 """Windmill-style script state: ``get_state``/``set_state``, resources and flow user state.
 
-Synchronous functions for scripts (SPEC §9). States and resources are versioned records in
+Synchronous functions for scripts. States and resources are versioned records in
 the project scope of the store the server uses; the state path follows Windmill's rule and
 the context (script path, flow, step, schedule, user, project, store) comes from the runner
 (``flowstate run`` / ``run-flow`` / ``schedule``) or, outside a run, from the environment.

@@ -2,7 +2,7 @@
 
 Pure logic, no I/O. A Windmill path (``u/alice/etl``, ``f/team/flow``) names a script, a flow,
 a schedule or a resource; a *state* is a resource at the path computed by
-:meth:`ScriptContext.state_path` (Windmill's rule, SPEC §9). Every path and id is checked here
+:meth:`ScriptContext.state_path` (Windmill's rule). Every path and id is checked here
 before it becomes a store key, so no value can address records outside its own area.
 """
 

@@ -1,5 +1,5 @@
 // The flowstate web page: pick or create a session, run an action, watch its events, and see
-// the session's client data refetched on request.completed (the seeds' client pattern).
+// the session's client data refetched on request.completed (flow-state.dev's client pattern).
 // Plain browser JavaScript, no build step. SSE is read through fetch streaming, so the token
 // travels in the Authorization header, never in a URL the server sees.
 "use strict";
