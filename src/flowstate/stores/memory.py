@@ -32,8 +32,6 @@ class _Row:
 class MemoryStore(Store):
     """Records in a dict, for tests and throwaway runs (``memory://``)."""
 
-    __slots__ = ("_keys", "_lock", "_rows")
-
     def __init__(self) -> None:
         super().__init__()
         self.url = "memory://"
