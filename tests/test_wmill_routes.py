@@ -114,31 +114,39 @@ async def test_update_value_needs_an_existing_resource_and_honours_if_version(
     response = await client.post(
         f"{base}/update_value/u/a/x?if_version=one", json={"value": 2}, headers=AUTH
     )
-    assert response.status_code == 400
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "validation_error"
     assert "if_version must be a version number" in response.json()["error"]["message"]
 
 
 async def test_bad_requests_are_rejected_and_write_nothing(client: httpx.AsyncClient) -> None:
     base = "/api/w/default/resources"
     cases = [
-        (f"{base}/create", {"path": "u/../x", "value": 1}, 400, '".." segments'),
-        (f"{base}/create", {"value": 1}, 400, '"path" must be a non-empty string'),
-        (f"{base}/create", {"path": "u/a/x", "value": 1, "resource_type": 3}, 400,
-         '"resource_type" must be a non-empty string'),
-        (f"{base}/create", [1], 400, 'the body must be a JSON object {"path"'),
-        (f"{base}/update_value/u/a/x", {"val": 1}, 400, 'the body must be a JSON object {"value"'),
+        (f"{base}/create", {"path": "u/../x", "value": 1}, 422, "invalid_key", '".." segments'),
+        (f"{base}/create", {"value": 1}, 422, "invalid_key", '"path" must be a non-empty string'),
+        (f"{base}/create", {"path": "u/a/x", "value": 1, "resource_type": 3}, 422,
+         "validation_error", '"resource_type" must be a non-empty string'),
+        (f"{base}/create", [1], 422, "validation_error",
+         'the body must be a JSON object {"path"'),
+        (f"{base}/update_value/u/a/x", {"val": 1}, 422, "validation_error",
+         'the body must be a JSON object {"value"'),
     ]  # fmt: skip
-    for path, body, status, fragment in cases:
+    for path, body, status, code, fragment in cases:
         response = await client.post(path, json=body, headers=AUTH)
         assert response.status_code == status, (path, body, response.text)
+        assert response.json()["error"]["code"] == code, (path, body, response.text)
         assert fragment in response.json()["error"]["message"], (path, body, response.text)
     response = await client.post(f"{base}/create", content=b"{nope", headers=AUTH)
     assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_json"
     assert "request body is not valid JSON" in response.json()["error"]["message"]
     big = {"path": "u/a/big", "value": "x" * 5000}
     response = await client.post(f"{base}/create", json=big, headers=AUTH)
     assert response.status_code == 413
-    assert "larger than 2000 bytes" in response.json()["error"]["message"]
+    assert response.json()["error"] == {
+        "code": "payload_too_large",
+        "message": "the request body is larger than the limit of 2000 bytes",
+    }
     response = await client.post(
         f"{base}/create", content=b'{"path": "u/a/nan", "value": NaN}', headers=AUTH
     )
@@ -149,7 +157,8 @@ async def test_bad_requests_are_rejected_and_write_nothing(client: httpx.AsyncCl
     response = await client.get(f"{base}/get/u/a/x", headers={**AUTH})
     assert response.status_code == 404
     response = await client.get("/api/w/bad%01ws/resources/get/u/a/x", headers=AUTH)
-    assert response.status_code == 400
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_key"
     assert "workspace" in response.json()["error"]["message"]
 
 

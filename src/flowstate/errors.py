@@ -1,7 +1,8 @@
 """The flowstate error hierarchy: every error a user can catch, in one place.
 
-Each error has a stable machine-readable ``code`` (used by the HTTP layer) and a message that
-names the scope, field or key involved and the rule that was broken.
+Each error carries its stable machine-readable ``code`` and the HTTP ``status`` it answers
+with (like Starlette's ``HTTPException``), so every router maps errors the same way; its
+message names the scope, field or key involved and the rule that was broken.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "SchemaConflictError",
     "SessionNotFoundError",
     "StateValidationError",
+    "status_for",
 ]
 
 
@@ -35,6 +37,8 @@ class FlowStateError(Exception):
     """Base of every flowstate error; ``code`` is the stable wire name."""
 
     code: str = "flowstate_error"
+    status: int = 500
+    """The HTTP status of this error (500: a server-side problem, not the caller's)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -48,6 +52,7 @@ class StateValidationError(FlowStateError):
     """
 
     code = "validation_error"
+    status = 422
 
     def __init__(
         self,
@@ -74,6 +79,7 @@ class ConcurrentModificationError(FlowStateError):
     """``update_state`` lost the compare-and-swap race ``attempts`` times in a row."""
 
     code = "concurrent_modification"
+    status = 409
 
     def __init__(self, message: str, *, attempts: int) -> None:
         super().__init__(message)
@@ -113,36 +119,42 @@ class ResourceNotFoundError(FlowStateError):
     """A resource name is not registered, or a collection instance does not exist."""
 
     code = "resource_not_found"
+    status = 404
 
 
 class ResourceAlreadyExistsError(FlowStateError):
     """``create`` of a collection key that already exists (without ``replace=True``)."""
 
     code = "resource_already_exists"
+    status = 409
 
 
 class ResourceReadOnlyError(FlowStateError):
     """A write to a resource declared with ``writable=False``."""
 
     code = "resource_read_only"
+    status = 403
 
 
 class KeyPatternError(FlowStateError):
     """A collection key is malformed or does not match the collection's pattern."""
 
     code = "invalid_key"
+    status = 422
 
 
 class CollectionFullError(FlowStateError):
     """A collection with ``eviction="none"`` is at ``max_instances``."""
 
     code = "collection_full"
+    status = 409
 
 
 class SessionNotFoundError(FlowStateError):
     """The session does not exist for this user, flow kind and project."""
 
     code = "session_not_found"
+    status = 404
 
 
 class DefinitionError(FlowStateError):
@@ -155,3 +167,20 @@ class AuthError(FlowStateError):
     """The caller could not be authenticated."""
 
     code = "auth_error"
+    status = 401
+
+
+def status_for(code: str) -> int:
+    """The HTTP status of an error ``code``: its class's ``status``; for a code no class has,
+    the naming convention (``*_not_found`` → 404, ``*_already_exists`` → 409), else 500."""
+    pending: list[type[FlowStateError]] = [FlowStateError]
+    while pending:
+        cls = pending.pop()
+        if cls.code == code:
+            return cls.status
+        pending.extend(cls.__subclasses__())
+    if code.endswith("_not_found"):
+        return 404
+    if code.endswith("_already_exists"):
+        return 409
+    return 500

@@ -5,8 +5,9 @@
 
 from __future__ import annotations
 
-from ._app import HTTPError, create_app, error_payload, status_for
+from ._app import create_app
 from ._auth import Authenticator, make_authenticator, parse_tokens
+from ._errors import HTTPError, error_payload, status_for
 
 __all__ = [
     "Authenticator",

@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -32,12 +32,22 @@ from .. import __version__
 from ..blocks import Block
 from ..clientdata import to_json
 from ..errors import FlowStateError, SessionNotFoundError, StateValidationError
+from ..layout import MAX_ID_BYTES
 from ..schema import describe_errors
-from ..scripts.wmill_api import wmill_router
 from ..server import FlowServer, RunResult
 from ..values import Event
 from ._auth import TOKENS_ENV, Authenticator, make_authenticator, tokens_from_env
+from ._errors import (
+    HTTPError,
+    clean_errors,
+    error_payload,
+    error_response,
+    parse_body,
+    read_body,
+    status_for,
+)
 from ._requestlog import RequestLog, RequestLogs
+from ._wmill import wmill_router
 
 __all__ = ["HTTPError", "create_app", "error_payload", "status_for"]
 
@@ -51,74 +61,6 @@ M = TypeVar("M", bound=BaseModel)
 # ----------------------------------------------------------------------------------- errors
 
 
-def status_for(code: str) -> int:
-    """The HTTP status of an error code; unknown codes are server errors."""
-    if code in ("validation_error", "invalid_key"):
-        return 422
-    if code == "auth_error":
-        return 401
-    if code == "resource_read_only":
-        return 403
-    if code.endswith("_not_found"):
-        return 404
-    if code.endswith("_already_exists") or code in ("concurrent_modification", "collection_full"):
-        return 409
-    return 500
-
-
-class HTTPError(Exception):
-    """An error the HTTP layer itself answers (bad body, size limit, unknown request …)."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        details: Any = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.details = details
-        self.headers = dict(headers or {})
-
-
-def _clean_errors(errors: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "loc": list(e.get("loc", ())),
-            "msg": str(e.get("msg", "")),
-            "type": str(e.get("type", "")),
-        }
-        for e in errors
-    ]
-
-
-def error_payload(exc: BaseException) -> tuple[int, dict[str, Any]]:
-    """``(status, {"code", "message", "details"?})`` for any exception."""
-    if isinstance(exc, HTTPError):
-        body: dict[str, Any] = {"code": exc.code, "message": exc.message}
-        if exc.details is not None:
-            body["details"] = exc.details
-        return exc.status, body
-    if isinstance(exc, FlowStateError):
-        # str(exc) is what the run's request.failed event says too.
-        body = {"code": exc.code, "message": str(exc)}
-        if isinstance(exc, StateValidationError) and exc.errors:
-            body["details"] = _clean_errors(exc.errors)
-        return status_for(exc.code), body
-    return 500, {"code": "internal_error", "message": str(exc) or type(exc).__name__}
-
-
-def _error_response(exc: BaseException, **extra: Any) -> JSONResponse:
-    status, body = error_payload(exc)
-    headers = exc.headers if isinstance(exc, HTTPError) else None
-    return JSONResponse({"error": body, **extra}, status_code=status, headers=headers)
-
-
 def _unauthorized() -> HTTPError:
     return HTTPError(
         401,
@@ -130,8 +72,11 @@ def _unauthorized() -> HTTPError:
 
 # ----------------------------------------------------------------------------------- bodies
 
+# The id rule of flowstate.layout.check_id, as JSON Schema can say it (the server also checks
+# the 512-byte UTF-8 limit).
 Ident = Annotated[
-    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
+    str,
+    StringConstraints(min_length=1, max_length=MAX_ID_BYTES, pattern=r"^[^\x00-\x1f\x7f/]+$"),
 ]
 
 
@@ -141,8 +86,8 @@ class ActionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     input: Any = None
-    sessionId: Ident | None = None
-    projectId: Ident | None = None
+    sessionId: Ident | None = Field(None, description="run in this session (created if new)")
+    projectId: Ident | None = Field(None, description="the project scope of a new session")
 
 
 class SessionBody(BaseModel):
@@ -189,44 +134,6 @@ class Content(BaseModel):
     name: str
     key: str | None = None
     content: str | None
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing (413) anything over ``limit`` bytes, declared or streamed."""
-    too_large = HTTPError(
-        413, "payload_too_large", f"the request body is larger than the limit of {limit} bytes"
-    )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _parse_body(raw: bytes, model: type[M]) -> M:
-    """Decode a JSON object body into ``model``: 400 if not JSON, 422 if it does not fit."""
-    if raw.strip():
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise HTTPError(
-                400, "invalid_json", f"the request body is not valid JSON: {exc}"
-            ) from None
-    else:
-        data = {}
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        errors = [{**e, "loc": ["body", *e["loc"]]} for e in _clean_errors(exc.errors())]
-        raise HTTPError(
-            422, "validation_error", f"request body: {describe_errors(errors)}", details=errors
-        ) from None
 
 
 def _parse_last_event_id(value: str | None, request_id: str) -> int:
@@ -377,7 +284,7 @@ router = APIRouter(responses=ERROR_RESPONSES)
 
 async def _run_action(request: Request, user: str, kind: str, action: str) -> Response:
     api = _api(request)
-    body = _parse_body(await _read_body(request, api.max_body_bytes), ActionBody)
+    body = parse_body(await read_body(request, api.max_body_bytes), ActionBody)
     request_log = api.logs.new(user_id=user, flow_kind=kind)
     started = asyncio.Event()
 
@@ -409,14 +316,14 @@ async def _run_action(request: Request, user: str, kind: str, action: str) -> Re
         # Refused before the run began (unknown flow, action or session): no request id.
         exc = task.exception()
         assert exc is not None
-        return _error_response(exc)
+        return error_response(exc)
     if "text/event-stream" in request.headers.get("accept", ""):
         return api.sse(_frames(request_log.follow(0)))
     try:
         # shield: a client that goes away does not cancel the run.
         result = await asyncio.shield(task)
     except Exception as exc:
-        return _error_response(
+        return error_response(
             exc, requestId=request_log.request_id, sessionId=request_log.session_id
         )
     last = request_log.events[-1]
@@ -469,7 +376,7 @@ async def request_stream(
 )
 async def create_session(kind: str, request: Request, user: User) -> Response:
     api = _api(request)
-    body = _parse_body(await _read_body(request, api.max_body_bytes), SessionBody)
+    body = parse_body(await read_body(request, api.max_body_bytes), SessionBody)
     server = api.server
     server.flow(kind)
     if body.sessionId is not None:
@@ -607,68 +514,61 @@ def _component_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", text)
 
 
-def _model_ref(
+def _model_schema(
     model: type[BaseModel],
     prefix: str,
     mode: Literal["validation", "serialization"],
     components: dict[str, Any],
 ) -> dict[str, Any]:
-    """Put ``model`` (and its nested models) in ``components``; return a ``$ref`` to it."""
+    """``model``'s JSON Schema, its nested models moved to ``components`` (as ``$ref``s)."""
     schema = model.model_json_schema(
         ref_template=f"#/components/schemas/{prefix}{{model}}", mode=mode
     )
     for name, definition in schema.pop("$defs", {}).items():
         components[prefix + name] = definition
-    name = prefix + model.__name__
-    components[name] = schema
-    return {"$ref": f"#/components/schemas/{name}"}
+    return schema
+
+
+def _action_models(block: Block | None) -> tuple[type[BaseModel], type[BaseModel]]:
+    """The request body and JSON result models of one action (``block=None``: any action)."""
+    input_model = None if block is None else block.input
+    output_model = None if block is None else block.output
+    request = create_model(
+        "Request",
+        __base__=ActionBody,
+        input=(input_model, ...) if input_model is not None else (Any, None),
+    )
+    result = create_model(
+        "Result",
+        requestId=(str, ...),
+        sessionId=(str, ...),
+        status=(cast(Any, Literal["completed"]), ...),
+        output=(output_model if output_model is not None else Any, ...),
+    )
+    return request, result
 
 
 def _action_openapi(kind: str, action: str, block: Block | None, components: dict[str, Any]) -> Any:
-    """The OpenAPI body and responses of one action's route (``block=None``: any action)."""
+    """The OpenAPI body and responses of one action's route, from its generated models."""
     prefix = _component_name(f"{kind}.{action}.")
-    ident = {"type": "string", "minLength": 1, "maxLength": 200}
-    input_model = None if block is None else block.input
-    output_model = None if block is None else block.output
-    properties: dict[str, Any] = {
-        "input": {"description": "any JSON (the action declares no input model)"}
-        if input_model is None
-        else _model_ref(input_model, prefix, "validation", components),
-        "sessionId": {**ident, "description": "run in this session (created if new)"},
-        "projectId": {**ident, "description": "the project scope of a new session"},
-    }
-    body: dict[str, Any] = {
-        "type": "object",
-        "title": f"{kind}.{action} request",
-        "properties": properties,
-        "additionalProperties": False,
-    }
-    if input_model is not None:
-        body["required"] = ["input"]
-    output = (
-        {}
-        if output_model is None
-        else _model_ref(output_model, prefix, "serialization", components)
-    )
-    result = {
-        "type": "object",
-        "title": f"{kind}.{action} result",
-        "properties": {
-            "requestId": {"type": "string"},
-            "sessionId": {"type": "string"},
-            "status": {"type": "string", "enum": ["completed"]},
-            "output": output,
-        },
-        "required": ["requestId", "sessionId", "status", "output"],
-    }
+    request, result = _action_models(block)
     return {
-        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": _model_schema(request, prefix, "validation", components)
+                }
+            },
+        },
         "responses": {
             "200": {
                 "description": "The run completed (JSON), or its events (SSE, when the request "
                 "sends Accept: text/event-stream)",
                 "content": {
-                    "application/json": {"schema": result},
+                    "application/json": {
+                        "schema": _model_schema(result, prefix, "serialization", components)
+                    },
                     "text/event-stream": {"schema": {"type": "string"}},
                 },
             },
@@ -803,16 +703,16 @@ def create_app(
 
     @app.exception_handler(FlowStateError)
     async def on_flowstate_error(request: Request, exc: FlowStateError) -> Response:
-        return _error_response(exc)
+        return error_response(exc)
 
     @app.exception_handler(HTTPError)
     async def on_http_error(request: Request, exc: HTTPError) -> Response:
-        return _error_response(exc)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
-        errors = _clean_errors(exc.errors())
-        return _error_response(
+        errors = clean_errors(exc.errors())
+        return error_response(
             HTTPError(422, "validation_error", describe_errors(errors), details=errors)
         )
 
@@ -820,14 +720,14 @@ def create_app(
     async def on_starlette_error(request: Request, exc: StarletteHTTPException) -> Response:
         codes = {404: "not_found", 405: "method_not_allowed"}
         code = codes.get(exc.status_code, "http_error")
-        return _error_response(
+        return error_response(
             HTTPError(exc.status_code, code, str(exc.detail), headers=exc.headers)
         )
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return _error_response(exc)
+        return error_response(exc)
 
     if web:
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

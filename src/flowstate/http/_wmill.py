@@ -20,7 +20,6 @@ response about a state or resource carries its version in ``X-Flowstate-Version`
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -28,18 +27,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 
-from ..errors import (
-    AuthError,
-    ConcurrentModificationError,
-    FlowStateError,
-    KeyPatternError,
-    ResourceAlreadyExistsError,
-    ResourceNotFoundError,
-    StateValidationError,
-)
+from ..errors import AuthError, FlowStateError, ResourceNotFoundError
+from ..scripts import storage
+from ..scripts.paths import check_id, check_path
 from ..stores.base import Store
-from . import storage
-from .paths import check_id, check_path
+from ._errors import HTTPError, error_response, parse_json, read_body
 
 __all__ = ["DEFAULT_MAX_BODY", "wmill_router"]
 
@@ -48,39 +40,8 @@ VERSION_HEADER = "X-Flowstate-Version"
 
 Authenticate = Callable[[Request], Awaitable[str | None]]
 
-_STATUS: list[tuple[type[FlowStateError], int]] = [
-    (AuthError, 401),
-    (KeyPatternError, 400),
-    (StateValidationError, 422),
-    (ResourceNotFoundError, 404),
-    (ResourceAlreadyExistsError, 409),
-    (ConcurrentModificationError, 409),
-]
-
-
-class _BadRequest(FlowStateError):
-    code = "bad_request"
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _error(exc: FlowStateError) -> JSONResponse:
-    status = exc.status if isinstance(exc, _BadRequest) else 500
-    for kind, code in _STATUS:
-        if isinstance(exc, kind):
-            status = code
-            break
-    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
-    if isinstance(exc, StateValidationError) and exc.errors:
-        body["details"] = {"errors": exc.errors}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
-
-
 class _Route(APIRoute):
-    """Answers a :class:`FlowStateError` with the flowstate JSON error shape."""
+    """Answers a :class:`FlowStateError` with the shared JSON error shape and status."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -89,7 +50,7 @@ class _Route(APIRoute):
             try:
                 return await handler(request)
             except FlowStateError as exc:
-                return _error(exc)
+                return error_response(exc)
 
         return guarded
 
@@ -99,8 +60,12 @@ def _if_version(request: Request) -> int | None:
     if raw is None:
         return None
     if not raw.isdigit():
-        raise _BadRequest(f"if_version must be a version number >= 0, got {raw!r}")
+        raise _invalid(f"if_version must be a version number >= 0, got {raw!r}")
     return int(raw)
+
+
+def _invalid(message: str) -> HTTPError:
+    return HTTPError(422, "validation_error", message)
 
 
 def _json(value: Any, version: int | None = None, status: int = 200) -> JSONResponse:
@@ -132,17 +97,8 @@ def wmill_router(
         return check_id(workspace, "workspace")
 
     async def body(request: Request) -> Any:
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > max_body:
-                raise _BadRequest(f"request body is larger than {max_body} bytes", 413)
-        if not raw.strip():
-            return None  # httpx sends no body for json=None: that is a JSON null
-        try:
-            return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _BadRequest(f"request body is not valid JSON: {exc}") from None
+        # httpx sends no body for json=None: an empty body is a JSON null.
+        return parse_json(await read_body(request, max_body), empty=None)
 
     async def read_existing(workspace: str, path: str) -> storage.StateInfo:
         info = await storage.read_item(get_store(), workspace, check_path(path))
@@ -197,11 +153,11 @@ def wmill_router(
         workspace = await begin(request, workspace)
         payload = await body(request)
         if not isinstance(payload, dict):
-            raise _BadRequest('the body must be a JSON object {"path", "value", "resource_type"}')
+            raise _invalid('the body must be a JSON object {"path", "value", "resource_type"}')
         path = payload.get("path")
         resource_type = payload.get("resource_type", "any")
         if not isinstance(resource_type, str) or not resource_type:
-            raise _BadRequest(f'"resource_type" must be a non-empty string, got {resource_type!r}')
+            raise _invalid(f'"resource_type" must be a non-empty string, got {resource_type!r}')
         path = check_path(path, '"path"')
         version = await storage.write_item(
             get_store(), workspace, path, payload.get("value"), resource_type, create_only=True
@@ -214,7 +170,7 @@ def wmill_router(
         workspace = await begin(request, workspace)
         payload = await body(request)
         if not isinstance(payload, dict) or "value" not in payload:
-            raise _BadRequest('the body must be a JSON object {"value": ...}')
+            raise _invalid('the body must be a JSON object {"value": ...}')
         version = await storage.write_item(
             get_store(),
             workspace,

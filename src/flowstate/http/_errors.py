@@ -1,0 +1,129 @@
+"""Errors and request bodies at the HTTP edge, the same for every router.
+
+Every error answers ``{"error": {"code", "message", "details"?}}`` with the status its class
+carries (:attr:`FlowStateError.status`); :class:`HTTPError` is an error of the request itself
+(malformed body, size limit, bad header). Bodies are read by one reader that enforces the size
+limit and decodes strict JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+
+from ..errors import FlowStateError, StateValidationError, status_for
+from ..schema import describe_errors
+
+__all__ = [
+    "HTTPError",
+    "clean_errors",
+    "error_payload",
+    "error_response",
+    "parse_body",
+    "parse_json",
+    "read_body",
+    "status_for",
+]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class HTTPError(FlowStateError):
+    """An error of the request itself (bad body, size limit, bad header …), with its status."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        details: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.details = details
+        self.headers = dict(headers or {})
+
+
+def clean_errors(errors: Any) -> list[dict[str, Any]]:
+    """Pydantic-style error dicts reduced to ``loc``, ``msg`` and ``type`` (JSON-safe)."""
+    return [
+        {
+            "loc": list(e.get("loc", ())),
+            "msg": str(e.get("msg", "")),
+            "type": str(e.get("type", "")),
+        }
+        for e in errors
+    ]
+
+
+def error_payload(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """``(status, {"code", "message", "details"?})`` for any exception."""
+    if isinstance(exc, HTTPError):
+        body: dict[str, Any] = {"code": exc.code, "message": exc.message}
+        if exc.details is not None:
+            body["details"] = exc.details
+        return exc.status, body
+    if isinstance(exc, FlowStateError):
+        # str(exc) is what the run's request.failed event says too.
+        body = {"code": exc.code, "message": str(exc)}
+        if isinstance(exc, StateValidationError) and exc.errors:
+            body["details"] = clean_errors(exc.errors)
+        return exc.status, body
+    return 500, {"code": "internal_error", "message": str(exc) or type(exc).__name__}
+
+
+def error_response(exc: BaseException, **extra: Any) -> JSONResponse:
+    """The JSON error response for ``exc`` (``extra`` keys sit beside ``"error"``)."""
+    status, body = error_payload(exc)
+    headers = dict(exc.headers) if isinstance(exc, HTTPError) else {}
+    if status == 401:
+        headers.setdefault("WWW-Authenticate", "Bearer")
+    return JSONResponse({"error": body, **extra}, status_code=status, headers=headers or None)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing (413) anything over ``limit`` bytes, declared or streamed."""
+    too_large = HTTPError(
+        413, "payload_too_large", f"the request body is larger than the limit of {limit} bytes"
+    )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(raw: bytes, *, empty: Any = None) -> Any:
+    """Decode a JSON body (400 ``invalid_json`` if it is not JSON); an empty body → ``empty``."""
+    if not raw.strip():
+        return empty
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+
+
+def parse_body(raw: bytes, model: type[M]) -> M:
+    """Decode a JSON object body into ``model``: 400 if not JSON, 422 if it does not fit."""
+    data = parse_json(raw, empty={})
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ["body", *e["loc"]]} for e in clean_errors(exc.errors())]
+        raise HTTPError(
+            422, "validation_error", f"request body: {describe_errors(errors)}", details=errors
+        ) from None
