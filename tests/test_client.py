@@ -11,12 +11,12 @@ import httpx
 import pytest
 
 from flowstate import (
+    ActionNotFoundError,
     AuthError,
     ConcurrentModificationError,
     Event,
     FlowServer,
     ResourceAlreadyExistsError,
-    ResourceNotFoundError,
     ResourceReadOnlyError,
     SessionNotFoundError,
     StateValidationError,
@@ -84,7 +84,7 @@ async def test_run_sessions_snapshot_and_resources(alice: AsyncClient) -> None:
         ("bump", {"amount": "x"}, StateValidationError, 422),
         ("touch_locked", None, ResourceReadOnlyError, 403),
         ("conflict", None, ConcurrentModificationError, 409),
-        ("nope", None, ResourceNotFoundError, 404),
+        ("nope", None, ActionNotFoundError, 404),
     ],
 )
 async def test_errors_come_back_as_flowstate_exceptions(

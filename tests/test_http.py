@@ -305,6 +305,8 @@ def test_every_error_code_has_its_status() -> None:
         "concurrent_modification": 409,
         "schema_conflict": 500,
         "resource_not_found": 404,
+        "flow_not_found": 404,
+        "action_not_found": 404,
         "resource_already_exists": 409,
         "resource_read_only": 403,
         "invalid_key": 422,
@@ -377,8 +379,8 @@ async def test_conflicting_create_is_409_and_partial_writes_stay(lab: Lab) -> No
 async def test_refused_before_the_run_starts_has_no_request_id(lab: Lab) -> None:
     bob_session = (await lab.run("bump", {}, as_=BOB)).json()["sessionId"]
     for path, body, code in (
-        ("/api/flows/lab/actions/nope", {"input": {}}, "resource_not_found"),
-        ("/api/flows/nope/actions/bump", {"input": {}}, "resource_not_found"),
+        ("/api/flows/lab/actions/nope", {"input": {}}, "action_not_found"),
+        ("/api/flows/nope/actions/bump", {"input": {}}, "flow_not_found"),
         (
             "/api/flows/lab/actions/bump",
             {"input": {}, "sessionId": bob_session},

@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from .__version__ import __version__
 from .errors import (
+    ActionNotFoundError,
     AuthError,
     CollectionFullError,
     ConcurrentModificationError,
     CrossFlowSchemaConflictError,
     DefinitionError,
+    FlowNotFoundError,
     FlowStateError,
     FlowStateWarning,
     KeyPatternError,
@@ -106,6 +108,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "ActionNotFoundError",
     "AuthError",
     "Block",
     "ClientConfig",
@@ -117,6 +120,7 @@ __all__ = [
     "DefinitionError",
     "Event",
     "Flow",
+    "FlowNotFoundError",
     "FlowServer",
     "FlowStateError",
     "FlowStateWarning",

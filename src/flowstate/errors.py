@@ -11,11 +11,13 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
+    "ActionNotFoundError",
     "AuthError",
     "CollectionFullError",
     "ConcurrentModificationError",
     "CrossFlowSchemaConflictError",
     "DefinitionError",
+    "FlowNotFoundError",
     "FlowStateError",
     "FlowStateWarning",
     "KeyPatternError",
@@ -120,6 +122,23 @@ class ResourceNotFoundError(FlowStateError):
 
     code = "resource_not_found"
     status = 404
+
+
+class FlowNotFoundError(ResourceNotFoundError):
+    """No flow of that kind is registered on the server.
+
+    A subclass of :class:`ResourceNotFoundError` only so that code written before it existed
+    keeps catching it; its code says what is missing.
+    """
+
+    code = "flow_not_found"
+
+
+class ActionNotFoundError(ResourceNotFoundError):
+    """The flow has no action of that name (a subclass of :class:`ResourceNotFoundError`, like
+    :class:`FlowNotFoundError`)."""
+
+    code = "action_not_found"
 
 
 class ResourceAlreadyExistsError(FlowStateError):

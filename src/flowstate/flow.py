@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from .blocks import STATE_SCOPES, Block
-from .errors import DefinitionError, ResourceNotFoundError, SchemaConflictError
+from .errors import ActionNotFoundError, DefinitionError, SchemaConflictError
 from .resources import AnyResourceDefinition, ResourceCollectionDefinition, ResourceDefinition
 from .schema import Declaration, Schema, merge_declarations
 from .state import RetryPolicy
@@ -169,7 +169,7 @@ class Flow:
     def action(self, name: str) -> Block:
         block = self.actions.get(name)
         if block is None:
-            raise ResourceNotFoundError(
+            raise ActionNotFoundError(
                 f'flow "{self.kind}" has no action "{name}" (actions: '
                 f"{', '.join(self.actions) or 'none'})"
             )

@@ -19,6 +19,7 @@ from .clientdata import (
 )
 from .errors import (
     DefinitionError,
+    FlowNotFoundError,
     FlowStateError,
     FlowStateWarning,
     KeyPatternError,
@@ -100,9 +101,7 @@ class FlowServer:
     def flow(self, kind: str) -> Flow:
         flow = self.flows.get(kind)
         if flow is None:
-            from .errors import ResourceNotFoundError
-
-            raise ResourceNotFoundError(f'no flow of kind "{kind}" is registered')
+            raise FlowNotFoundError(f'no flow of kind "{kind}" is registered')
         return flow
 
     # ------------------------------------------------------------------ sessions

@@ -66,20 +66,20 @@ class RemoteError(FlowStateError):
         self.code = code
 
 
-_SIMPLE_ERRORS: dict[str, type[FlowStateError]] = {
-    cls.code: cls
-    for cls in (
-        _errors.SchemaConflictError,
-        _errors.ResourceNotFoundError,
-        _errors.ResourceAlreadyExistsError,
-        _errors.ResourceReadOnlyError,
-        _errors.KeyPatternError,
-        _errors.CollectionFullError,
-        _errors.SessionNotFoundError,
-        _errors.DefinitionError,
-        _errors.AuthError,
-    )
-}
+def _simple_errors() -> dict[str, type[FlowStateError]]:
+    """Code → class for every public error built from its message alone (its own ``__init__``
+    is the base one), so a new error class is mapped without being listed here."""
+    found: dict[str, type[FlowStateError]] = {}
+    pending: list[type[FlowStateError]] = [FlowStateError]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.__module__ == _errors.__name__ and cls.__init__ is FlowStateError.__init__:
+            found.setdefault(cls.code, cls)
+    return found
+
+
+_SIMPLE_ERRORS = _simple_errors()
 
 
 def error_from_wire(
