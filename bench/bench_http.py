@@ -236,7 +236,7 @@ def wait_up(port: int, timeout: float = 30) -> None:
 
 def me(*args: str, time_limit: float) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, __file__, *args],
+        [sys.executable, "-P", __file__, *args],
         capture_output=True,
         text=True,
         timeout=time_limit,
@@ -253,7 +253,7 @@ def cpu_seconds(pid: int) -> float:
 def measure(kind: str, tmp: Path, args: argparse.Namespace, *, sse: bool) -> dict[str, Any]:
     port = free_port()
     db = str(tmp / f"{kind}-{port}.db")
-    server = subprocess.Popen([sys.executable, __file__, "--serve", kind, db, str(port)])
+    server = subprocess.Popen([sys.executable, "-P", __file__, "--serve", kind, db, str(port)])
     try:
         wait_up(port)
         url = f"http://127.0.0.1:{port}"

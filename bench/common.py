@@ -185,12 +185,17 @@ async def _one_op(ctx: Context, op: str, i: int, attempts: list[int]) -> None:
 
 @handler(name="ops", user_state=Counter)
 async def ops_action(input: Any, ctx: Context) -> dict[str, Any]:
-    """Loop one operation on the user's record for ``seconds`` (or ``max`` calls)."""
-    op, seconds, limit = input["op"], float(input["seconds"]), int(input.get("max", 1 << 30))
+    """Loop one operation on the user's record for ``seconds`` (or ``max`` calls).
+
+    ``until`` (a ``time.perf_counter()`` value of this process) ends concurrent runs at one
+    shared deadline: a run whose operations never suspend (memory) would otherwise hold the
+    event loop for its whole time slice and serialize the others.
+    """
+    op, limit = input["op"], int(input.get("max", 1 << 30))
     latencies: list[float] = []
     attempts, gave_up = [0], 0
     start = time.perf_counter()
-    stop = start + seconds
+    stop = float(input["until"]) if "until" in input else start + float(input["seconds"])
     i = 0
     while i < limit and time.perf_counter() < stop:
         t0 = time.perf_counter()

@@ -63,7 +63,10 @@ async def _runs_cell(
 async def _in_run_cell(server: FlowServer, op: str, user: str, writers: int, seconds: float) -> Cell:
     before = await _count(server, user)
     start = time.perf_counter()
-    parts = await asyncio.gather(*(in_run(server, op, seconds, user) for _ in range(writers)))
+    until = start + seconds
+    parts = await asyncio.gather(
+        *(in_run(server, op, seconds, user, until=until) for _ in range(writers))
+    )
     elapsed = time.perf_counter() - start
     cell = Cell(
         sum(p.ops for p in parts),

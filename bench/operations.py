@@ -22,10 +22,18 @@ from .floors import Cell, Floor
 
 
 async def in_run(
-    server: FlowServer, op: str, seconds: float, user: str, *, limit: int | None = None
+    server: FlowServer,
+    op: str,
+    seconds: float,
+    user: str,
+    *,
+    limit: int | None = None,
+    until: float | None = None,
 ) -> Cell:
     """One run of the ``ops`` action looping ``op`` on ``user``'s record."""
     payload: dict[str, Any] = {"op": op, "seconds": seconds}
+    if until is not None:
+        payload["until"] = until
     if limit is not None:
         payload["max"] = limit
     out = (await server.run("bench", "ops", payload, user_id=user)).output
