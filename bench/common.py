@@ -111,7 +111,7 @@ class Sizes:
             rounds=1,
             seconds=0.03,
             writers=(1, 4),
-            contention_seconds=0.05,
+            contention_seconds=0.25,  # concurrent runs must start within the cell
             contention_rounds=1,
             growth=(50, 200),
             growth_calls=5,
@@ -312,6 +312,7 @@ async def postgres_problem(url: str) -> str | None:
 
 
 POOL_SIZE = 10  # flowstate's default max_size; the raw floor gets the same
+CREATED_SCHEMAS: list[str] = []  # every schema this process made (each dropped after use)
 
 
 @asynccontextmanager
@@ -329,6 +330,7 @@ async def backend(name: str, tmp: Path, tag: str) -> AsyncIterator[Backend]:
         schema = f"fs_bench_{tag}_{uuid.uuid4().hex[:8]}"
         sep = "&" if "?" in dsn else "?"
         url = f"{dsn}{sep}schema={schema}&max_size={POOL_SIZE}"
+        CREATED_SCHEMAS.append(schema)
         try:
             yield Backend(name, url, tmp, postgres_dsn=dsn, schema=schema)
         finally:
@@ -356,7 +358,6 @@ def _run(cmd: list[str]) -> str:
 def machine_info() -> dict[str, Any]:
     """What a reader needs to weigh the figures: hardware, load, versions, commit."""
     import sqlite3
-
     from importlib.metadata import PackageNotFoundError, version
 
     cpu = ""

@@ -13,7 +13,7 @@ Scenarios per backend and writer count W (each a cell in paired rounds):
   each; PostgreSQL: W tasks on a pool as big as flowstate's).
 
 Lost updates are verified, never assumed: the stored counter is read before and after each
-cell and ``lost = calls that returned − (after − before)``.
+cell and ``lost = calls that returned - (after - before)``.
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ async def _runs_cell(
     return cell
 
 
-async def _in_run_cell(server: FlowServer, op: str, user: str, writers: int, seconds: float) -> Cell:
+async def _in_run_cell(
+    server: FlowServer, op: str, user: str, writers: int, seconds: float
+) -> Cell:
     before = await _count(server, user)
     start = time.perf_counter()
     until = start + seconds
@@ -79,54 +81,65 @@ async def _in_run_cell(server: FlowServer, op: str, user: str, writers: int, sec
     return cell
 
 
+async def _at(
+    server: FlowServer, floor: Floor | None, writers: int, tag: str, sizes: Sizes
+) -> dict[str, dict[str, Any]]:
+    """Every scenario with ``writers`` concurrent writers, in paired rounds."""
+    hot = f"hot-{writers}-{tag}"
+    own = [f"own-{writers}-{i}-{tag}" for i in range(writers)]
+    hot_sessions, own_sessions = [], []
+    for i in range(writers):  # sessions exist before timing starts
+        res = await server.run("bench", "bump", None, user_id=hot)
+        hot_sessions.append(res.session_id)
+        res = await server.run("bench", "bump", None, user_id=own[i])
+        own_sessions.append(res.session_id)
+    scenarios = [s for s in SCENARIOS if s != "floor" or floor is not None]
+
+    async def cell(name: str, seconds: float) -> Cell:
+        if name == "runs_one_user":
+            return await _runs_cell(server, [hot] * writers, hot_sessions, seconds)
+        if name == "runs_own_users":
+            return await _runs_cell(server, own, own_sessions, seconds)
+        if name == "inc_one_user":
+            return await _in_run_cell(server, "inc", hot, writers, seconds)
+        if name == "update_one_user":
+            return await _in_run_cell(server, "update", hot, writers, seconds)
+        assert floor is not None
+        return await floor.run(seconds, writers)
+
+    for name in scenarios:  # warm-up
+        await cell(name, 0.05)
+    cells: dict[str, list[Cell]] = {name: [] for name in scenarios}
+    for r in range(sizes.contention_rounds):
+        turn = scenarios[r % len(scenarios) :] + scenarios[: r % len(scenarios)]
+        for name in turn:
+            cells[name].append(await cell(name, sizes.contention_seconds))
+    out = {}
+    for name in scenarios:
+        lat = [x for c in cells[name] for x in c.latencies]
+        out[name] = {
+            "ops_per_s": median([c.rate for c in cells[name]]),
+            "p50_us": pct(lat, 0.5) * 1e6,
+            "p99_us": pct(lat, 0.99) * 1e6,
+            "ops": sum(c.ops for c in cells[name]),
+            "retries": sum(c.retries for c in cells[name]),
+            "gave_up": sum(c.gave_up for c in cells[name]),
+            "lost": sum(c.lost or 0 for c in cells[name]),
+            "rounds": [round(c.rate, 1) for c in cells[name]],
+        }
+    return out
+
+
 async def contention(b: Backend, sizes: Sizes) -> dict[str, Any]:
+    """scenario -> writers -> figures, for one backend."""
     floor = await Floor.open(b)
     tag = uuid.uuid4().hex[:6]
     out: dict[str, Any] = {}
     try:
         async with b.server() as server:
             for writers in sizes.writers:
-                hot = f"hot-{writers}-{tag}"
-                own = [f"own-{writers}-{i}-{tag}" for i in range(writers)]
-                hot_sessions, own_sessions = [], []
-                for i in range(writers):  # sessions exist before timing starts
-                    res = await server.run("bench", "bump", None, user_id=hot)
-                    hot_sessions.append(res.session_id)
-                    res = await server.run("bench", "bump", None, user_id=own[i])
-                    own_sessions.append(res.session_id)
-                scenarios = [s for s in SCENARIOS if s != "floor" or floor is not None]
-
-                async def cell(name: str, seconds: float) -> Cell:
-                    if name == "runs_one_user":
-                        return await _runs_cell(server, [hot] * writers, hot_sessions, seconds)
-                    if name == "runs_own_users":
-                        return await _runs_cell(server, own, own_sessions, seconds)
-                    if name == "inc_one_user":
-                        return await _in_run_cell(server, "inc", hot, writers, seconds)
-                    if name == "update_one_user":
-                        return await _in_run_cell(server, "update", hot, writers, seconds)
-                    assert floor is not None
-                    return await floor.run(seconds, writers)
-
-                for name in scenarios:
-                    await cell(name, 0.05)
-                cells: dict[str, list[Cell]] = {name: [] for name in scenarios}
-                for r in range(sizes.contention_rounds):
-                    turn = scenarios[r % len(scenarios) :] + scenarios[: r % len(scenarios)]
-                    for name in turn:
-                        cells[name].append(await cell(name, sizes.contention_seconds))
-                for name in scenarios:
-                    lat = [x for c in cells[name] for x in c.latencies]
-                    out.setdefault(name, {})[str(writers)] = {
-                        "ops_per_s": median([c.rate for c in cells[name]]),
-                        "p50_us": pct(lat, 0.5) * 1e6,
-                        "p99_us": pct(lat, 0.99) * 1e6,
-                        "ops": sum(c.ops for c in cells[name]),
-                        "retries": sum(c.retries for c in cells[name]),
-                        "gave_up": sum(c.gave_up for c in cells[name]),
-                        "lost": sum(c.lost or 0 for c in cells[name]),
-                        "rounds": [round(c.rate, 1) for c in cells[name]],
-                    }
+                for name, row in (await _at(server, floor, writers, tag, sizes)).items():
+                    out.setdefault(name, {})[str(writers)] = row
     finally:
         if floor:
             await floor.close()

@@ -104,13 +104,9 @@ class Cloner:
 
     @staticmethod
     def _sqlite_tables(conn: sqlite3.Connection) -> list[str]:
-        names = [
-            r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        ]
+        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         return [
-            t
-            for t in names
-            if any(c[1] == "key" for c in conn.execute(f"PRAGMA table_info({t})"))
+            t for t in names if any(c[1] == "key" for c in conn.execute(f"PRAGMA table_info({t})"))
         ]
 
     def _clone_sqlite(self, token: str, lo: int, hi: int) -> None:
@@ -199,9 +195,7 @@ async def stored(b: Backend, sizes: Sizes) -> list[dict[str, Any]]:
     async with b.server() as server:
         user = f"grow-{tag}"
         session = (await server.run("bench", "bump", None, user_id=user)).session_id
-        await server.run(
-            "bench", "bump", None, user_id=f"u{S_TOKEN}", session_id=f"s{S_TOKEN}"
-        )
+        await server.run("bench", "bump", None, user_id=f"u{S_TOKEN}", session_id=f"s{S_TOKEN}")
         await server.run(
             "bench", "add_file", {"key": f"f{F_TOKEN}"}, user_id=user, session_id=session
         )
@@ -214,8 +208,10 @@ async def stored(b: Backend, sizes: Sizes) -> list[dict[str, Any]]:
             await cloner.clone(S_TOKEN, have, size)
             await cloner.clone(F_TOKEN, have, size)
             have = size
-            log(f"growth {b.name}: {size:,} sessions + instances stored in "
-                f"{time.perf_counter() - t0:.1f} s")
+            log(
+                f"growth {b.name}: {size:,} sessions + instances stored in "
+                f"{time.perf_counter() - t0:.1f} s"
+            )
             inc = await in_run(server, "inc", 10.0, user, limit=sizes.growth_calls)
             run_lat = []
             for _ in range(sizes.growth_calls):
@@ -226,8 +222,7 @@ async def stored(b: Backend, sizes: Sizes) -> list[dict[str, Any]]:
                 await server.run(
                     "bench",
                     "list_files",
-                    {"calls": max(5, sizes.growth_calls // 4),
-                     "after": f"files/f{size // 2:07d}"},
+                    {"calls": max(5, sizes.growth_calls // 4), "after": f"files/f{size // 2:07d}"},
                     user_id=user,
                     session_id=session,
                 )

@@ -35,9 +35,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
-async def drive(
-    bump: Any, final: Any, tasks: int, seconds: float, user: str
-) -> dict[str, Any]:
+async def drive(bump: Any, final: Any, tasks: int, seconds: float, user: str) -> dict[str, Any]:
     """``tasks`` tasks calling ``bump(user)`` until the deadline; then check the count."""
     latencies: list[float] = []
     errors: list[str] = []
@@ -199,8 +197,11 @@ async def main(cfg: dict[str, Any]) -> dict[str, Any]:
             "peer": peer,
             "versions": {
                 name: version(name)
-                for name in ("langgraph", "langgraph-checkpoint-sqlite",
-                             "langgraph-checkpoint-postgres")
+                for name in (
+                    "langgraph",
+                    "langgraph-checkpoint-sqlite",
+                    "langgraph-checkpoint-postgres",
+                )
             },
             "python": sys.version.split()[0],
             "settings": opened["settings"],

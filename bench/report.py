@@ -69,8 +69,9 @@ def peers_table(data: dict[str, Any]) -> str:
             if peer is None:
                 continue
             if "unavailable" in peer:
-                rows.append([what, BACKEND_NAMES[backend], "—", "—",
-                             f"unavailable: {peer['unavailable']}"])
+                rows.append(
+                    [what, BACKEND_NAMES[backend], "—", "—", f"unavailable: {peer['unavailable']}"]
+                )
                 continue
             one, eight = peer["1"], peer["8"]
             pct = 100 * eight["lost"] / eight["ops"] if eight["ops"] else 0
@@ -86,8 +87,13 @@ def peers_table(data: dict[str, Any]) -> str:
     if not rows:
         return ""
     return _table(
-        ["system (unit of work)", "backend", "1 task /s", "8 tasks on 1 user /s",
-         "lost updates (8 tasks)"],
+        [
+            "system (unit of work)",
+            "backend",
+            "1 task /s",
+            "8 tasks on 1 user /s",
+            "lost updates (8 tasks)",
+        ],
         rows,
         "llrrr",
     )
@@ -103,16 +109,20 @@ def ops_table(data: dict[str, Any]) -> str:
             label = {"floor": "raw driver CAS (floor)", "run": "whole run (`bump`)"}.get(
                 name, f"`{name}`" + (" in-run" if name in OPERATIONS else "")
             )
-            ratio = f"{row['floor_ratio']:.2f}×" if "floor_ratio" in row else "—"
+            ratio = f"{row['floor_ratio']:.2f}x" if "floor_ratio" in row else "—"
             rows.append(
-                [BACKEND_NAMES[backend], label, _n(row["ops_per_s"]), _us(row["p50_us"]),
-                 _us(row["p99_us"]), ratio]
+                [
+                    BACKEND_NAMES[backend],
+                    label,
+                    _n(row["ops_per_s"]),
+                    _us(row["p50_us"]),
+                    _us(row["p99_us"]),
+                    ratio,
+                ]
             )
     if not rows:
         return ""
-    return _table(
-        ["backend", "operation", "ops/s", "p50", "p99", "floor ÷ this"], rows, "llrrrr"
-    )
+    return _table(["backend", "operation", "ops/s", "p50", "p99", "floor ÷ this"], rows, "llrrrr")
 
 
 def runs_table(data: dict[str, Any]) -> str:
@@ -120,14 +130,18 @@ def runs_table(data: dict[str, Any]) -> str:
     for backend, series in data.get("ops", {}).items():
         inc, run = series["inc"], series["run"]
         rows.append(
-            [BACKEND_NAMES[backend], _n(inc["ops_per_s"]), _n(run["ops_per_s"]),
-             f"{run['vs_in_run_inc']:.2f}", _us(run["p50_us"])]
+            [
+                BACKEND_NAMES[backend],
+                _n(inc["ops_per_s"]),
+                _n(run["ops_per_s"]),
+                f"{run['vs_in_run_inc']:.2f}",
+                _us(run["p50_us"]),
+            ]
         )
     if not rows:
         return ""
     return _table(
-        ["backend", "in-run `inc_state` ops/s", "whole runs/s", "runs ÷ in-run ops",
-         "run p50"],
+        ["backend", "in-run `inc_state` ops/s", "whole runs/s", "runs ÷ in-run ops", "run p50"],
         rows,
     )
 
@@ -153,8 +167,7 @@ def contention_table(data: dict[str, Any]) -> str:
     if not rows:
         return ""
     return _table(
-        ["backend", "scenario", "writers", "ops/s", "p50", "p99", "retries", "gave up",
-         "lost"],
+        ["backend", "scenario", "writers", "ops/s", "p50", "p99", "retries", "gave up", "lost"],
         rows,
         "llrrrrrrr",
     )
@@ -165,15 +178,26 @@ def growth_table(data: dict[str, Any]) -> str:
     for backend, levels in data.get("growth", {}).items():
         for level in levels:
             rows.append(
-                [BACKEND_NAMES[backend], _n(level["stored"]), _us(level["inc_p50_us"]),
-                 _us(level["run_p50_us"]), _us(level["list_p50_us"]),
-                 _us(level["list_after_p50_us"])]
+                [
+                    BACKEND_NAMES[backend],
+                    _n(level["stored"]),
+                    _us(level["inc_p50_us"]),
+                    _us(level["run_p50_us"]),
+                    _us(level["list_p50_us"]),
+                    _us(level["list_after_p50_us"]),
+                ]
             )
     if not rows:
         return ""
     return _table(
-        ["backend", "stored sessions & collection instances", "`inc_state` p50", "run p50",
-         "`list(limit=50)` p50", "`list(after=middle)` p50"],
+        [
+            "backend",
+            "stored sessions & collection instances",
+            "`inc_state` p50",
+            "run p50",
+            "`list(limit=50)` p50",
+            "`list(after=middle)` p50",
+        ],
         rows,
     )
 
@@ -184,14 +208,17 @@ def push_table(data: dict[str, Any]) -> str:
         base = levels[0]["p50_us"] if levels else 0
         for level in levels:
             rows.append(
-                [BACKEND_NAMES[backend], _n(level["length"]), _us(level["p50_us"]),
-                 _us(level["p99_us"]), f"{level['p50_us'] / base:.2f}×" if base else "—"]
+                [
+                    BACKEND_NAMES[backend],
+                    _n(level["length"]),
+                    _us(level["p50_us"]),
+                    _us(level["p99_us"]),
+                    f"{level['p50_us'] / base:.2f}x" if base else "—",
+                ]
             )
     if not rows:
         return ""
-    return _table(
-        ["backend", "list length", "`push_state` p50", "p99", "p50 ÷ shortest"], rows
-    )
+    return _table(["backend", "list length", "`push_state` p50", "p99", "p50 ÷ shortest"], rows)
 
 
 def http_table(data: dict[str, Any]) -> str:
@@ -199,18 +226,27 @@ def http_table(data: dict[str, Any]) -> str:
     if not h:
         return ""
     rows = []
-    for kind, label in (("bare", "bare FastAPI + sqlite3 write"), ("flowstate", "flowstate action")):
+    for kind, label in (
+        ("bare", "bare FastAPI + sqlite3 write"),
+        ("flowstate", "flowstate action"),
+    ):
         r = h[kind]
         rows.append(
-            [label, _n(r["rps"]), f"{r['p50_ms']:.2f} ms", f"{r['p99_ms']:.2f} ms",
-             f"{r['cpu_ms']:.2f} ms", ", ".join(_n(x) for x in r["rounds_rps"])]
+            [
+                label,
+                _n(r["rps"]),
+                f"{r['p50_ms']:.2f} ms",
+                f"{r['p99_ms']:.2f} ms",
+                f"{r['cpu_ms']:.2f} ms",
+                ", ".join(_n(x) for x in r["rounds_rps"]),
+            ]
         )
     text = _table(
         ["server", "requests/s", "p50", "p99", "server CPU / request", "per round req/s"], rows
     )
     text += (
-        f"\n\nflowstate ÷ bare server CPU per request: **{h['cpu_ratio']:.2f}×**; "
-        f"bare ÷ flowstate requests/s: {h['rps_ratio']:.2f}× "
+        f"\n\nflowstate ÷ bare server CPU per request: **{h['cpu_ratio']:.2f}x**; "
+        f"bare ÷ flowstate requests/s: {h['rps_ratio']:.2f}x "
         f"({h['requests']:,} requests per round, {h['concurrency']} concurrent clients)."
     )
     if "sse" in h:
@@ -228,7 +264,7 @@ def machine_line(data: dict[str, Any]) -> str:
     commit = m["git_commit"][:10] + (" (with uncommitted changes)" if m["git_dirty"] else "")
     return (
         f"{m['mode']} run of {m['date']}, {m['seconds']:.0f} s; commit `{commit}`; "
-        f"{m['cpus']} × {m['cpu_model'] or 'CPU'}, {m['memory_gib']} GiB; Python {m['python']}, "
+        f"{m['cpus']} x {m['cpu_model'] or 'CPU'}, {m['memory_gib']} GiB; Python {m['python']}, "
         f"SQLite {m['sqlite']}; **load average {load}** "
         f"(1-minute; {m['cpus']} cores — above {m['cpus']} the machine was shared)."
     )
@@ -250,10 +286,15 @@ def tables(data: dict[str, Any], image_dir: str | None) -> str:
     section("Per operation, next to the raw driver floor", ops_table(data))
     section("Whole runs next to the in-run operation rate", runs_table(data))
     section("Contention", contention_table(data), f"{stem}-contention.png")
-    section("Growth: stored sessions and collection size", growth_table(data),
-            f"{stem}-growth.png")
+    section("Growth: stored sessions and collection size", growth_table(data), f"{stem}-growth.png")
     section("Growth: push_state onto a long list", push_table(data), f"{stem}-push.png")
     section("HTTP", http_table(data))
+    if data.get("scripts"):
+        sc = data["scripts"]
+        section(
+            "Script state (`flowstate.scripts`)",
+            f"`{sc['command']}`:\n\n```text\n{sc['output']}\n```",
+        )
     for what, reason in data.get("skipped", {}).items():
         parts.append(f"_Skipped {what}: {reason}_")
     return "\n\n".join(parts) + "\n"
@@ -283,8 +324,13 @@ def plots(data: dict[str, Any], out: Path, stem: str) -> list[Path]:
             strict=True,
         ):
             for backend, levels in data["growth"].items():
-                ax.plot([lv["stored"] for lv in levels], [lv[key] for lv in levels],
-                        marker="o", label=BACKEND_NAMES[backend], color=colors[backend])
+                ax.plot(
+                    [lv["stored"] for lv in levels],
+                    [lv[key] for lv in levels],
+                    marker="o",
+                    label=BACKEND_NAMES[backend],
+                    color=colors[backend],
+                )
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("stored sessions / collection instances")
@@ -301,8 +347,13 @@ def plots(data: dict[str, Any], out: Path, stem: str) -> list[Path]:
     if data.get("push"):
         fig, ax = plt.subplots(figsize=(6, 4))
         for backend, levels in data["push"].items():
-            ax.plot([lv["length"] for lv in levels], [lv["p50_us"] for lv in levels],
-                    marker="o", label=BACKEND_NAMES[backend], color=colors[backend])
+            ax.plot(
+                [lv["length"] for lv in levels],
+                [lv["p50_us"] for lv in levels],
+                marker="o",
+                label=BACKEND_NAMES[backend],
+                color=colors[backend],
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("list length before the push")
@@ -322,10 +373,18 @@ def plots(data: dict[str, Any], out: Path, stem: str) -> list[Path]:
         for col, backend in enumerate(backends):
             for scenario, cells in data["contention"][backend].items():
                 xs = [int(w) for w in cells]
-                axes[0][col].plot(xs, [c["ops_per_s"] for c in cells.values()], marker="o",
-                                  label=SCENARIO_NAMES[scenario])
-                axes[1][col].plot(xs, [c["p99_us"] / 1000 for c in cells.values()],
-                                  marker="o", label=SCENARIO_NAMES[scenario])
+                axes[0][col].plot(
+                    xs,
+                    [c["ops_per_s"] for c in cells.values()],
+                    marker="o",
+                    label=SCENARIO_NAMES[scenario],
+                )
+                axes[1][col].plot(
+                    xs,
+                    [c["p99_us"] / 1000 for c in cells.values()],
+                    marker="o",
+                    label=SCENARIO_NAMES[scenario],
+                )
             axes[0][col].set_title(f"{BACKEND_NAMES[backend]}: throughput")
             axes[0][col].set_ylabel("ops/s")
             axes[1][col].set_title(f"{BACKEND_NAMES[backend]}: p99 latency")
@@ -384,7 +443,7 @@ figures are in [`{json}`](../bench/results/{json}). Nothing in the test suite as
   medians over rounds; ratios are taken *within* a round and the median reported; p50/p99 are
   over every call of every round.
 - **Lost updates are counted, not assumed:** the stored counter is read before and after every
-  contention cell; `lost = calls that returned − stored increase`.
+  contention cell; `lost = calls that returned - stored increase`.
 - **Peers** run in their own virtual environment (created on demand from PyPI), driven by
   [`bench/peers_worker.py`](../bench/peers_worker.py), which prints JSON; each does the same
   logical work — a counter per user, read-modify-write as application code writes it — from 1

@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import contention, growth, operations, peers, report, web
+from . import contention, growth, operations, peers, report, scripting, web
 from .common import ROOT, Sizes, backend, log, machine_info, postgres_base_url, postgres_problem
 
-SECTIONS = ("ops", "contention", "growth", "http", "peers")
+SECTIONS = ("ops", "contention", "growth", "http", "scripts", "peers")
 BACKENDS = ("memory", "sqlite", "postgres")
 
 
@@ -81,12 +81,14 @@ async def collect(args: argparse.Namespace, sizes: Sizes, tmp: Path) -> dict[str
         t0 = time.perf_counter()
         results["http"] = await asyncio.to_thread(web.http, sizes)
         log(f"http: {time.perf_counter() - t0:.1f} s")
+    if "scripts" in only:
+        t0 = time.perf_counter()
+        results["scripts"] = await asyncio.to_thread(scripting.scripts, sizes)
+        log(f"scripts: {time.perf_counter() - t0:.1f} s")
     run_peers = "peers" in only and not args.no_peers and (not sizes.quick or args.peers)
     if run_peers:
         t0 = time.perf_counter()
-        results["peers"] = await asyncio.to_thread(
-            peers.peers, sizes, tmp, pg_problem, True
-        )
+        results["peers"] = await asyncio.to_thread(peers.peers, sizes, tmp, pg_problem, True)
         log(f"peers: {time.perf_counter() - t0:.1f} s")
     elif "peers" in only:
         results["skipped"]["peers"] = (
