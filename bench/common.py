@@ -67,19 +67,19 @@ class Sizes:
     def full(cls) -> Sizes:
         return cls(
             quick=False,
-            rounds=5,
+            rounds=4,
             seconds=0.4,
             writers=(1, 8, 32),
             contention_seconds=0.5,
-            contention_rounds=3,
+            contention_rounds=2,
             growth=(1_000, 10_000, 100_000, 1_000_000),
             growth_calls=200,
             push_lengths=(10, 100, 1_000, 10_000, 100_000),
             push_calls=100,
             http_rounds=3,
-            http_requests=2000,
+            http_requests=800,
             http_sse=200,
-            peer_seconds=1.5,
+            peer_seconds=1.0,
             peer_rounds=2,
         )
 

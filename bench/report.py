@@ -99,6 +99,81 @@ def peers_table(data: dict[str, Any]) -> str:
     )
 
 
+def targets_table(data: dict[str, Any]) -> str:
+    """Issue 11's targets, each with this run's figure (a ratio taken within the run)."""
+    rows: list[list[str]] = []
+
+    def add(target: str, backend: str, value: float | None, ok: bool | None, how: str) -> None:
+        if value is None:
+            return
+        verdict = "—" if ok is None else ("met" if ok else "**not met**")
+        rows.append([target, BACKEND_NAMES[backend], f"{value:.2f}", verdict, how])
+
+    def cell(backend: str, scenario: str, writers: str) -> dict[str, Any] | None:
+        return data.get("contention", {}).get(backend, {}).get(scenario, {}).get(writers)
+
+    for b in ("sqlite", "postgres"):
+        run = data.get("ops", {}).get(b, {}).get("run")
+        if run:
+            v = run["vs_in_run_inc"]
+            add("runs/s ≥ 0.75 x in-run op rate", b, v, v >= 0.75, "runs/s ÷ in-run inc_state/s")
+    h = data.get("http")
+    if h:
+        v = h["cpu_ratio"]
+        add(
+            "HTTP action CPU ≤ 1.3 x bare FastAPI",
+            "sqlite",
+            v,
+            v <= 1.3,
+            "server CPU/request, flowstate ÷ bare",
+        )
+    for b in ("sqlite", "postgres"):
+        one, eight = cell(b, "inc_one_user", "1"), cell(b, "inc_one_user", "8")
+        if one and eight and one["ops_per_s"]:
+            v = eight["ops_per_s"] / one["ops_per_s"]
+            add(
+                "8 writers on 1 record ≥ 1.5 x 1 writer, 0 lost",
+                b,
+                v,
+                v >= 1.5 and eight["lost"] == 0,
+                "in-run inc_state, 8 ÷ 1 writers",
+            )
+    upd, floor = cell("postgres", "update_one_user", "8"), cell("postgres", "floor", "8")
+    if upd and floor and upd["ops_per_s"]:
+        v = floor["ops_per_s"] / upd["ops_per_s"]
+        add(
+            "contended CAS on 1 record ≤ 1.3 x floor",
+            "postgres",
+            v,
+            v <= 1.3,
+            "raw CAS ÷ update_state, 8 writers",
+        )
+    one, eight = cell("postgres", "runs_own_users", "1"), cell("postgres", "runs_own_users", "8")
+    if one and eight and one["ops_per_s"]:
+        v = eight["ops_per_s"] / one["ops_per_s"]
+        add(
+            "8 writers on 8 users ≥ 2 x 1 writer",
+            "postgres",
+            v,
+            v >= 2,
+            "runs/s, 8 ÷ 1 writers (own users)",
+        )
+    for b, levels in data.get("push", {}).items():
+        by = {lv["length"]: lv["p50_us"] for lv in levels}
+        if 100 in by and 100_000 in by:
+            v = by[100_000] / by[100]
+            add(
+                "push onto 100,000 items ≤ 2 x onto 100",
+                b,
+                v,
+                v <= 2,
+                "push_state p50, 100,000 ÷ 100 items",
+            )
+    if not rows:
+        return ""
+    return _table(["target (issue 11)", "backend", "this run", "", "measured as"], rows, "llrll")
+
+
 def ops_table(data: dict[str, Any]) -> str:
     rows = []
     for backend, series in data.get("ops", {}).items():
@@ -283,6 +358,7 @@ def tables(data: dict[str, Any], image_dir: str | None) -> str:
 
     stem = data.get("_stem", "")
     section("flowstate and LangGraph: a counter per user", peers_table(data))
+    section("Targets", targets_table(data))
     section("Per operation, next to the raw driver floor", ops_table(data))
     section("Whole runs next to the in-run operation rate", runs_table(data))
     section("Contention", contention_table(data), f"{stem}-contention.png")
@@ -477,8 +553,15 @@ comparable numbers.
 """
 
 
+NOTES_MARKER = "<!-- Hand-written notes below this line are kept when the page is regenerated. -->"
+
+
 def write_docs(data: dict[str, Any], out: Path, stem: str) -> Path:
-    """Regenerate docs/performance.md from this run, plots copied to docs/img/."""
+    """Regenerate docs/performance.md from this run, plots copied to docs/img/.
+
+    Everything above ``NOTES_MARKER`` is generated; what follows it (readings of the figures,
+    targets and their status) is carried over from the current page.
+    """
     docs = ROOT / "docs"
     img = docs / "img"
     img.mkdir(exist_ok=True)
@@ -490,5 +573,10 @@ def write_docs(data: dict[str, Any], out: Path, stem: str) -> Path:
             shutil.copyfile(src, img / src.name)
     body = tables(data, image_dir="img")
     page = docs / "performance.md"
-    page.write_text(DOCS_HEAD.format(json=f"{stem}.json") + body)
+    notes = ""
+    if page.exists() and NOTES_MARKER in page.read_text():
+        notes = page.read_text().split(NOTES_MARKER, 1)[1].lstrip("\n")
+    page.write_text(
+        DOCS_HEAD.format(json=f"{stem}.json") + body + "\n" + NOTES_MARKER + "\n\n" + notes
+    )
     return page

@@ -18,7 +18,7 @@ SCRIPT = Path(__file__).with_name("bench_scripts.py")
 
 
 def scripts(sizes: Sizes) -> dict[str, Any]:
-    ops, runs = (50, 1) if sizes.quick else (500, 5)
+    ops, runs = (50, 1) if sizes.quick else (300, 3)
     command = [sys.executable, "-P", str(SCRIPT), "--ops", str(ops), "--runs", str(runs)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
     return {

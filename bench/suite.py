@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import tempfile
 import time
@@ -40,6 +41,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-peers", action="store_true", help="skip the peers")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--name", default=None, help="result file stem (default: the date)")
+    parser.add_argument(
+        "--growth-max",
+        type=int,
+        default=None,
+        help="largest growth size (default 1,000,000; 10,000 with --quick)",
+    )
     parser.add_argument("--docs", action="store_true", help="regenerate docs/performance.md")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # harness test
     args = parser.parse_args(argv)
@@ -100,6 +107,9 @@ async def collect(args: argparse.Namespace, sizes: Sizes, tmp: Path) -> dict[str
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     sizes = Sizes.tiny() if args.tiny else Sizes.quick_sizes() if args.quick else Sizes.full()
+    if args.growth_max is not None:
+        kept = tuple(n for n in sizes.growth if n <= args.growth_max)
+        sizes = dataclasses.replace(sizes, growth=kept or (args.growth_max,))
     mode = "tiny" if args.tiny else "quick" if sizes.quick else "full"
     started = time.time()
     info = machine_info()
