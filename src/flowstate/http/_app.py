@@ -221,6 +221,16 @@ class _Api:
                         }
                         for name, b in flow.actions.items()
                     ],
+                    # Names only (never values): lets a client merge the exposed values that
+                    # state_change events carry and know when derived data needs a refetch.
+                    "clientData": {
+                        scope: {
+                            "expose": list(flow.scopes[scope].client.expose),
+                            "derived": list(flow.scopes[scope].client.derived),
+                        }
+                        for scope in ("session", "user", "project")
+                        if scope in flow.scopes
+                    },
                 }
                 for kind, flow in server.flows.items()
             ]
@@ -480,6 +490,20 @@ async def resource_items(
     return await _api(request).server.resource_items(
         session_id, name, user_id=user, prefix=prefix, after=after, limit=limit, scope=scope
     )
+
+
+@router.get(
+    "/sessions/{session_id}/stream",
+    summary="Live state/resource changes of one of your sessions and its user/project (SSE)",
+    response_class=EventSourceResponse,
+)
+async def session_stream(session_id: str, request: Request, user: User) -> Response:
+    api = _api(request)
+    info = await api.server.get_session(session_id, user_id=user)
+    topics = [f"session:{info.session_id}", f"user:{user}"]
+    if info.project_id is not None:
+        topics.append(f"project:{info.project_id}")
+    return api.sse(_watch_topics(api, topics))
 
 
 @router.get(
