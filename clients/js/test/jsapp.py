@@ -146,13 +146,17 @@ counter = define_flow(
     user=ScopeConfig(client=ClientConfig(expose=["theme"])),
 )
 
+def _doubled(view: Any) -> int:
+    return int(view.state.count) * 2
+
+
 stats = define_flow(
     "stats",
     {"add": add, "theme": theme},
     session=ScopeConfig(
-        client=ClientConfig(derived={"doubled": lambda view: view.state.count * 2})
+        client=ClientConfig(derived={"doubled": _doubled})
     ),
     user=ScopeConfig(client=ClientConfig(expose=["theme"])),
 )
 
-server = FlowServer([counter, stats])
+server = FlowServer([counter, stats], store="memory://")  # `serve --store` replaces it

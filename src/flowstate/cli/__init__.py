@@ -27,3 +27,6 @@ main.add_command(_demo)
 from ._db import db as _db  # noqa: E402
 
 main.add_command(_db)
+from ._codegen import codegen as _codegen  # noqa: E402
+
+main.add_command(_codegen)

@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..blocks import Block
 from ..clientdata import to_json
+from ..codegen import action_input_model
 from ..errors import FlowStateError, SessionNotFoundError, StateValidationError
 from ..layout import MAX_ID_BYTES
 from ..schema import describe_errors
@@ -217,7 +218,7 @@ class _Api:
                     "actions": [
                         {
                             "name": name,
-                            "input": None if b.input is None else b.input.model_json_schema(),
+                            "input": _input_schema(b),
                         }
                         for name, b in flow.actions.items()
                     ],
@@ -261,6 +262,13 @@ class _Api:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _input_schema(block: Block) -> dict[str, Any] | None:
+    """The JSON Schema an action's input is validated against (a pipeline's first step's when
+    it declares none), so a web form can offer its fields."""
+    model = action_input_model(block)
+    return None if model is None else model.model_json_schema()
 
 
 def _api(request: Request) -> _Api:
