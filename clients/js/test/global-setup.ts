@@ -39,27 +39,26 @@ async function waitUp(url: string, child: ChildProcess, log: () => string): Prom
   throw new Error(`flowstate serve did not start:\n${log()}`);
 }
 
-let child: ChildProcess | null = null;
+const children: ChildProcess[] = [];
 let dir = "";
 
-export default async function setup(project: TestProject): Promise<() => Promise<void>> {
-  dir = mkdtempSync(join(tmpdir(), "flowstate-js-"));
+async function serve(target: string, db: string, cwd: string): Promise<string> {
   const port = await freePort();
-  const here = dirname(fileURLToPath(import.meta.url));
   let output = "";
-  child = spawn(
+  const child = spawn(
     "flowstate",
-    ["serve", "jsapp:server", "--port", String(port), "--store", `sqlite:///${join(dir, "js.db")}`],
+    ["serve", target, "--port", String(port), "--store", `sqlite:///${join(dir, db)}`],
     {
-      cwd: here,
+      cwd,
       env: {
         ...process.env,
-        PYTHONPATH: [here, process.env.PYTHONPATH].filter(Boolean).join(":"),
+        PYTHONPATH: [cwd, process.env.PYTHONPATH].filter(Boolean).join(":"),
         FLOWSTATE_TOKENS: `${TOKENS.alice}:alice,${TOKENS.bob}:bob`,
       },
       stdio: ["ignore", "pipe", "pipe"],
     },
   );
+  children.push(child);
   child.on("error", (err) => {
     output += `\n${String(err)} (is the venv's flowstate on PATH?)`;
   });
@@ -67,15 +66,29 @@ export default async function setup(project: TestProject): Promise<() => Promise
   child.stderr?.on("data", (d) => (output += d));
   const url = `http://127.0.0.1:${port}`;
   await waitUp(url, child, () => output);
+  return url;
+}
+
+export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  dir = mkdtempSync(join(tmpdir(), "flowstate-js-"));
+  const here = dirname(fileURLToPath(import.meta.url));
+  const [url, demoUrl] = await Promise.all([
+    serve("jsapp:server", "js.db", here),
+    serve("flowstate.cli.demo:create_server", "demo.db", dir),
+  ]);
   project.provide("baseUrl", url);
+  project.provide("demoUrl", demoUrl);
   project.provide("tokens", TOKENS);
   return async () => {
-    if (child && child.exitCode === null) {
-      const exited = new Promise((r) => child!.once("exit", r));
-      child.kill("SIGTERM");
-      await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
-      if (child.exitCode === null) child.kill("SIGKILL");
-    }
+    await Promise.all(
+      children.map(async (child) => {
+        if (child.exitCode !== null) return;
+        const exited = new Promise((r) => child.once("exit", r));
+        child.kill("SIGTERM");
+        await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
+        if (child.exitCode === null) child.kill("SIGKILL");
+      }),
+    );
     rmSync(dir, { recursive: true, force: true });
   };
 }
@@ -83,6 +96,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
 declare module "vitest" {
   export interface ProvidedContext {
     baseUrl: string;
+    demoUrl: string;
     tokens: { alice: string; bob: string };
   }
 }

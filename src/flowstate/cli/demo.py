@@ -14,8 +14,9 @@ import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+from typing_extensions import TypedDict
 
-from ..blocks import handler
+from ..blocks import handler, sequencer
 from ..flow import ClientConfig, Flow, ScopeConfig, define_flow
 from ..http._auth import Authenticator
 from ..resources import ResourceClient, define_resource, define_resource_collection
@@ -59,7 +60,7 @@ class FileState(BaseModel):
     size: int = 0
 
 
-def _artifact_list(state: Artifacts) -> list[dict[str, Any]]:
+def _artifact_list(state: Artifacts) -> list[ArtifactSummary]:
     return [
         {"id": i, "title": state.byId[i].title, "tags": state.byId[i].tags}
         for i in state.order
@@ -96,17 +97,24 @@ class ThemeInput(BaseModel):
     theme: Literal["light", "dark"]
 
 
+# ``examples`` are what the web page prefills an action's form with (they must succeed).
 class ArtifactInput(BaseModel):
-    id: str = Field(min_length=1, max_length=100)
-    title: str
-    content: str = ""
-    tags: list[str] = Field(default_factory=list)
+    id: str = Field(min_length=1, max_length=100, examples=["design-doc"])
+    title: str = Field(examples=["Design doc"])
+    content: str = Field(default="", examples=["# Design\n\n- keep state typed"])
+    tags: list[str] = Field(default_factory=list, examples=[["draft"]])
 
 
 class FileInput(BaseModel):
-    path: str = Field(min_length=1)
-    content: str = ""
-    language: str = "text"
+    path: str = Field(min_length=1, examples=["notes/todo.md"])
+    content: str = Field(default="", examples=["- [ ] try the inspector"])
+    language: str = Field(default="text", examples=["markdown"])
+
+
+class ArtifactSummary(TypedDict):
+    id: str
+    title: str
+    tags: list[str]
 
 
 @handler(name="counter", input=IncrementInput, session_state=Counter)
@@ -161,6 +169,26 @@ def _file_list(view: Any) -> list[str]:
     return sorted(view.resources.get("files", {}))
 
 
+# Derived client data with return annotations: `flowstate codegen ts` types them.
+def _message_count(view: Any) -> int:
+    return int(view.state.messageCount)
+
+
+def _mode(view: Any) -> Literal["chat", "agent"]:
+    mode: Literal["chat", "agent"] = view.state.mode
+    return mode
+
+
+def _artifacts(view: Any) -> list[ArtifactSummary]:
+    return _artifact_list(view.resources["artifacts"])
+
+
+@handler(name="summary")
+async def summary(input: Any, ctx: Context) -> dict[str, Any]:
+    """The pipeline's last step: report what the count step returned."""
+    return {"summary": f"{input['messageCount']} messages so far", **input}
+
+
 def demo_flow() -> Flow:
     """The ``demo`` flow (built fresh each call)."""
     return define_flow(
@@ -171,14 +199,16 @@ def demo_flow() -> Flow:
             "theme": set_theme,
             "save_artifact": save_artifact,
             "write_file": write_file,
+            # A pipeline: its input is its first step's (IncrementInput).
+            "count_and_report": sequencer("count-and-report").then(increment).then(summary),
         },
         session=ScopeConfig(
             resources={"artifacts": artifacts, "files": files},
             client=ClientConfig(
                 derived={
-                    "messageCount": lambda view: view.state.messageCount,
-                    "mode": lambda view: view.state.mode,
-                    "artifactsList": lambda view: _artifact_list(view.resources["artifacts"]),
+                    "messageCount": _message_count,
+                    "mode": _mode,
+                    "artifactsList": _artifacts,
                     "files": _file_list,
                 }
             ),

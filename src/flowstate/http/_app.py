@@ -24,6 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -720,7 +721,9 @@ def create_app(
         if close_server:
             await server.aclose()
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load their assets from the installed package (served
+    # under /static-offline-docs), not from a CDN, so the API docs work offline.
+    app = FastAPIOffline(
         title="flowstate",
         version=__version__,
         description="Typed, scoped state for AI and automation flows. See docs/http.md.",
