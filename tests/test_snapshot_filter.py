@@ -1,4 +1,4 @@
-"""The snapshot's ``clientData`` filter (SPEC §15): only the selected client-data names come
+"""The snapshot's ``clientData`` filter: only the selected client-data names come
 back, a bare name means session, unselected derived functions are not computed, and a typo is a
 422 naming the name (never an empty answer that looks like missing data)."""
 
