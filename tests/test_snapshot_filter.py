@@ -181,3 +181,21 @@ async def test_server_snapshot_takes_the_same_selection() -> None:
         assert "resources" not in snap
         with pytest.raises(StateValidationError, match='no client data named "secret"'):
             await server.snapshot("f", run.session_id, user_id="alice", client_data=["secret"])
+
+
+async def test_python_client_passes_the_selection() -> None:
+    from flowstate.client import AsyncClient
+
+    server = make_server()
+    app = create_app(server)
+    try:
+        async with AsyncClient(app=app, token="tok-alice") as client:
+            run = await client.run("f", "go", None)
+            snap = await client.snapshot(run.session_id, client_data=["a", "user.theme"])
+            assert snap["clientData"] == {"session": {"a": 2}, "user": {"theme": "dark"}}
+            assert "resources" not in snap
+            with pytest.raises(StateValidationError) as caught:
+                await client.snapshot(run.session_id, client_data=["nope"])
+            assert caught.value.errors[0]["loc"] == ["query", "clientData"]
+    finally:
+        await server.aclose()

@@ -389,9 +389,18 @@ class AsyncClient:
 
     # ---------------------------------------------------------------- sessions and state
 
-    async def snapshot(self, session_id: str) -> dict[str, Any]:
-        """The session's client snapshot (``sessionId``, ``flowKind``, ``clientData``, …)."""
-        data: dict[str, Any] = await self._call("GET", f"/sessions/{_seg(session_id)}/state")
+    async def snapshot(
+        self, session_id: str, *, client_data: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """The session's client snapshot (``sessionId``, ``flowKind``, ``clientData``, …).
+
+        ``client_data=["count", "user.theme"]`` asks for only those names (a bare name means
+        the session scope); the answer then has no ``resources``.
+        """
+        params = None if client_data is None else {"clientData": ",".join(client_data)}
+        data: dict[str, Any] = await self._call(
+            "GET", f"/sessions/{_seg(session_id)}/state", params=params
+        )
         return data
 
     async def create_session(
@@ -683,8 +692,10 @@ class Client:
             events.close()
             self._loop.call(manager.__aexit__(None, None, None))
 
-    def snapshot(self, session_id: str) -> dict[str, Any]:
-        return self._loop.call(self._async.snapshot(session_id))
+    def snapshot(
+        self, session_id: str, *, client_data: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        return self._loop.call(self._async.snapshot(session_id, client_data=client_data))
 
     def create_session(
         self, kind: str, *, session_id: str | None = None, project_id: str | None = None
