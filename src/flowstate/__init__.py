@@ -27,6 +27,7 @@ from .errors import (
     SchemaConflictError,
     SessionNotFoundError,
     StateValidationError,
+    StoreUnavailableError,
 )
 from .values import (
     Event,
@@ -145,6 +146,7 @@ __all__ = [
     "SessionNotFoundError",
     "StateHandle",
     "StateValidationError",
+    "StoreUnavailableError",
     "Store",
     "__version__",
     "define_flow",

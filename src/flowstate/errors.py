@@ -27,6 +27,7 @@ __all__ = [
     "SchemaConflictError",
     "SessionNotFoundError",
     "StateValidationError",
+    "StoreUnavailableError",
     "status_for",
 ]
 
@@ -187,6 +188,17 @@ class AuthError(FlowStateError):
 
     code = "auth_error"
     status = 401
+
+
+class StoreUnavailableError(FlowStateError):
+    """The store cannot be reached right now (connection lost, database down, timeout).
+
+    Retryable: the store reconnects by itself and the same call succeeds once the database
+    answers again. A write that failed this way may or may not have committed.
+    """
+
+    code = "store_unavailable"
+    status = 503
 
 
 def status_for(code: str) -> int:

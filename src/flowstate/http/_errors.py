@@ -86,6 +86,8 @@ def error_response(exc: BaseException, **extra: Any) -> JSONResponse:
     headers = dict(exc.headers) if isinstance(exc, HTTPError) else {}
     if status == 401:
         headers.setdefault("WWW-Authenticate", "Bearer")
+    if status == 503:  # store_unavailable: the store reconnects by itself; try again soon
+        headers.setdefault("Retry-After", "1")
     return JSONResponse({"error": body, **extra}, status_code=status, headers=headers or None)
 
 

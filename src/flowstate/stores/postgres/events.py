@@ -34,13 +34,13 @@ class Events:
         self,
         *,
         url: str,
-        dsn: str,
+        connect: Callable[[], Awaitable[Connection]],
         schema: str | None,
         get_pool: Callable[[], Awaitable[Pool]],
         broker: Broker,
     ) -> None:
         self.url = url
-        self.dsn = dsn
+        self.connect = connect
         self.schema = schema
         self.get_pool = get_pool
         self.broker = broker
@@ -136,15 +136,25 @@ class Events:
         self.inbox.put_nowait(payload)
 
     def _on_lost(self, conn: Connection) -> None:
+        """The LISTEN connection died (terminated, server restart, network): listen again.
+
+        Notifications sent while no connection listens are lost (live events are best
+        effort); subscribers resynchronise from a snapshot.
+        """
         if conn is self.conn and not self.closed:
             self.conn = None
+            log.warning("flowstate: event listener connection lost; reconnecting")
             self.reconnecting = asyncio.ensure_future(self._reconnect())
 
     async def _connect(self) -> None:
-        conn = await asyncpg.connect(self.dsn, server_settings={"application_name": "flowstate"})
+        conn = await self.connect()
+        try:
+            for channel in self.channels:
+                await conn.add_listener(channel, self._on_notify)
+        except BaseException:
+            conn.terminate()
+            raise
         conn.add_termination_listener(self._on_lost)
-        for channel in self.channels:
-            await conn.add_listener(channel, self._on_notify)
         self.conn = conn
         if self.dispatcher is None:
             self.dispatcher = asyncio.create_task(self._dispatch(), name="flowstate-pg-listen")
@@ -156,8 +166,8 @@ class Events:
                 async with self.lock:
                     if self.conn is None and not self.closed:
                         await self._connect()
-            except (OSError, asyncpg.PostgresError) as exc:
-                log.warning("flowstate: event listener reconnect failed: %s", exc)
+            except Exception as exc:  # down for now (refused, timed out, shutting down …)
+                log.warning("flowstate: event listener reconnect failed: %r", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

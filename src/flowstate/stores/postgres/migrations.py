@@ -138,15 +138,30 @@ class Config:
     min_size: int
     max_size: int
     cache_size: int
+    application_name: str = "flowstate"
+    connect_timeout: float = 5.0
+    command_timeout: float = 60.0
 
     @property
     def server_settings(self) -> dict[str, str]:
-        settings = {"application_name": "flowstate"}
+        settings = {"application_name": self.application_name}
         if self.schema is not None:
             settings["search_path"] = quote_ident(self.schema)
         return settings
 
 
+_OPTIONS = frozenset(
+    {
+        "schema",
+        "migrate",
+        "min_size",
+        "max_size",
+        "cache_size",
+        "application_name",
+        "connect_timeout",
+        "command_timeout",
+    }
+)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -159,7 +174,7 @@ def parse_url(url: str) -> Config:
     ours: dict[str, str] = {}
     rest: list[tuple[str, str]] = []
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name in ("schema", "migrate", "min_size", "max_size", "cache_size"):
+        if name in _OPTIONS:
             ours[name] = value
         else:
             rest.append((name, value))
@@ -172,8 +187,24 @@ def parse_url(url: str) -> Config:
     dsn = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(rest), parts.fragment))
     min_size = int(ours.get("min_size", "1"))
     max_size = max(int(ours.get("max_size", "10")), min_size, 1)
+    timeouts = {}
+    for name, default in (("connect_timeout", 5.0), ("command_timeout", 60.0)):
+        try:
+            timeouts[name] = float(ours.get(name, default))
+        except ValueError:
+            raise ValueError(f"{name} must be a number of seconds, got {ours[name]!r}") from None
+        if not timeouts[name] > 0:
+            raise ValueError(f"{name} must be a positive number of seconds, got {ours[name]!r}")
     return Config(
-        dsn, schema, flag in _TRUE, min_size, max_size, int(ours.get("cache_size", "4096"))
+        dsn,
+        schema,
+        flag in _TRUE,
+        min_size,
+        max_size,
+        int(ours.get("cache_size", "4096")),
+        ours.get("application_name") or "flowstate",
+        timeouts["connect_timeout"],
+        timeouts["command_timeout"],
     )
 
 
@@ -228,7 +259,11 @@ async def migrate(url: str) -> int:
     Idempotent and safe to run from several processes at once. Returns the schema version.
     """
     config = parse_url(url)
-    conn = await asyncpg.connect(config.dsn)
+    conn = await asyncpg.connect(
+        config.dsn,
+        timeout=config.connect_timeout,
+        server_settings={"application_name": config.application_name},
+    )
     try:
         return await migrate_conn(conn, config.schema)
     finally:

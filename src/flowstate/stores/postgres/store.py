@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
-from ...errors import StateValidationError
+from ...errors import StateValidationError, StoreUnavailableError
 from ...ops import UNCHANGED, Change, Mutation
 from ..base import Applied, Cap, Created, Record, Store, prefix_end
 from .cache import Cache, Encoded, Entry, KeyLocks, dumps
@@ -37,8 +38,55 @@ __all__ = ["PostgresStore"]
 log = logging.getLogger("flowstate.stores.postgres")
 
 T = TypeVar("T")
+P = ParamSpec("P")
 Connection = Any  # asyncpg ships no type information
 Pool = Any
+
+# What a lost or refused connection raises: the network (OSError, including timeouts), the
+# driver (a closed or detached connection), the server going away (class 08, and 57P0x:
+# terminated by an administrator, shutting down, starting up) or refusing more connections.
+LOST = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.InternalClientError,  # a connection left mid-protocol by a loss
+)
+
+
+Method = Callable[Concatenate["PostgresStore", P], Coroutine[Any, Any, T]]
+
+
+def _alive(conn: Connection) -> bool:
+    """Whether a kept pool connection can still be used (a lost one is detached by the pool)."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False
+
+
+def _reachable(*, retry: bool = False) -> Callable[[Method[P, T]], Method[P, T]]:
+    """Turn a lost connection into :class:`StoreUnavailableError` (``retry``: once more first,
+    for reads, which the pool serves on a fresh connection)."""
+
+    def wrap(fn: Method[P, T]) -> Method[P, T]:
+        @functools.wraps(fn)
+        async def call(self: PostgresStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return await fn(self, *args, **kwargs)
+            except LOST as exc:
+                if not retry or self._closed:
+                    raise self._unavailable(exc) from exc
+            try:
+                return await fn(self, *args, **kwargs)
+            except LOST as exc:
+                raise self._unavailable(exc) from exc
+
+        return call
+
+    return wrap
 
 
 class PostgresStore(Store):
@@ -93,7 +141,11 @@ class PostgresStore(Store):
                 self._pending, self._flushers, self._flush_tasks = [], 0, set()
                 self._writer_conn = None
             config = self._config
-            conn = await asyncpg.connect(config.dsn)
+            conn = await asyncpg.connect(
+                config.dsn,
+                timeout=config.connect_timeout,
+                server_settings={"application_name": config.application_name},
+            )
             try:
                 if config.migrate:
                     await migrate_conn(conn, config.schema)
@@ -111,10 +163,32 @@ class PostgresStore(Store):
                 min_size=min(config.min_size, config.max_size),
                 max_size=config.max_size,
                 server_settings=config.server_settings,
+                timeout=config.connect_timeout,
+                command_timeout=config.command_timeout,
                 **POOL_OPTIONS,
             )
             self._pool_loop = loop
             return self._pool
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
+        """The error a caller gets while the database cannot be reached (logged with detail)."""
+        writer = self._writer_conn
+        if writer is not None and not _alive(writer):
+            self._writer_conn = None
+        log.warning("flowstate: PostgreSQL store unavailable: %r", exc)
+        return StoreUnavailableError(
+            "the store is unavailable (the PostgreSQL connection was lost or refused); "
+            "nothing is known to have been written; retry shortly"
+        )
+
+    async def _connect_listener(self) -> Connection:
+        """A connection of its own for LISTEN (kept outside the pool)."""
+        config = self._config
+        return await asyncpg.connect(
+            config.dsn,
+            timeout=config.connect_timeout,
+            server_settings=config.server_settings,
+        )
 
     async def _transact(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
         """Run ``fn`` in a transaction, again on deadlocks and lost insert races."""
@@ -161,6 +235,7 @@ class PostgresStore(Store):
         )
         return entry, record
 
+    @_reachable(retry=True)
     async def read(self, key: str, fields: frozenset[str] | None = None) -> Record | None:
         pool = await self._get_pool()
         async with pool.acquire() as conn:
@@ -189,17 +264,23 @@ class PostgresStore(Store):
                         written = await self._write_alone(conn, job)
                 else:  # a connection kept for these writes: no pool round trip per write
                     conn = self._writer_conn
-                    if conn is None or conn.is_closed():
+                    if conn is not None and not _alive(conn):  # lost while kept: take another
+                        self._writer_conn = conn = None
+                    if conn is None:
                         conn = self._writer_conn = await pool.acquire()
                     try:
                         written = await self._write_alone(conn, job)
-                    except (StateValidationError, asyncpg.PostgresError):
-                        raise  # the statement failed, the connection is fine
-                    except BaseException:  # cancelled or broken mid-statement: not reusable
-                        self._writer_conn = None
-                        with contextlib.suppress(BaseException):
-                            conn.terminate()
-                            await pool.release(conn)
+                    except BaseException as exc:
+                        statement_failed = isinstance(
+                            exc, (StateValidationError, asyncpg.PostgresError)
+                        ) and not isinstance(exc, LOST)
+                        if not statement_failed:  # lost, cancelled or broken: not reusable
+                            if self._writer_conn is conn:
+                                self._writer_conn = None
+                            with contextlib.suppress(BaseException):
+                                conn.terminate()
+                            with contextlib.suppress(BaseException):
+                                await pool.release(conn)
                         raise
             finally:
                 self._flushers -= 1
@@ -283,6 +364,7 @@ class PostgresStore(Store):
             if not isinstance(exc, Exception):
                 raise
 
+    @_reachable()
     async def apply(self, key: str, change: Change, *, touch: bool = False) -> Applied:
         pool = await self._get_pool()
         names = fields_to_load(change)
@@ -405,6 +487,7 @@ class PostgresStore(Store):
             return Applied("committed", written.version, mutation)
         raise RuntimeError(f"flowstate: could not write {key!r}: the record keeps being recreated")
 
+    @_reachable()
     async def create(
         self,
         key: str,
@@ -496,6 +579,7 @@ class PostgresStore(Store):
             self._cache.put(key, Entry(created.version, gen, encoded, None, content, True))
         return created
 
+    @_reachable()
     async def delete(self, key: str) -> Record | None:
         pool = await self._get_pool()
         self._cache.drop(key)
@@ -509,6 +593,7 @@ class PostgresStore(Store):
         fields = {n: json.loads(v) for n, v in zip(fnames or (), fvalues or (), strict=True)}
         return Record(key, version, fields, content, created_at, accessed_at)
 
+    @_reachable()
     async def delete_prefix(self, prefix: str) -> int:
         pool = await self._get_pool()
         try:
@@ -517,10 +602,12 @@ class PostgresStore(Store):
             self._cache.drop_prefix(prefix)
         return int(n)
 
+    @_reachable()
     async def touch(self, key: str) -> None:
         pool = await self._get_pool()
         await pool.execute(f"UPDATE fs_records SET accessed_at = {NOW} WHERE key = $1", key)
 
+    @_reachable(retry=True)
     async def scan(
         self, prefix: str, *, after: str | None = None, limit: int | None = None
     ) -> list[str]:
@@ -536,6 +623,7 @@ class PostgresStore(Store):
             args.append(max(limit, 0))
         return [r[0] for r in await pool.fetch(sql, *args)]
 
+    @_reachable(retry=True)
     async def count(self, prefix: str) -> int:
         pool = await self._get_pool()
         n = await pool.fetchval(
@@ -551,7 +639,7 @@ class PostgresStore(Store):
         if self._events is None or self._events.loop is not asyncio.get_running_loop():
             self._events = Events(
                 url=self.url,
-                dsn=self._config.dsn,
+                connect=self._connect_listener,
                 schema=self._config.schema,
                 get_pool=self._get_pool,
                 broker=self.broker,
@@ -572,10 +660,13 @@ class PostgresStore(Store):
 
     @contextlib.asynccontextmanager
     async def subscribe(self, topic: str) -> AsyncIterator[asyncio.Queue[Any]]:
-        await self._get_pool()
         hub = self._event_hub()
         async with self.broker.listen(topic) as queue:
-            await hub.add(topic)
+            try:
+                await self._get_pool()
+                await hub.add(topic)
+            except LOST as exc:
+                raise self._unavailable(exc) from exc
             try:
                 yield queue
             finally:
