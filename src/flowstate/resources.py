@@ -7,6 +7,8 @@ contend. A collection stores its instances under its own key namespace; keys are
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -140,6 +142,30 @@ class ResourceCollectionDefinition:
         object.__setattr__(self, "schema", Schema.of(self.state))
 
 
+def _check_hook(pattern: str, name: str, hook: Any) -> None:
+    """Hooks are synchronous: they run after the write commits and are not awaited, so an
+    ``async def`` hook would silently never run."""
+    if hook is None:
+        return
+    if not callable(hook):
+        raise DefinitionError(f'collection "{pattern}": {name} must be callable, got {hook!r}')
+    target = hook
+    while isinstance(target, functools.partial):
+        target = target.func
+    is_async = inspect.iscoroutinefunction(target) or (
+        not inspect.isfunction(target)
+        and not inspect.ismethod(target)
+        and inspect.iscoroutinefunction(getattr(target, "__call__", None))  # noqa: B004
+    )
+    if is_async:
+        label = getattr(hook, "__name__", type(hook).__name__)
+        raise DefinitionError(
+            f'collection "{pattern}": {name} must be a plain (synchronous) function, got async '
+            f"function {label!r}; hooks run after the write commits and are not awaited, so "
+            "an async hook would never run (do async work in a block instead)"
+        )
+
+
 def define_resource_collection(
     pattern: str,
     state: type[BaseModel] | None = None,
@@ -169,6 +195,12 @@ def define_resource_collection(
             f'collection "{pattern}": eviction="{eviction}" needs max_instances (without a cap '
             "there is nothing to evict)"
         )
+    for hook_name, hook in (
+        ("on_instance_created", on_instance_created),
+        ("on_instance_updated", on_instance_updated),
+        ("on_instance_deleted", on_instance_deleted),
+    ):
+        _check_hook(pattern, hook_name, hook)
     return ResourceCollectionDefinition(
         parsed,
         _state_model(state, "collection"),

@@ -9,9 +9,11 @@ operation is a :class:`~flowstate.ops.Change` applied atomically by the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
@@ -62,6 +64,28 @@ class Commit:
 
 
 Listener = Callable[[Commit], Awaitable[None] | None]
+
+# The keys whose turn the current task holds, so a write nested in a write of the same record
+# (an update_state function that writes, which it must not, but may) does not wait for itself.
+_HELD: ContextVar[frozenset[tuple[int, str]]] = ContextVar("flowstate_turns", default=frozenset())
+
+
+@contextlib.asynccontextmanager
+async def _turn(store: Store, key: str) -> AsyncIterator[None]:
+    """Writers of one record in this process take turns: a read-resolve-write cycle
+    (``update_state``'s compare-and-swap) is never overtaken by another writer of this process,
+    so its retries are only for writers in other processes."""
+    mark = (id(store), key)
+    held = _HELD.get()
+    if mark in held:
+        yield
+        return
+    async with store.turns.hold(key):
+        token = _HELD.set(held | {mark})
+        try:
+            yield
+        finally:
+            _HELD.reset(token)
 
 
 class StateCell:
@@ -126,10 +150,11 @@ class StateCell:
     async def apply(self, change: Change) -> bool:
         """Apply a change through the store; update the cache; tell the listener."""
         self._fail_read_only()
-        try:
-            result = await self.store.apply(self.key, change)
-        except StateValidationError as exc:
-            raise exc.with_scope(self.scope, self.label) from None
+        async with _turn(self.store, self.key):
+            try:
+                result = await self.store.apply(self.key, change)
+            except StateValidationError as exc:
+                raise exc.with_scope(self.scope, self.label) from None
         return await self._settle(result, change)
 
     async def _settle(self, result: Applied, change: Change) -> bool:
@@ -167,6 +192,10 @@ class StateCell:
     async def update(self, fn: Callable[[dict[str, Any]], Any], operation: str) -> bool:
         """Optimistic read-modify-write: ``fn(values)`` → a Change, retried on conflict."""
         self._fail_read_only()
+        async with _turn(self.store, self.key):
+            return await self._update(fn, operation)
+
+    async def _update(self, fn: Callable[[dict[str, Any]], Any], operation: str) -> bool:
         policy = self.retry
         for attempt in range(1, policy.max_attempts + 1):
             if attempt > 1:

@@ -15,6 +15,7 @@ compare-and-swap through ``Change.expected_version``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from abc import ABC, abstractmethod
 from collections import defaultdict
@@ -29,6 +30,7 @@ __all__ = [
     "Broker",
     "Cap",
     "Created",
+    "KeyLocks",
     "Record",
     "Store",
     "prefix_end",
@@ -121,6 +123,57 @@ class Broker:
                 del self._queues[topic]
 
 
+class KeyLocks:
+    """A queue per key in use, so writers of one key in this process take turns.
+
+    A key is held while it is in ``_waiters``; its deque holds the futures of those waiting.
+    Cheaper than an ``asyncio.Lock`` per key, which would be created and dropped per write.
+    """
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, collections.deque[asyncio.Future[None]]] = {}
+
+    def hold(self, key: str) -> _Turn:
+        return _Turn(self, key)
+
+    def _release(self, key: str) -> None:
+        waiters = self._waiters[key]
+        while waiters:
+            future = waiters.popleft()
+            if not future.done():
+                future.set_result(None)  # the key passes to that waiter
+                return
+        del self._waiters[key]
+
+
+class _Turn:
+    __slots__ = ("key", "locks")
+
+    def __init__(self, locks: KeyLocks, key: str) -> None:
+        self.locks = locks
+        self.key = key
+
+    async def __aenter__(self) -> None:
+        waiters = self.locks._waiters.get(self.key)
+        if waiters is None:
+            self.locks._waiters[self.key] = collections.deque()
+            return
+        future = asyncio.get_running_loop().create_future()
+        waiters.append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.locks._release(self.key)  # handed the key, but leaving: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    waiters.remove(future)
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.locks._release(self.key)
+
+
 class Store(ABC):
     """A flowstate storage backend.
 
@@ -132,6 +185,8 @@ class Store(ABC):
 
     def __init__(self) -> None:
         self.broker = Broker()
+        self.turns = KeyLocks()
+        """Writers of one key in this process take turns here (see ``StateCell``)."""
 
     @abstractmethod
     async def read(self, key: str, fields: frozenset[str] | None = None) -> Record | None:

@@ -3,9 +3,6 @@ never trusted), mutations encoded as JSON text, and per-key turns for writers.""
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 import dataclasses
 import json
 from collections import OrderedDict
@@ -14,7 +11,7 @@ from typing import Any
 from ...errors import StateValidationError
 from ...ops import UNCHANGED, Mutation
 
-__all__ = ["Cache", "Encoded", "Entry", "KeyLocks", "append_text", "dumps"]
+__all__ = ["Cache", "Encoded", "Entry", "append_text", "dumps"]
 
 
 def dumps(value: Any, name: str) -> str:
@@ -167,54 +164,3 @@ class Cache:
     def clear(self) -> None:
         self._entries.clear()
         self._bytes = 0
-
-
-class KeyLocks:
-    """A queue per key in use, so writers of one key in this process take turns.
-
-    A key is held while it is in ``_waiters``; its deque holds the futures of those waiting.
-    Cheaper than an ``asyncio.Lock`` per key, which would be created and dropped per write.
-    """
-
-    def __init__(self) -> None:
-        self._waiters: dict[str, collections.deque[asyncio.Future[None]]] = {}
-
-    def hold(self, key: str) -> _Turn:
-        return _Turn(self, key)
-
-    def _release(self, key: str) -> None:
-        waiters = self._waiters[key]
-        while waiters:
-            future = waiters.popleft()
-            if not future.done():
-                future.set_result(None)  # the key passes to that waiter
-                return
-        del self._waiters[key]
-
-
-class _Turn:
-    __slots__ = ("key", "locks")
-
-    def __init__(self, locks: KeyLocks, key: str) -> None:
-        self.locks = locks
-        self.key = key
-
-    async def __aenter__(self) -> None:
-        waiters = self.locks._waiters.get(self.key)
-        if waiters is None:
-            self.locks._waiters[self.key] = collections.deque()
-            return
-        future = asyncio.get_running_loop().create_future()
-        waiters.append(future)
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self.locks._release(self.key)  # handed the key, but leaving: pass it on
-            else:
-                with contextlib.suppress(ValueError):
-                    waiters.remove(future)
-            raise
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.locks._release(self.key)

@@ -16,8 +16,8 @@ import asyncpg  # type: ignore[import-untyped]
 
 from ...errors import StateValidationError, StoreUnavailableError
 from ...ops import UNCHANGED, Change, Mutation
-from ..base import Applied, Cap, Created, Record, Store, prefix_end
-from .cache import Cache, Encoded, Entry, KeyLocks, dumps
+from ..base import Applied, Cap, Created, KeyLocks, Record, Store, prefix_end
+from .cache import Cache, Encoded, Entry, dumps
 from .events import Events
 from .migrations import check_version, migrate_conn, parse_url, quote_ident
 from .sql import (
