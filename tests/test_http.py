@@ -314,6 +314,7 @@ def test_every_error_code_has_its_status() -> None:
         "session_not_found": 404,
         "definition_error": 500,
         "auth_error": 401,
+        "store_unavailable": 503,
     }
     assert status_for("request_not_found") == 404 and status_for("anything_else") == 500
 

@@ -187,7 +187,7 @@ async def test_the_event_listener_listens_again_after_its_connection_is_terminat
                 await sender.flush_events()
                 try:
                     got = await asyncio.wait_for(queue.get(), 0.2)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     assert time.monotonic() < deadline, "events did not resume"
                     continue
                 assert got["n"] >= 1

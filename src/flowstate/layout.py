@@ -63,9 +63,7 @@ def check_text(value: object, what: str, *, max_bytes: int) -> str:
             f"{what} must be valid Unicode (it contains a lone surrogate)"
         ) from None
     if size > max_bytes:
-        raise KeyPatternError(
-            f"{what} {value[:40]!r}… is longer than {max_bytes} bytes (UTF-8)"
-        )
+        raise KeyPatternError(f"{what} {value[:40]!r}… is longer than {max_bytes} bytes (UTF-8)")
     if _CONTROL.search(value) is not None:
         raise KeyPatternError(f"{what} {value!r} must not contain control characters or NUL")
     return value

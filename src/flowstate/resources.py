@@ -311,6 +311,7 @@ class CollectionRef:
             writable=definition.writable,
             must_exist=True,
             listener=self._on_commit,
+            guard=self._binding.guard,
         )
         return ResourceRef(cell, name=self.name, key=storage_key)
 
@@ -351,7 +352,7 @@ class CollectionRef:
         d = self.definition
         cap = Cap(self._root, d.max_instances, d.eviction) if d.max_instances else None
         created = await self._binding.store.create(
-            self._root + storage_key, values, replace=replace, cap=cap
+            self._root + storage_key, values, replace=replace, cap=cap, guard=self._binding.guard
         )
         if created.status == "exists":
             raise ResourceAlreadyExistsError(
@@ -478,7 +479,9 @@ class CollectionRef:
     async def delete(self, key: str | Mapping[str, object]) -> bool:
         """Delete an instance; a missing one is a no-op (returns False)."""
         storage_key = self.resolve_key(key)
-        record = await self._binding.store.delete(self._root + storage_key)
+        record = await self._binding.store.delete(
+            self._root + storage_key, guard=self._binding.guard
+        )
         if record is None:
             return False
         await self._binding.emit_resource_change(storage_key, "deleted")

@@ -22,7 +22,7 @@ from .resources import (
 )
 from .schema import Schema
 from .state import Commit, RetryPolicy, StateCell, StateHandle
-from .stores.base import Store
+from .stores.base import Guard, Store
 
 __all__ = ["ScopeBinding", "ScopeHandle"]
 
@@ -46,8 +46,11 @@ class ScopeBinding:
         retry: RetryPolicy | None = None,
         expose: frozenset[str] = frozenset(),
         emit: Emit | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.store = store
+        self.guard = guard
+        """Every write of this scope commits only while this holds (a session's binding)."""
         self.scope = scope
         self.scope_id = scope_id
         self.root = root
@@ -64,6 +67,7 @@ class ScopeBinding:
             scope=scope,
             retry=self.retry,
             listener=self._on_state_commit,
+            guard=guard,
         )
         self.registry = ResourceRegistry(self)
         self._static: dict[str, ResourceRef] = {}
@@ -109,6 +113,7 @@ class ScopeBinding:
                 writable=definition.writable,
                 initial_content=definition.content,
                 listener=on_commit,
+                guard=self.guard,
             )
             ref = ResourceRef(cell, name=name, key=name, render=definition.render)
             self._static[name] = ref

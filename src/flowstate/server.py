@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import logging
 import time
 import uuid
 import warnings
@@ -36,16 +39,51 @@ from .layout import (
     user_session_key,
     user_sessions_prefix,
 )
+from .ops import Change, FieldOp
 from .resources import AnyResourceDefinition, CollectionRef, ResourceCollectionDefinition
 from .runtime import Run, execute_block
+from .schema import Schema
 from .scopes import ScopeBinding
 from .sharing import check_shared_scopes
 from .stores import Store, open_store
+from .stores.base import Guard
 from .values import Event, RunResult, SessionInfo
 
 __all__ = ["FlowServer", "RunResult", "SessionInfo"]
 
+log = logging.getLogger("flowstate.server")
+
 Auth = Mapping[str, str] | Callable[[Any], Any] | None
+
+_FREE = Schema(None)
+
+
+def _incarnation(info: SessionInfo) -> Guard:
+    """Writes of a run commit only while its session binding is the one the run started on.
+
+    The binding's ``createdAt`` identifies its incarnation: deleting a session first replaces
+    it (a tombstone), and a new session of the same id is created with a new one. Checked by
+    the store in the write's own transaction, so a run that outlives its session's deletion
+    writes nothing, and a new owner of the id never inherits anything.
+    """
+    session_id = info.session_id
+
+    def gone() -> SessionNotFoundError:
+        return SessionNotFoundError(
+            f'session "{session_id}" not found: it was deleted while this run was in flight '
+            "(nothing was written)"
+        )
+
+    return Guard(session_key(session_id), "createdAt", info.created_at, gone)
+
+
+def _persisted_commits(run: Run) -> bool:
+    """Whether a run committed anything outside its request scope."""
+    return any(
+        e.type in ("state_change", "resource_change") and e.data.get("scope") != "request"
+        for e in run.events
+    )
+
 
 class FlowServer:
     """Hosts flows on one store: runs actions, streams events, serves client snapshots.
@@ -111,6 +149,8 @@ class FlowServer:
         if record is None:
             return None
         f = record.fields
+        if f.get("deleted"):  # a tombstone: the session is being (or was half) deleted
+            return None
         return SessionInfo(
             session_id, f["userId"], f["flowKind"], f.get("projectId"), f["createdAt"]
         )
@@ -143,14 +183,30 @@ class FlowServer:
         session_id = check_id(session_id or uuid.uuid4().hex, "session_id")
         info = SessionInfo(session_id, user_id, kind, project_id, time.time())
         fields = {k: v for k, v in info.to_wire().items() if k != "sessionId"}
-        created = await self.store.create(session_key(session_id), fields)
-        if created.status == "exists":
+        key = session_key(session_id)
+        for _ in range(10):
+            created = await self.store.create(key, fields)
+            if created.status != "exists":
+                break
+            record = await self.store.read(key)
+            if record is None:
+                continue  # deleted meanwhile: create it
+            if record.fields.get("deleted"):
+                # A deletion was interrupted: nothing can write there (every write of the old
+                # incarnation fails), so finish it and take the id over, once (CAS).
+                await self.store.delete_prefix(scope_root("session", session_id))
+                change = Change(_FREE, replace=fields, expected_version=record.version)
+                if (await self.store.apply(key, change)).status == "committed":
+                    break
+                continue
             existing = await self._read_session(session_id)
             if existing is None or (existing.user_id, existing.flow_kind) != (user_id, kind):
                 raise self._not_found(session_id)
             if project_id is not None and existing.project_id != project_id:
                 raise self._not_found(session_id)
             return existing
+        else:
+            raise self._not_found(session_id)
         await self.store.create(
             user_session_key(user_id, session_id),
             {"flowKind": kind, "createdAt": info.created_at},
@@ -175,18 +231,47 @@ class FlowServer:
     async def delete_session(self, session_id: str, *, user_id: str) -> bool:
         """Delete a session of this user with all its state and resources."""
         info = await self.get_session(session_id, user_id=user_id)
-        await self.store.delete_prefix(scope_root("session", info.session_id))
-        await self.store.delete(user_session_key(user_id, session_id))
-        await self.store.delete(session_key(session_id))
+        await self._purge_session(info)
         return True
+
+    async def _purge_session(self, info: SessionInfo) -> None:
+        """Delete a session so that it stays deleted (SPEC §13).
+
+        1. Tombstone the binding (a new ``createdAt``), guarded by the current incarnation:
+           from then on every write of a run on this session fails in the store, atomically.
+        2. Delete its state, resources and collections (nothing can add to them any more).
+        3. Delete the index entry and the tombstone. A crash in between leaves a tombstone,
+           which reads as no session; creating the id again finishes the deletion first.
+        """
+        key = session_key(info.session_id)
+        stamp = -time.time()  # never a creation time
+        ops = (FieldOp("set", "deleted", True), FieldOp("set", "createdAt", stamp))
+        try:
+            await self.store.apply(key, Change(_FREE, ops=ops), guard=_incarnation(info))
+        except SessionNotFoundError:
+            return  # deleted (or replaced) concurrently
+        await self.store.delete_prefix(scope_root("session", info.session_id))
+        await self.store.delete(user_session_key(info.user_id, info.session_id))
+        tombstone = dataclasses.replace(info, created_at=stamp)
+        with contextlib.suppress(SessionNotFoundError):  # taken over meanwhile: keep it
+            await self.store.delete(key, guard=_incarnation(tombstone))
+
+    async def _purge_if_empty(self, info: SessionInfo) -> None:
+        """Delete a session that holds nothing (another writer may have written to it)."""
+        if not await self.store.scan(scope_root("session", info.session_id), limit=1):
+            await self._purge_session(info)
 
     # ------------------------------------------------------------------ bindings
 
-    def _bindings(self, flow: Flow, run: Run) -> dict[str, ScopeBinding]:
+    def _bindings(
+        self, flow: Flow, run: Run, session_guard: Guard | None = None
+    ) -> dict[str, ScopeBinding]:
         async def emit(type_: str, data: dict[str, Any]) -> None:
             await run.emit(type_, data)
 
-        def bind(scope: str, store: Store, scope_id: str, root: str) -> ScopeBinding:
+        def bind(
+            scope: str, store: Store, scope_id: str, root: str, guard: Guard | None = None
+        ) -> ScopeBinding:
             spec = flow.scopes[scope]
             return ScopeBinding(
                 store,
@@ -198,6 +283,7 @@ class FlowServer:
                 retry=spec.retry,
                 expose=frozenset(spec.client.expose),
                 emit=emit,
+                guard=guard,
             )
 
         iso_user = flow.kind if flow.isolate_user_state else None
@@ -207,7 +293,11 @@ class FlowServer:
                 "request", run.local_store, run.request_id, scope_root("request", run.request_id)
             ),
             "session": bind(
-                "session", self.store, run.session_id, scope_root("session", run.session_id)
+                "session",
+                self.store,
+                run.session_id,
+                scope_root("session", run.session_id),
+                session_guard,
             ),
             "user": bind(
                 "user",
@@ -250,16 +340,18 @@ class FlowServer:
         session_id: str | None,
         project_id: str | None,
         sink: Callable[[Event], Any] | None,
-    ) -> tuple[Flow, Block, Run]:
+    ) -> tuple[Block, Run, SessionInfo | None]:
+        """The action's block, the run, and the session if this run created it."""
         flow = self.flow(kind)
         block = flow.action(action)
         check_id(user_id, "user_id")
+        fresh: SessionInfo | None = None
         if session_id is None:
-            info = await self.create_session(kind, user_id=user_id, project_id=project_id)
+            info = fresh = await self.create_session(kind, user_id=user_id, project_id=project_id)
         else:
             existing = await self._read_session(check_id(session_id, "session_id"))
             if existing is None:
-                info = await self.create_session(
+                info = fresh = await self.create_session(
                     kind, user_id=user_id, project_id=project_id, session_id=session_id
                 )
             else:
@@ -284,10 +376,12 @@ class FlowServer:
             sink=deliver,
             flow=flow,
         )
-        run.bindings = self._bindings(flow, run)
-        return flow, block, run
+        run.bindings = self._bindings(flow, run, _incarnation(info))
+        return block, run, fresh
 
-    async def _execute(self, block: Block, run: Run, input: Any) -> Any:
+    async def _execute(
+        self, block: Block, run: Run, input: Any, fresh: SessionInfo | None = None
+    ) -> Any:
         await run.emit(
             "request.created",
             {"sessionId": run.session_id, "flowKind": run.flow_kind, "action": run.action},
@@ -300,6 +394,13 @@ class FlowServer:
         except Exception as exc:
             code = exc.code if isinstance(exc, FlowStateError) else "internal_error"
             await run.emit("request.failed", {"error": {"code": code, "message": str(exc)}})
+            if fresh is not None and not _persisted_commits(run):
+                # The run created its session and failed having written nothing: leave no
+                # empty session behind (best effort; the run's own error is what matters).
+                try:
+                    await self._purge_if_empty(fresh)
+                except Exception:
+                    log.exception("could not remove the empty session %r", fresh.session_id)
             raise
         await run.emit("request.completed", {"output": wire_output})
         return output
@@ -319,7 +420,7 @@ class FlowServer:
 
         ``on_event`` receives each event as it is emitted (the HTTP layer streams from it).
         """
-        _, block, run = await self._prepare(
+        block, run, fresh = await self._prepare(
             kind,
             action,
             user_id=user_id,
@@ -327,7 +428,7 @@ class FlowServer:
             project_id=project_id,
             sink=on_event,
         )
-        output = await self._execute(block, run, input)
+        output = await self._execute(block, run, input, fresh)
         return RunResult(output, run.session_id, run.request_id, list(run.events))
 
     async def stream(
@@ -346,13 +447,13 @@ class FlowServer:
         async def sink(event: Event) -> None:
             queue.put_nowait(event)
 
-        _, block, run = await self._prepare(
+        block, run, fresh = await self._prepare(
             kind, action, user_id=user_id, session_id=session_id, project_id=project_id, sink=sink
         )
 
         async def work() -> None:
             try:
-                await self._execute(block, run, input)
+                await self._execute(block, run, input, fresh)
             except Exception:  # already reported as request.failed
                 pass
             finally:

@@ -28,7 +28,7 @@ from .errors import (
 )
 from .ops import UNCHANGED, Change, FieldOp, Mutation, _Sentinel
 from .schema import Schema
-from .stores.base import Applied, Store
+from .stores.base import Applied, Guard, Store
 
 __all__ = ["Commit", "RetryPolicy", "StateCell", "StateHandle"]
 
@@ -104,8 +104,10 @@ class StateCell:
         must_exist: bool = False,
         initial_content: str | None = None,
         listener: Listener | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.store = store
+        self.guard = guard
         self.key = key
         self.schema = schema
         self.label = label
@@ -152,7 +154,7 @@ class StateCell:
         self._fail_read_only()
         async with _turn(self.store, self.key):
             try:
-                result = await self.store.apply(self.key, change)
+                result = await self.store.apply(self.key, change, guard=self.guard)
             except StateValidationError as exc:
                 raise exc.with_scope(self.scope, self.label) from None
         return await self._settle(result, change)
@@ -218,7 +220,7 @@ class StateCell:
                 operation=operation,
             )
             try:
-                result = await self.store.apply(self.key, change)
+                result = await self.store.apply(self.key, change, guard=self.guard)
             except StateValidationError as exc:
                 raise exc.with_scope(self.scope, self.label) from None
             if result.status != "conflict":

@@ -40,6 +40,7 @@ VERSION_HEADER = "X-Flowstate-Version"
 
 Authenticate = Callable[[Request], Awaitable[str | None]]
 
+
 class _Route(APIRoute):
     """Answers a :class:`FlowStateError` with the shared JSON error shape and status."""
 

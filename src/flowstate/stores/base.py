@@ -19,7 +19,7 @@ import collections
 import contextlib
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,6 +30,7 @@ __all__ = [
     "Broker",
     "Cap",
     "Created",
+    "Guard",
     "KeyLocks",
     "Record",
     "Store",
@@ -72,6 +73,22 @@ class Applied:
     status: Literal["committed", "noop", "conflict", "missing"]
     version: int
     mutation: Mutation | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """A write condition: commit only while record ``key`` exists with ``fields[name] ==
+    value``, checked in the write's own transaction (so a concurrent delete of ``key`` either
+    waits for the write or makes it fail; never both succeed).
+
+    A failed guard writes nothing and raises ``gone()``. Scopes use it to tie every write of a
+    session to the session binding that was current when the run started (its incarnation).
+    """
+
+    key: str
+    name: str
+    value: JSON
+    gone: Callable[[], Exception] = field(compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +213,9 @@ class Store(ABC):
         """
 
     @abstractmethod
-    async def apply(self, key: str, change: Change, *, touch: bool = False) -> Applied:
+    async def apply(
+        self, key: str, change: Change, *, touch: bool = False, guard: Guard | None = None
+    ) -> Applied:
         """Resolve ``change`` against the record and write the result, atomically.
 
         ``resolve`` is pure, so a backend may call it more than once (e.g. first against a
@@ -210,7 +229,8 @@ class Store(ABC):
         → ``conflict``; ``change.resolve(fields, content)`` (exceptions propagate, nothing is
         written); None → ``noop``; otherwise write the mutation, bump the version (creating the
         record at version 1 with ``created_at`` = now), set ``accessed_at`` = now, commit →
-        ``committed``. ``touch`` also sets ``accessed_at`` on a noop.
+        ``committed``. ``touch`` also sets ``accessed_at`` on a noop. With ``guard``, a write
+        (not a noop) first checks the guard in the same transaction (see :class:`Guard`).
         """
 
     @abstractmethod
@@ -222,6 +242,7 @@ class Store(ABC):
         *,
         replace: bool = False,
         cap: Cap | None = None,
+        guard: Guard | None = None,
     ) -> Created:
         """Create a record at version 1 (or, with ``replace``, overwrite an existing one).
 
@@ -233,8 +254,11 @@ class Store(ABC):
         """
 
     @abstractmethod
-    async def delete(self, key: str) -> Record | None:
-        """Delete a record; return it as it was (all fields), or None if it did not exist."""
+    async def delete(self, key: str, *, guard: Guard | None = None) -> Record | None:
+        """Delete a record; return it as it was (all fields), or None if it did not exist.
+
+        With ``guard``, checked first in the same transaction (see :class:`Guard`).
+        """
 
     @abstractmethod
     async def delete_prefix(self, prefix: str) -> int:

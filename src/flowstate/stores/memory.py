@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..ops import UNCHANGED, Change, append_target_error
+from ..ops import MISSING, UNCHANGED, Change, append_target_error, same_json
 from ..schema import copy_json
-from .base import Applied, Cap, Created, Record, Store, prefix_end
+from .base import Applied, Cap, Created, Guard, Record, Store, prefix_end
 
 __all__ = ["MemoryStore"]
 
@@ -69,8 +69,18 @@ class MemoryStore(Store):
             row = self._rows.get(key)
             return None if row is None else self._record(key, row, fields)
 
-    async def apply(self, key: str, change: Change, *, touch: bool = False) -> Applied:
+    def _check(self, guard: Guard | None) -> None:
+        if guard is None:
+            return
+        row = self._rows.get(guard.key)
+        if row is None or not same_json(row.fields.get(guard.name, MISSING), guard.value):
+            raise guard.gone()
+
+    async def apply(
+        self, key: str, change: Change, *, touch: bool = False, guard: Guard | None = None
+    ) -> Applied:
         with self._lock:
+            self._check(guard)
             row = self._rows.get(key)
             if row is None and change.must_exist:
                 return Applied("missing", 0)
@@ -119,8 +129,10 @@ class MemoryStore(Store):
         *,
         replace: bool = False,
         cap: Cap | None = None,
+        guard: Guard | None = None,
     ) -> Created:
         with self._lock:
+            self._check(guard)
             existing = self._rows.get(key)
             now = self._now()
             if existing is not None:
@@ -146,8 +158,9 @@ class MemoryStore(Store):
             self._insert(key, _Row(1, copy_json(dict(fields)), content, now, now))
             return Created("created", 1, tuple(evicted))
 
-    async def delete(self, key: str) -> Record | None:
+    async def delete(self, key: str, *, guard: Guard | None = None) -> Record | None:
         with self._lock:
+            self._check(guard)
             row = self._remove(key)
             return None if row is None else self._record(key, row, None)
 

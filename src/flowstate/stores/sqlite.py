@@ -25,8 +25,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..ops import UNCHANGED, Change, append_target_error
-from .base import Applied, Cap, Created, Record, Store, prefix_end
+from ..ops import UNCHANGED, Change, append_target_error, same_json
+from .base import Applied, Cap, Created, Guard, Record, Store, prefix_end
 
 __all__ = ["SQLiteStore"]
 
@@ -352,8 +352,22 @@ class SQLiteStore(Store):
 
         return await self._submit(job)
 
-    async def apply(self, key: str, change: Change, *, touch: bool = False) -> Applied:
+    @staticmethod
+    def _check(conn: sqlite3.Connection, guard: Guard | None) -> None:
+        """Raise ``guard.gone()`` unless the guard holds (inside the write transaction)."""
+        if guard is None:
+            return
+        row = conn.execute(
+            "SELECT value FROM fs_fields WHERE key = ? AND name = ?", (guard.key, guard.name)
+        ).fetchone()
+        if row is None or not same_json(json.loads(row[0]), guard.value):
+            raise guard.gone()
+
+    async def apply(
+        self, key: str, change: Change, *, touch: bool = False, guard: Guard | None = None
+    ) -> Applied:
         def job(conn: sqlite3.Connection) -> Applied:
+            self._check(conn, guard)
             row = conn.execute(
                 "SELECT version, content FROM fs_records WHERE key = ?", (key,)
             ).fetchone()
@@ -416,10 +430,12 @@ class SQLiteStore(Store):
         *,
         replace: bool = False,
         cap: Cap | None = None,
+        guard: Guard | None = None,
     ) -> Created:
         encoded = [(key, name, _dumps(value)) for name, value in fields.items()]
 
         def job(conn: sqlite3.Connection) -> Created:
+            self._check(conn, guard)
             now = self._now()
             row = conn.execute(
                 "SELECT version, content, created_at, accessed_at FROM fs_records WHERE key = ?",
@@ -472,8 +488,9 @@ class SQLiteStore(Store):
 
         return await self._submit(job)
 
-    async def delete(self, key: str) -> Record | None:
+    async def delete(self, key: str, *, guard: Guard | None = None) -> Record | None:
         def job(conn: sqlite3.Connection) -> Record | None:
+            self._check(conn, guard)
             row = conn.execute(
                 "SELECT version, content, created_at, accessed_at FROM fs_records WHERE key = ?",
                 (key,),

@@ -12,7 +12,8 @@ from typing import Any, Literal, NamedTuple
 import asyncpg  # type: ignore[import-untyped]
 
 from ...ops import UNCHANGED, Change, Mutation, append_target_error
-from .cache import Encoded, Entry
+from ..base import Guard
+from .cache import Encoded, Entry, dumps
 
 __all__ = [
     "FIELDS_SQL",
@@ -63,6 +64,7 @@ class Shape:
     deletes: bool = False
     appends: bool = False
     report: bool = False  # also return the current version of records not written
+    guards: bool = False  # some records are written only while a guard record holds
 
 
 @functools.cache
@@ -75,7 +77,9 @@ def batch_sql(shape: Shape) -> str:
     records this statement wrote, whose row locks it holds. Parameters, in order, for the parts
     present: update keys, versions, gens, [content flags, contents]; insert keys, contents;
     changed keys, names, values; added keys, names, values; delete keys, names; append keys,
-    names, whole lists, items.
+    names, whole lists, items. With guards, first: guarded keys, guard keys, fields, values
+    (JSON text); a guarded record whose guard fails is not written and comes back with
+    ``written`` NULL.
     """
     n = 0
 
@@ -87,6 +91,25 @@ def batch_sql(shape: Shape) -> str:
     parts: list[str] = []
     results: list[str] = []
     touched: list[str] = []
+    unguarded = ""
+    if shape.guards:
+        keys, gkeys, gfields, gvalues = p("text[]"), p("text[]"), p("text[]"), p("text[]")
+        parts.append(
+            f"gd AS (SELECT * FROM unnest({keys}, {gkeys}, {gfields}, {gvalues}) "
+            "AS g(k, gk, gf, gv))"
+        )
+        # Share-lock the guard records: deleting one waits for this write to commit (and then
+        # sees what it wrote), and a write that comes after the delete finds no row.
+        parts.append(
+            "gl AS (SELECT x.key FROM fs_records x WHERE x.key IN (SELECT gk FROM gd) "
+            "ORDER BY x.key FOR SHARE)"
+        )
+        parts.append(
+            "gbad AS (SELECT gd.k FROM gd WHERE NOT EXISTS (SELECT 1 FROM gl JOIN fs_fields y "
+            "ON y.key = gl.key AND y.name = gd.gf WHERE gl.key = gd.gk "
+            "AND y.value::jsonb = gd.gv::jsonb))"
+        )
+        unguarded = " AND {0} NOT IN (SELECT k FROM gbad)"
     if shape.updates:
         keys, versions, gens = p("text[]"), p("int8[]"), p("int8[]")
         touched.append(keys)
@@ -100,7 +123,8 @@ def batch_sql(shape: Shape) -> str:
         parts.append(
             f"ru AS (UPDATE fs_records f SET version = f.version + 1, accessed_at = {NOW}"
             f"{content} WHERE f.key = ANY({keys}) AND f.version = ({versions})[{at}] "
-            f"AND f.gen = ({gens})[{at}] RETURNING f.key, f.version, f.gen)"
+            f"AND f.gen = ({gens})[{at}]{unguarded.format('f.key')} "
+            "RETURNING f.key, f.version, f.gen)"
         )
         results.append("SELECT key, version, gen FROM ru")
     if shape.inserts:
@@ -109,7 +133,7 @@ def batch_sql(shape: Shape) -> str:
         parts.append(
             "ri AS (INSERT INTO fs_records (key, version, content, created_at, accessed_at) "
             f"SELECT u.key, 1, u.c, t.now, t.now FROM unnest({keys}, {texts}) AS u(key, c), "
-            f"(SELECT {NOW} AS now) t ORDER BY u.key "
+            f"(SELECT {NOW} AS now) t WHERE true{unguarded.format('u.key')} ORDER BY u.key "
             "ON CONFLICT (key) DO NOTHING RETURNING key, version, gen)"
         )
         results.append("SELECT key, version, gen FROM ri")
@@ -155,10 +179,12 @@ def batch_sql(shape: Shape) -> str:
         wanted = " || ".join(touched)
         parts.append(
             f"cur AS (SELECT * FROM fs_current(ARRAY(SELECT k FROM unnest({wanted}) AS k "
-            "WHERE NOT EXISTS (SELECT 1 FROM r WHERE r.key = k))) "
+            f"WHERE NOT EXISTS (SELECT 1 FROM r WHERE r.key = k){unguarded.format('k')})) "
             f"WHERE (SELECT count(*) FROM r) < cardinality({wanted}))"  # only if one failed
         )
         main += " UNION ALL SELECT o_key, o_version, o_gen, false FROM cur"
+    if shape.guards:
+        main += " UNION ALL SELECT k, 0, 0, NULL FROM gbad"
     return "WITH " + ", ".join(parts) + " " + main
 
 
@@ -171,6 +197,7 @@ class Job:
     mutation: Mutation
     enc: Encoded
     report: bool = False  # a compare-and-swap: wants the current version if not written
+    guard: Guard | None = None  # written only while this holds
     future: asyncio.Future[Outcome | None] | None = None
     sent: int = 0  # the store's clock when its statement was sent
 
@@ -213,8 +240,15 @@ def batch_args(jobs: list[Job]) -> tuple[Shape, list[Any]]:
         deletes=bool(deletes[0]),
         appends=bool(appends[0]),
         report=any(j.report for j in jobs),
+        guards=any(j.guard is not None for j in jobs),
     )
     args: list[Any] = []
+    if shape.guards:
+        guarded = [(j.key, j.guard) for j in jobs if j.guard is not None]
+        args.append([k for k, _ in guarded])
+        args.append([g.key for _, g in guarded])
+        args.append([g.name for _, g in guarded])
+        args.append([dumps(g.value, g.name) for _, g in guarded])
     if upd:
         args += [[j.key for j in upd], [j.entry.version for j in upd if j.entry]]
         args.append([j.entry.gen for j in upd if j.entry])
@@ -233,11 +267,28 @@ def batch_args(jobs: list[Job]) -> tuple[Shape, list[Any]]:
 
 
 class Outcome(NamedTuple):
-    """A job's write: done (``version``, ``gen`` are the new ones) or not (the current ones)."""
+    """A job's write: done (``version``, ``gen`` are the new ones) or not (the current ones);
+    ``written`` None: not written because its guard failed."""
 
-    written: bool
+    written: bool | None
     version: int
     gen: int
+
+
+GUARD_SQL = (
+    "SELECT 1 FROM fs_records r JOIN fs_fields f ON f.key = r.key AND f.name = $2 "
+    "WHERE r.key = $1 AND f.value::jsonb = $3::jsonb FOR SHARE OF r"
+)
+"""A guard check inside a transaction (share-locks the guard record until commit)."""
+
+
+async def check_guard(conn: Connection, guard: Guard | None) -> None:
+    """Raise ``guard.gone()`` unless the guard holds (call inside the write's transaction)."""
+    if guard is None:
+        return
+    if await conn.fetchval(GUARD_SQL, guard.key, guard.name, dumps(guard.value, guard.name)):
+        return
+    raise guard.gone()
 
 
 async def write_batch(conn: Connection, jobs: list[Job]) -> dict[str, Outcome]:

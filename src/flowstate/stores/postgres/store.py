@@ -16,7 +16,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from ...errors import StateValidationError, StoreUnavailableError
 from ...ops import UNCHANGED, Change, Mutation
-from ..base import Applied, Cap, Created, KeyLocks, Record, Store, prefix_end
+from ..base import Applied, Cap, Created, Guard, KeyLocks, Record, Store, prefix_end
 from .cache import Cache, Encoded, Entry, dumps
 from .events import Events
 from .migrations import check_version, migrate_conn, parse_url, quote_ident
@@ -28,6 +28,7 @@ from .sql import (
     Job,
     Outcome,
     Retry,
+    check_guard,
     fields_to_load,
     load_sql,
     write_batch,
@@ -365,7 +366,9 @@ class PostgresStore(Store):
                 raise
 
     @_reachable()
-    async def apply(self, key: str, change: Change, *, touch: bool = False) -> Applied:
+    async def apply(
+        self, key: str, change: Change, *, touch: bool = False, guard: Guard | None = None
+    ) -> Applied:
         pool = await self._get_pool()
         names = fields_to_load(change)
         want_content = change.content is not UNCHANGED
@@ -387,6 +390,7 @@ class PostgresStore(Store):
                             self._cache.merge(key, entry)
                             entry = self._cache.get(key) or entry
                     if entry is None and change.must_exist:
+                        await check_guard(pool, guard)  # a deleted session, not a record
                         return Applied("missing", 0)
                     version = 0 if entry is None else entry.version
                     if expected is not None and expected != version:
@@ -410,14 +414,17 @@ class PostgresStore(Store):
                         if not fresh:
                             self._cache.drop(key)
                             continue
+                        await check_guard(pool, guard)
                         if touch and entry is not None:
                             await pool.execute(
                                 f"UPDATE fs_records SET accessed_at = {NOW} WHERE key = $1", key
                             )
                         return Applied("noop", version)
                     enc = Encoded.of(mutation)
-                    job = Job(key, entry, mutation, enc, report=expected is not None)
+                    job = Job(key, entry, mutation, enc, report=expected is not None, guard=guard)
                     outcome = await self._commit(job)
+                    if outcome is not None and outcome.written is None and guard is not None:
+                        raise guard.gone()
                     if outcome is not None and outcome.written:
                         base = entry or Entry(0, 0, {}, None, None, True)
                         after = base.after(mutation, enc, outcome.version, outcome.gen, job.sent)
@@ -429,13 +436,13 @@ class PostgresStore(Store):
                         moved = Entry(outcome.version, outcome.gen, {}, frozenset(), None, False)
                         self._cache.put(key, dataclasses.replace(moved, seen=job.sent))
                 async with pool.acquire() as conn:
-                    return await self._apply_locked(conn, key, change, touch)
+                    return await self._apply_locked(conn, key, change, touch, guard)
             except BaseException:
                 self._cache.drop(key)
                 raise
 
     async def _apply_locked(
-        self, conn: Connection, key: str, change: Change, touch: bool
+        self, conn: Connection, key: str, change: Change, touch: bool, guard: Guard | None
     ) -> Applied:
         """The pessimistic path: lock the record row for the whole read-resolve-write."""
         names = fields_to_load(change)
@@ -443,6 +450,7 @@ class PostgresStore(Store):
         for attempt in range(100):
             try:
                 async with conn.transaction():
+                    await check_guard(conn, guard)
                     row = await conn.fetchrow(
                         "SELECT version, gen, content FROM fs_records WHERE key = $1 FOR UPDATE",
                         key,
@@ -496,6 +504,7 @@ class PostgresStore(Store):
         *,
         replace: bool = False,
         cap: Cap | None = None,
+        guard: Guard | None = None,
     ) -> Created:
         encoded = {name: dumps(value, name) for name, value in fields.items()}
         names, values = list(encoded), list(encoded.values())
@@ -504,6 +513,7 @@ class PostgresStore(Store):
 
         async def txn(conn: Connection) -> Created:
             nonlocal gen
+            await check_guard(conn, guard)
             if cap is not None:
                 await conn.execute(
                     "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
@@ -580,11 +590,19 @@ class PostgresStore(Store):
         return created
 
     @_reachable()
-    async def delete(self, key: str) -> Record | None:
+    async def delete(self, key: str, *, guard: Guard | None = None) -> Record | None:
         pool = await self._get_pool()
         self._cache.drop(key)
         try:
-            row = await pool.fetchrow("SELECT * FROM fs_delete($1)", key)
+            if guard is None:
+                row = await pool.fetchrow("SELECT * FROM fs_delete($1)", key)
+            else:
+
+                async def txn(conn: Connection) -> Any:
+                    await check_guard(conn, guard)
+                    return await conn.fetchrow("SELECT * FROM fs_delete($1)", key)
+
+                row = await self._transact(txn)
         finally:
             self._cache.drop(key)
         if row is None:

@@ -1,0 +1,200 @@
+"""A deleted session stays deleted (SPEC §13, issue 9 defect 2), on every backend.
+
+A run still in flight when its session is deleted fails with SessionNotFoundError at its next
+write and writes nothing (state, static resources, collections); a new session may reuse the
+id and starts empty. The deleting server may be another store instance on the same database
+(another process, as far as the store can tell).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from flowstate import (
+    ClientConfig,
+    FlowServer,
+    ScopeConfig,
+    SessionNotFoundError,
+    define_flow,
+    define_resource,
+    define_resource_collection,
+    handler,
+)
+from flowstate.ops import Change, FieldOp
+from flowstate.schema import Schema
+from flowstate.stores import open_store
+
+
+class Secret(BaseModel):
+    visible: int = 0
+    secret: str = ""
+
+
+class Doc(BaseModel):
+    text: str = ""
+
+
+def lab(gate: dict[str, asyncio.Event], outcome: dict[str, Any]) -> Any:
+    async def slow(input: Any, ctx: Any) -> str:
+        await ctx.session.patch_state(visible=1, secret="alice-only")
+        await ctx.session.resources.notes.create("a", {"text": "alice"})
+        await ctx.session.resources.plan.patch_state(text="alice plan")
+        gate["written"].set()
+        await gate["go"].wait()
+        for name, write in (
+            ("state", lambda: ctx.session.patch_state(secret="after delete")),
+            ("inc", lambda: ctx.session.inc_state(visible=5)),
+            ("update", lambda: ctx.session.update_state(lambda s: {"visible": s.visible + 1})),
+            ("create", lambda: ctx.session.resources.notes.create("b", {"text": "late"})),
+            ("resource", lambda: ctx.session.resources.plan.patch_state(text="late plan")),
+            ("content", lambda: ctx.session.resources.plan.write_content("late")),
+        ):
+            try:
+                await write()
+            except SessionNotFoundError as exc:
+                outcome[name] = exc
+            else:
+                outcome[name] = "committed"
+        return "done"
+
+    async def peek(input: Any, ctx: Any) -> dict[str, Any]:
+        return {
+            "state": ctx.session.state.model_dump(),
+            "version": ctx.session.version,
+            "notes": await ctx.session.resources.notes.list(),
+            "plan": ctx.session.resources.plan.state.text,
+            "content": await ctx.session.resources.plan.read_content_raw(),
+        }
+
+    return define_flow(
+        "lab",
+        actions={
+            "slow": handler(name="slow", execute=slow),
+            "peek": handler(name="peek", execute=peek),
+        },
+        session=ScopeConfig(
+            state=Secret,
+            resources={
+                "notes": define_resource_collection("notes/*", state=Doc),
+                "plan": define_resource(state=Doc),
+            },
+            client=ClientConfig(expose=["visible"]),
+        ),
+    )
+
+
+@pytest.mark.parametrize("deleter", ["same", "other"])
+async def test_a_run_in_flight_cannot_write_into_its_deleted_session(
+    store_url: str, deleter: str
+) -> None:
+    gate = {"written": asyncio.Event(), "go": asyncio.Event()}
+    outcome: dict[str, Any] = {}
+    flow = lab(gate, outcome)
+    store = open_store(store_url)
+    other_store = store if deleter == "same" or store_url == "memory://" else open_store(store_url)
+    alice_server = FlowServer([flow], store=store)
+    other = FlowServer([flow], store=other_store)
+    try:
+        run = asyncio.create_task(alice_server.run("lab", "slow", user_id="alice", session_id="s"))
+        await asyncio.wait_for(gate["written"].wait(), 10)
+        assert await other.delete_session("s", user_id="alice") is True
+        gate["go"].set()
+        assert await asyncio.wait_for(run, 20) is not None
+
+        assert set(outcome) == {"state", "inc", "update", "create", "resource", "content"}
+        for name, result in outcome.items():
+            assert isinstance(result, SessionNotFoundError), (name, result)
+            assert 'session "s" not found' in str(result)
+        # Nothing of the session is left, in any store instance.
+        assert await store.scan("session/s/") == []
+        assert await other_store.scan("session/s/") == []
+        with pytest.raises(SessionNotFoundError):
+            await other.get_session("s", user_id="alice")
+
+        # Bob takes the id: he starts empty and sees nothing of Alice's.
+        peek = await other.run("lab", "peek", user_id="bob", session_id="s")
+        assert peek.output == {
+            "state": {"visible": 0, "secret": ""},
+            "version": 0,
+            "notes": [],
+            "plan": "",
+            "content": None,
+        }
+        snapshot = await other.snapshot("lab", "s", user_id="bob")
+        assert snapshot["clientData"] == {"session": {"visible": 0}}
+        with pytest.raises(SessionNotFoundError):
+            await alice_server.snapshot("lab", "s", user_id="alice")
+    finally:
+        await alice_server.aclose()
+        await store.aclose()
+        if other_store is not store:
+            await other_store.aclose()
+
+
+async def test_an_interrupted_deletion_reads_as_deleted_and_the_id_starts_empty(
+    store_url: str,
+) -> None:
+    """A crash between the tombstone and the cleanup leaves a tombstone and orphans: the id
+    reads as no session, and creating it again removes the orphans first."""
+    gate = {"written": asyncio.Event(), "go": asyncio.Event()}
+    gate["go"].set()
+    flow = lab(gate, {})
+    async with FlowServer([flow], store=store_url) as server:
+        await server.run("lab", "slow", user_id="alice", session_id="s")
+        # What _purge_session's first step leaves if the process dies right after it.
+        await server.store.apply(
+            "_sessions/s",
+            Change(
+                Schema(None),
+                ops=(FieldOp("set", "deleted", True), FieldOp("set", "createdAt", -1.0)),
+            ),
+        )
+        assert await server.store.scan("session/s/") != []
+        with pytest.raises(SessionNotFoundError):
+            await server.get_session("s", user_id="alice")
+        assert await server.list_sessions(user_id="alice") == []
+        peek = await server.run("lab", "peek", user_id="bob", session_id="s")
+        assert peek.output["state"] == {"visible": 0, "secret": ""}
+        assert peek.output["notes"] == [] and peek.output["plan"] == ""
+        assert (await server.get_session("s", user_id="bob")).user_id == "bob"
+
+
+async def test_deleting_under_concurrent_writers_leaves_nothing(store_url: str) -> None:
+    """Writers hammer a session while it is deleted: afterwards nothing of it is stored, and
+    every write either committed before the deletion or failed with SessionNotFoundError."""
+
+    started = asyncio.Event()
+
+    async def write(input: Any, ctx: Any) -> None:
+        for i in range(100_000):  # until the session is deleted (bounded, in case it is not)
+            await ctx.session.inc_state(visible=1)
+            await ctx.session.resources.notes.get_or_create(f"n{i % 7}", {"text": "x"})
+            if i == 5:
+                started.set()
+            await asyncio.sleep(0)  # the memory store never yields by itself
+
+    flow = define_flow(
+        "w",
+        actions={"write": handler(name="write", execute=write)},
+        session=ScopeConfig(
+            state=Secret, resources={"notes": define_resource_collection("notes/*", state=Doc)}
+        ),
+    )
+    async with FlowServer([flow], store=store_url) as server:
+        await server.create_session("w", user_id="alice", session_id="s")
+        runs = [
+            asyncio.create_task(server.run("w", "write", user_id="alice", session_id="s"))
+            for _ in range(4)
+        ]
+        await asyncio.wait_for(started.wait(), 10)
+        await asyncio.sleep(0.05)
+        await server.delete_session("s", user_id="alice")
+        results = await asyncio.wait_for(asyncio.gather(*runs, return_exceptions=True), 60)
+        for result in results:
+            assert isinstance(result, SessionNotFoundError), result
+        assert await server.store.scan("session/s/") == []
+        assert await server.store.read("_sessions/s") is None
