@@ -140,6 +140,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.postgres)
 
 
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the fault-injection suite's counts (kills, faults, writes checked, lost)."""
+    import sys
+
+    faults = sys.modules.get("tests.faults")
+    line = None if faults is None else faults.summary()
+    if line:
+        terminalreporter.write_line(line)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if _schemas:
         drop_schemas()

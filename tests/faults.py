@@ -108,3 +108,17 @@ class TcpProxy:
         ):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+
+COUNTS: dict[str, int] = {"kills": 0, "faults injected": 0, "writes checked": 0, "lost": 0}
+"""Totals of the fault-injection suite, printed at the end of the test run."""
+
+
+def summary() -> str | None:
+    if not any(COUNTS.values()):
+        return None
+    return (
+        "fault injection: "
+        + ", ".join(f"{k} {v}" for k, v in COUNTS.items())
+        + (f" (FLOWSTATE_FAULT_BUDGET={FAULT_BUDGET:g})")
+    )
