@@ -28,8 +28,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flowstate import FlowServer
 from flowstate.stores import open_store
 from tests.conftest import postgres_url
+from tests.fault_app import flow as fault_flow
 from tests.faults import (
     COUNTS,
     FAULT_BUDGET,
@@ -272,10 +274,13 @@ async def test_a_postgres_outage_answers_503_fast_and_the_same_process_resumes(
         await proxy.stop()
 
 
+@pytest.mark.parametrize("deleter", ["http", "other-process"])
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-async def test_a_session_deleted_over_http_while_its_run_is_in_flight_stays_deleted(
-    backend: str, tmp_path: Path
+async def test_a_session_deleted_while_its_run_is_in_flight_stays_deleted(
+    backend: str, deleter: str, tmp_path: Path
 ) -> None:
+    """The run is in the served process; the deletion comes over HTTP (same process) or from
+    this test process's own FlowServer on the same database (another process)."""
     store = postgres_url() if backend == "postgres" else f"sqlite:///{tmp_path / 'd.db'}"
     async with serving(store, tmp_path) as served, httpx.AsyncClient(timeout=20) as http:
         slow = asyncio.create_task(
@@ -290,8 +295,12 @@ async def test_a_session_deleted_over_http_while_its_run_is_in_flight_stays_dele
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.3)  # the run has written its secret by now
-        deleted = await http.delete(f"{served.url}/sessions/d", headers=ALICE)
-        assert deleted.status_code in (200, 204), deleted.text
+        if deleter == "http":
+            deleted = await http.delete(f"{served.url}/sessions/d", headers=ALICE)
+            assert deleted.status_code in (200, 204), deleted.text
+        else:
+            async with FlowServer([fault_flow], store=store) as elsewhere:
+                assert await elsewhere.delete_session("d", user_id="alice") is True
         answer = await slow
         assert answer.status_code == 404, answer.text
         assert answer.json()["error"]["code"] == "session_not_found"
