@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -416,7 +415,7 @@ def plots(data: dict[str, Any], out: Path, stem: str) -> list[Path]:
             ax.legend()
         fig.tight_layout()
         path = out / f"{stem}-growth.png"
-        fig.savefig(path, dpi=90)
+        fig.savefig(path, dpi=80)
         plt.close(fig)
         written.append(path)
 
@@ -439,7 +438,7 @@ def plots(data: dict[str, Any], out: Path, stem: str) -> list[Path]:
         ax.legend()
         fig.tight_layout()
         path = out / f"{stem}-push.png"
-        fig.savefig(path, dpi=90)
+        fig.savefig(path, dpi=80)
         plt.close(fig)
         written.append(path)
 
@@ -465,14 +464,18 @@ def plots(data: dict[str, Any], out: Path, stem: str) -> list[Path]:
             axes[0][col].set_ylabel("ops/s")
             axes[1][col].set_title(f"{BACKEND_NAMES[backend]}: p99 latency")
             axes[1][col].set_ylabel("ms")
+            writers = [int(w) for w in next(iter(data["contention"][backend].values()))]
+            axes[1][col].set_yscale("log")
             for ax in (axes[0][col], axes[1][col]):
                 ax.set_xscale("log", base=2)
+                ax.set_xticks(writers, [str(w) for w in writers])
+                ax.minorticks_off()
                 ax.set_xlabel("concurrent writers")
                 ax.grid(True, which="both", alpha=0.3)
             axes[0][col].legend(fontsize=7)
         fig.tight_layout()
         path = out / f"{stem}-contention.png"
-        fig.savefig(path, dpi=90)
+        fig.savefig(path, dpi=80)
         plt.close(fig)
         written.append(path)
     return written
@@ -557,21 +560,15 @@ NOTES_MARKER = "<!-- Hand-written notes below this line are kept when the page i
 
 
 def write_docs(data: dict[str, Any], out: Path, stem: str) -> Path:
-    """Regenerate docs/performance.md from this run, plots copied to docs/img/.
+    """Regenerate docs/performance.md from this run; the plots stay in bench/results/.
 
     Everything above ``NOTES_MARKER`` is generated; what follows it (readings of the figures,
     targets and their status) is carried over from the current page.
     """
     docs = ROOT / "docs"
-    img = docs / "img"
-    img.mkdir(exist_ok=True)
-    for plot in PLOTS:
-        for old in img.glob(f"*-{plot}.png"):  # one set of plots: this run's
-            old.unlink()
-        src = out / f"{stem}-{plot}.png"
-        if src.exists():
-            shutil.copyfile(src, img / src.name)
-    body = tables(data, image_dir="img")
+    if out.resolve() != (ROOT / "bench" / "results").resolve():
+        raise ValueError("docs/performance.md embeds plots from bench/results/: use that --out")
+    body = tables(data, image_dir="../bench/results")
     page = docs / "performance.md"
     notes = ""
     if page.exists() and NOTES_MARKER in page.read_text():

@@ -4,6 +4,7 @@
     python -m bench --quick         # < 2 min: small sizes, short cells, no peers
     python -m bench --only ops,contention --backends sqlite,postgres
     python -m bench --docs          # full run, then regenerate docs/performance.md
+    python -m bench --from-json bench/results/<date>.json [--docs]   # re-render only
 
 Writes ``bench/results/<date>[-quick].json`` (every figure, machine info, git commit) and
 ``<date>[-quick].md`` with PNG plots beside it, and prints the report's tables on stdout.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -48,8 +50,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="largest growth size (default 1,000,000; 10,000 with --quick)",
     )
     parser.add_argument("--docs", action="store_true", help="regenerate docs/performance.md")
+    parser.add_argument(
+        "--from-json",
+        default=None,
+        metavar="PATH",
+        help="re-render the report (and --docs) from a saved results JSON without measuring",
+    )
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # harness test
     args = parser.parse_args(argv)
+    if (
+        args.docs
+        and not args.from_json
+        and (args.quick or args.tiny or args.only != ",".join(SECTIONS))
+    ):
+        parser.error("--docs regenerates docs/performance.md from a full run of every section")
     for name in args.only.split(","):
         if name not in SECTIONS:
             parser.error(f"unknown section {name!r} (choose from {', '.join(SECTIONS)})")
@@ -104,8 +118,24 @@ async def collect(args: argparse.Namespace, sizes: Sizes, tmp: Path) -> dict[str
     return results
 
 
+def rerender(args: argparse.Namespace) -> int:
+    """Report, plots and (with --docs) the docs page again from figures already measured."""
+    path = Path(args.from_json)
+    data = json.loads(path.read_text())
+    if args.docs and data["machine"]["mode"] != "full":
+        raise SystemExit(f"{path} is a {data['machine']['mode']} run; --docs needs a full run")
+    report.write(data, path.parent, path.stem)
+    print(report.tables(data, image_dir=None))
+    if args.docs:
+        report.write_docs(data, path.parent, path.stem)
+        log("regenerated docs/performance.md")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.from_json:
+        return rerender(args)
     sizes = Sizes.tiny() if args.tiny else Sizes.quick_sizes() if args.quick else Sizes.full()
     if args.growth_max is not None:
         kept = tuple(n for n in sizes.growth if n <= args.growth_max)

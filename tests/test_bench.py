@@ -105,6 +105,9 @@ def test_unknown_section_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
         suite.main(["--only", "ops,nope"])
     assert exc.value.code == 2
     assert "unknown section 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the docs page only ever shows a full run
+        suite.main(["--quick", "--docs"])
+    assert "--docs regenerates docs/performance.md from a full run" in capsys.readouterr().err
 
 
 def test_sqlite_floor_verifies_its_count_under_contention(tmp_path: Path) -> None:
