@@ -146,7 +146,7 @@ describe("stream", () => {
 
   it("a run refused before it starts rejects instead of streaming", async () => {
     const err = await rejection(alice().stream("counter", "nope", null).next());
-    expect([err.status, err.code]).toEqual([404, "resource_not_found"]);
+    expect([err.status, err.code]).toEqual([404, "action_not_found"]);
   });
 
   it("a run that fails ends its stream with request.failed", async () => {
