@@ -37,7 +37,9 @@ def _env() -> dict[str, str]:
     """This venv's ``flowstate`` first on PATH (the JS tests start it as a subprocess)."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.setdefault("CI", "true")  # vitest: no watch mode, plain output
+    env.setdefault("CI", "true")  # vitest: no watch mode
+    env["NO_COLOR"] = "1"  # readable failure output in pytest's report
+    env.pop("FORCE_COLOR", None)
     return env
 
 

@@ -57,7 +57,7 @@ describe("runAction", () => {
 
   it("turns an unknown action, a failing block and an unreachable server into typed errors", async () => {
     const unknown = await rejection(alice().runAction("counter", "nope", null));
-    expect(unknown.status).toBe(404);
+    expect([unknown.status, unknown.code]).toEqual([404, "action_not_found"]);
     const boom = await rejection(alice().runAction("counter", "boom", null));
     expect(boom.status).toBe(500);
     expect(boom.code).toBe("internal_error");
