@@ -14,6 +14,7 @@ from flowstate import (
     StateValidationError,
     define_resource,
 )
+from flowstate.ops import Change
 from flowstate.stores import Store
 
 from .helpers import probe_server, run_body
@@ -176,3 +177,72 @@ async def test_resources_persist_across_runs_of_a_session(server: FlowServer) ->
     await run_body(server, write)
     assert (await run_body(server, read)).output == ["a", "a"]
     assert (await run_body(server, read, session_id="other")).output == []
+
+
+async def test_declared_content_survives_the_first_state_write(server: FlowServer) -> None:
+    """SPEC §12: ``define_resource(content=...)`` is the initial *stored* content. A state
+    write that leaves content alone stores it with the record (it used to turn None)."""
+
+    async def body(ctx: Any) -> Any:
+        doc = ctx.session.resources.doc
+        await doc.patch_state(title="Design")
+        return await doc.read_content_raw(), await doc.read_content(), doc.version
+
+    raw, rendered, version = (await run_body(server, body)).output
+    assert (raw, rendered, version) == ("hello", "# Design\n\nhello", 1)
+    record = await server.store.read("session/s1/r/doc")
+    assert record is not None and record.content == "hello"
+    assert dict(record.fields) == {"title": "Design"}
+
+    async def later(ctx: Any) -> Any:  # a later run (and a second write) still sees it
+        doc = ctx.session.resources.doc
+        before = await doc.read_content_raw()
+        await doc.set_state({"title": "Other"})
+        return before, await doc.read_content_raw(), doc.version
+
+    assert list((await run_body(server, later)).output) == ["hello", "hello", 2]
+
+
+async def test_declared_content_is_stored_by_every_kind_of_first_write(server: FlowServer) -> None:
+    async def body(ctx: Any) -> Any:
+        doc = ctx.session.resources.doc
+        await doc.update_state(lambda s: {"title": s.title + "!"})
+        return await doc.read_content_raw()
+
+    assert (await run_body(server, body)).output == "hello"
+    record = await server.store.read("session/s1/r/doc")
+    assert record is not None and (record.version, record.content) == (1, "hello")
+
+
+async def test_a_noop_first_write_stores_nothing_and_explicit_content_wins(
+    server: FlowServer,
+) -> None:
+    async def noop(ctx: Any) -> Any:
+        doc = ctx.session.resources.doc
+        return await doc.patch_state(title="untitled"), doc.version
+
+    assert list((await run_body(server, noop)).output) == [False, 0]
+    assert await server.store.read("session/s1/r/doc") is None
+
+    async def explicit(ctx: Any) -> Any:
+        doc = ctx.session.resources.doc
+        await doc.write_content("mine", title="T")
+        await doc.patch_state(title="U")
+        return await doc.read_content_raw()
+
+    assert (await run_body(server, explicit)).output == "mine"
+
+
+async def test_a_concurrent_creator_keeps_its_content(server: FlowServer) -> None:
+    """The first write only stores the declared content if the record is really new: a record
+    written meanwhile by someone else keeps the content they wrote."""
+
+    async def race(ctx: Any) -> Any:
+        doc = ctx.session.resources.doc
+        assert doc.version == 0  # loaded before the other writer commits
+        # Another writer (another process, say) creates the record with its own content.
+        await server.store.apply("session/s1/r/doc", Change(doc._cell.schema, content="theirs"))
+        await doc.patch_state(title="mine")
+        return await doc.read_content_raw(), doc.state.title
+
+    assert list((await run_body(server, race)).output) == ["theirs", "mine"]

@@ -55,13 +55,13 @@ async def _resource_states(binding: ScopeBinding, limit: int) -> ResourceStates:
     for name in binding.registry.names():
         ref = binding.registry.get(name)
         if isinstance(ref, ResourceRef):
-            out[name] = ref.state
+            out[name] = ref.detached_state()
         else:
             items: dict[str, Any] = {}
             for key in await ref.list(limit=limit):
                 item = await ref.peek(key)
                 if item is not None:
-                    items[key] = item.state
+                    items[key] = item.detached_state()
             out[name] = items
     return out
 
@@ -125,7 +125,7 @@ async def scope_client_data(
     }
     if derived:
         view = DerivedView(
-            state=binding.schema.view(None, values),
+            state=binding.schema.view(None, values, frozen=False),
             resources=await _resource_states(binding, limit),
         )
         for name, fn in derived.items():
@@ -153,11 +153,11 @@ async def resource_client_data(binding: ScopeBinding, limit: int = 100) -> dict[
                     items.append(
                         {
                             "key": key,
-                            "clientData": to_json(client.project(item.state, item._cell.values)),
+                            "clientData": to_json(client.project(item.detached_state(), item._cell.values)),
                         }
                     )
             out[name] = {"count": await ref.count(), "items": items}
         else:
             assert isinstance(ref, ResourceRef)
-            out[name] = {"clientData": to_json(client.project(ref.state, ref._cell.values))}
+            out[name] = {"clientData": to_json(client.project(ref.detached_state(), ref._cell.values))}
     return out

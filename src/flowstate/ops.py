@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from dataclasses import replace as _replace
 from enum import Enum
 from functools import cached_property
 from typing import Any, Final, Literal
@@ -149,7 +150,10 @@ class Change:
 
     ``ops`` apply in order; ``replace`` (a whole new state) excludes ``ops``.
     ``expected_version`` turns the write into a compare-and-swap. ``must_exist`` refuses to
-    create the record (collection instances are created explicitly).
+    create the record (collection instances are created explicitly). ``initial_content`` (only
+    with ``expected_version=0``, so the record is known to be new) is the content the record is
+    created with when the change itself leaves content unchanged: a resource's declared
+    ``content=`` survives its first state write.
     """
 
     schema: Schema
@@ -159,6 +163,7 @@ class Change:
     expected_version: int | None = None
     must_exist: bool = False
     operation: str = "patch"
+    initial_content: str | None = None
 
     @cached_property
     def needed_fields(self) -> frozenset[str] | None:
@@ -188,6 +193,23 @@ class Change:
         lazy_appends: bool = False,
     ) -> Mutation | None:
         """Compute the mutation from the stored fields (only ``needed_fields`` need be given)."""
+        mutation = self._resolve(stored, content, lazy_appends=lazy_appends)
+        if (
+            mutation is not None
+            and self.initial_content is not None
+            and mutation.content is UNCHANGED
+            and self.expected_version == 0
+        ):
+            mutation = _replace(mutation, content=self.initial_content)
+        return mutation
+
+    def _resolve(
+        self,
+        stored: Mapping[str, JSON],
+        content: str | _Sentinel | None,
+        *,
+        lazy_appends: bool,
+    ) -> Mutation | None:
         schema = self.schema
         if lazy_appends and self.lazy_appends:
             return self._resolve_lazy(stored, content)

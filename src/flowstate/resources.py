@@ -258,7 +258,7 @@ class ResourceRef(StateHandle[Any]):
         raw = await self.read_content_raw()
         if self._render is None:
             return raw
-        rendered = self._render(self.state, raw)
+        rendered = self._render(self.detached_state(), raw)
         if isinstance(rendered, Awaitable):
             rendered = await rendered
         return rendered
@@ -294,7 +294,7 @@ class CollectionRef:
             )
 
     def _view(self, values: Mapping[str, Any]) -> Any:
-        return self.definition.schema.view(None, values)
+        return self.definition.schema.view(None, values, frozen=False)
 
     def _label(self, storage_key: str) -> str:
         return f'{self._binding.scope} resource "{storage_key}" of collection "{self.name}"'
@@ -381,7 +381,7 @@ class CollectionRef:
             )
         else:
             await self._binding.emit_resource_change(storage_key, "created")
-            self._call_hook(d.on_instance_created, storage_key, ref.state)
+            self._call_hook(d.on_instance_created, storage_key, ref.detached_state())
         return ref
 
     async def get_optional(self, key: str | Mapping[str, object]) -> ResourceRef | None:

@@ -20,6 +20,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from .errors import DefinitionError, SchemaConflictError, StateValidationError
+from .snapshot import freeze
 
 __all__ = [
     "Declaration",
@@ -409,17 +410,27 @@ class Schema:
             raise StateValidationError(describe_errors(errors), errors=errors) from None
         return out
 
-    def view(self, model: type[BaseModel] | None, values: Mapping[str, JSON]) -> Any:
-        """Build what a block sees: an instance of its partial model (or a dict)."""
+    def view(
+        self, model: type[BaseModel] | None, values: Mapping[str, JSON], *, frozen: bool = True
+    ) -> Any:
+        """Build what a block sees: an instance of its partial model (or a dict).
+
+        ``frozen`` (handles' ``.state``): a deeply read-only snapshot, see
+        :mod:`flowstate.snapshot`. Otherwise (the argument of a hook, ``derived`` or client-data
+        function) a plain, detached copy. Neither shares anything with ``values``.
+        """
         target = model or self.model
         if target is None:
-            return copy_json(dict(values))
+            return freeze(dict(values)) if frozen else copy_json(dict(values))
         wanted = {k: v for k, v in values.items() if k in target.model_fields}
+        if not frozen:
+            wanted = copy_json(wanted)
         try:
-            return target.model_validate(wanted)
+            instance = target.model_validate(wanted)
         except ValidationError:
             # A required field that was never written: show what exists without inventing it.
-            return target.model_construct(**wanted)
+            instance = target.model_construct(**wanted)
+        return freeze(instance) if frozen else instance
 
 
 def copy_json(value: JSON) -> JSON:

@@ -14,7 +14,7 @@ import inspect
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar, cast
 
 from pydantic import BaseModel
@@ -154,6 +154,21 @@ class StateCell:
         self._fail_read_only()
         async with _turn(self.store, self.key):
             try:
+                if (
+                    self.initial_content is not None
+                    and self.version == 0
+                    and change.content is UNCHANGED
+                    and change.expected_version is None
+                ):
+                    # Maybe the record's first write: create it with the declared content. The
+                    # compare-and-swap on version 0 makes sure the record really is new; if it
+                    # is not, the change applies as it is.
+                    first = replace(
+                        change, expected_version=0, initial_content=self.initial_content
+                    )
+                    result = await self.store.apply(self.key, first, guard=self.guard)
+                    if result.status != "conflict":
+                        return await self._settle(result, first)
                 result = await self.store.apply(self.key, change, guard=self.guard)
             except StateValidationError as exc:
                 raise exc.with_scope(self.scope, self.label) from None
@@ -218,6 +233,7 @@ class StateCell:
                 expected_version=expected,
                 must_exist=self.must_exist,
                 operation=operation,
+                initial_content=self.initial_content if expected == 0 else None,
             )
             try:
                 result = await self.store.apply(self.key, change, guard=self.guard)
@@ -258,6 +274,11 @@ class StateHandle(Generic[S]):
         if self._view is None or self._view[0] != cell.generation:
             self._view = (cell.generation, cell.schema.view(self._model, cell.values))
         return cast(S, self._view[1])
+
+    def detached_state(self) -> S:
+        """A plain, mutable copy of the state (for hooks and client-data functions)."""
+        cell = self._cell
+        return cast(S, cell.schema.view(self._model, cell.values, frozen=False))
 
     @property
     def version(self) -> int:
