@@ -277,3 +277,116 @@ async def test_user_state_is_shared_across_sessions_and_users_are_apart(store_ur
         assert second.output == ({"theme": "light"}, 1)
         bob = await server.run("chat", "rw", None, user_id="bob")
         assert bob.output == ({"theme": "dark"}, 0)
+
+
+# ------------------------------------------------- startup check: what fails instead of warning
+
+
+def test_disjoint_literal_sets_fail_the_startup_check() -> None:
+    class Light(BaseModel):
+        theme: Literal["white", "black"] = "white"
+
+    with pytest.raises(CrossFlowSchemaConflictError) as info:
+        FlowServer(
+            [flow("chat", user={"state": ThemeLiteral}), flow("admin", user={"state": Light})],
+            store="memory://",
+        )
+    assert str(info.value) == (
+        'Flows "chat" and "admin" declare incompatible user state schemas (disjoint-literals: '
+        "field \"theme\": Literal['dark', 'light'] vs Literal['white', 'black']). Set "
+        "isolate_user_state=True on one of the flows to opt out of cross-flow sharing, or "
+        "reconcile the schemas."
+    )
+    assert (info.value.reason, info.value.field) == ("disjoint-literals", "theme")
+    # Overlapping sets stay a warning: some values are valid for both flows.
+    _, caught = register(
+        flow("chat", user={"state": ThemeLiteral}), flow("admin", user={"state": ThemeStr})
+    )
+    assert len(caught) == 1
+
+
+def test_a_field_required_by_one_flow_and_absent_in_another_fails_the_startup_check() -> None:
+    class Named(BaseModel):
+        name: str
+        theme: str = "dark"
+
+    for order, detail in (
+        (("chat", Named, "admin", ThemeStr), 'field "name": required str vs absent'),
+        (("chat", ThemeStr, "admin", Named), 'field "name": absent vs required str'),
+    ):
+        a, ma, b, mb = order
+        with pytest.raises(CrossFlowSchemaConflictError) as info:
+            FlowServer(
+                [flow(a, user={"state": ma}), flow(b, user={"state": mb})], store="memory://"
+            )
+        err = info.value
+        assert (err.reason, err.field, err.detail) == ("missing-required-field", "name", detail)
+        assert str(err) == (
+            f'Flows "chat" and "admin" declare incompatible user state schemas '
+            f"(missing-required-field: {detail}). Set isolate_user_state=True on one of the "
+            "flows to opt out of cross-flow sharing, or reconcile the schemas."
+        )
+
+    # Declared with a default in the other flow: every record has a name, so only a warning.
+    class NamedDefault(BaseModel):
+        name: str = "anon"
+        theme: str = "dark"
+
+    _, caught = register(
+        flow("chat", user={"state": Named}), flow("admin", user={"state": NamedDefault})
+    )
+    assert len(caught) == 1 and 'field "name" differs' in caught[0]
+
+
+def test_one_collection_with_two_caps_or_evictions_fails_the_startup_check() -> None:
+    class Doc(BaseModel):
+        title: str = ""
+
+    cases = [
+        (dict(max_instances=3, eviction="oldest"), dict(max_instances=100, eviction="oldest")),
+        (dict(max_instances=3, eviction="lru"), dict(max_instances=3, eviction="oldest")),
+        (dict(max_instances=3), dict()),
+    ]
+    for ca, cb in cases:
+        with pytest.raises(CrossFlowSchemaConflictError) as info:
+            FlowServer(
+                [
+                    flow(
+                        "a",
+                        project={
+                            "resources": {"docs": define_resource_collection("d/*", Doc, **ca)}
+                        },
+                    ),
+                    flow(
+                        "b",
+                        project={
+                            "resources": {"docs": define_resource_collection("d/*", Doc, **cb)}
+                        },
+                    ),
+                ],
+                store="memory://",
+            )
+        err = info.value
+        assert (err.reason, err.field, err.scope) == (
+            "incompatible-collections",
+            "resources.docs",
+            "project",
+        )
+        assert f"max_instances={ca.get('max_instances')}" in err.detail
+        assert "isolate_project_state=True" in str(err)
+    # The same caps on two definitions share fine (a warning-free registration).
+    _, caught = register(
+        flow(
+            "a",
+            project={
+                "resources": {"docs": define_resource_collection("d/*", Doc, max_instances=3)}
+            },
+        ),
+        flow(
+            "b",
+            project={
+                "resources": {"docs": define_resource_collection("d/*", Doc, max_instances=3)}
+            },
+        ),
+    )
+    assert caught == []

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Optional
 import pytest
 from pydantic import BaseModel, Field
 
-from flowstate import SchemaConflictError
+from flowstate import SchemaConflictError, StateValidationError
 from flowstate.schema import Declaration, compare, merge_declarations, type_name
 
 
@@ -37,7 +37,7 @@ COMPATIBLE = [
     (dict[str, list[int]], dict[str, list[int]]),
     (Literal["a", "b"], str),
     (str, Literal["x"]),
-    (Literal["a"], Literal["b"]),
+    (Literal["a", "b"], Literal["b", "c"]),  # overlapping: the merge keeps "b"
     (Literal[1, 2], int),
     (Inner, InnerOther),  # shared field theme: str on both
     (list[Inner], list[InnerOther]),
@@ -114,32 +114,56 @@ def test_merge_literal_wins_over_its_base_type_whichever_comes_first() -> None:
         assert schema.model.model_fields["mode"].annotation == Literal["chat", "agent"]
 
 
-def test_merge_two_literals_accepts_the_values_of_both() -> None:
+def test_disjoint_literals_are_incompatible() -> None:
+    problem = compare(Literal["a"], Literal["b"], "f")
+    assert problem is not None and problem.reason == "disjoint-literals"
+    assert problem.detail == "field \"f\": Literal['a'] vs Literal['b']"
+
+
+def test_merge_two_literals_accepts_only_the_values_both_accept() -> None:
     class A(BaseModel):
-        mode: Literal["a"] = "a"
+        mode: Literal["a", "b"] = "b"
 
     class B(BaseModel):
-        mode: Literal["b"] = "b"
+        mode: Literal["b", "c"] = "b"
 
     schema = merge(A, B)
+    assert schema.model.model_fields["mode"].annotation == Literal["b"]
     assert schema.validate_fields({"mode": "b"}) == {"mode": "b"}
-    assert schema.validate_fields({"mode": "a"}) == {"mode": "a"}
+    for value in ("a", "c"):
+        with pytest.raises(StateValidationError):
+            schema.validate_fields({"mode": value})
 
 
-def test_merge_nested_models_takes_the_union_of_their_fields() -> None:
+def test_merge_nested_models_takes_the_union_of_their_fields_and_defaults() -> None:
+    class P1(BaseModel):
+        theme: str = "dark"
+        size: int = 0
+
+    class P2(BaseModel):
+        theme: str = "dark"
+        extra: bool = False
+
     class A(BaseModel):
-        prefs: Inner = Field(default_factory=Inner)
+        prefs: P1 = Field(default_factory=P1)
 
     class B(BaseModel):
-        prefs: InnerOther = Field(default_factory=InnerOther)
+        prefs: P2 = Field(default_factory=P2)
 
     schema = merge(A, B)
     assert schema.validate_fields({"prefs": {"theme": "x", "size": 2, "extra": True}}) == {
         "prefs": {"theme": "x", "size": 2, "extra": True}
     }
+    assert schema.defaults() == {"prefs": {"theme": "dark", "size": 0, "extra": False}}
+    # A shared nested field with two defaults is as ambiguous as a top-level one.
+    class C(BaseModel):
+        prefs: Inner = Field(default_factory=Inner)  # size defaults to 1, P1's to 0
+
+    with pytest.raises(SchemaConflictError, match=r'differing-defaults: field "prefs.size"'):
+        merge(A, C)
 
 
-def test_merge_first_default_wins_and_a_default_beats_required() -> None:
+def test_merge_a_default_beats_required_and_two_valid_defaults_conflict() -> None:
     class Req(BaseModel):
         n: int
 
@@ -150,8 +174,13 @@ def test_merge_first_default_wins_and_a_default_beats_required() -> None:
         n: int = 2
 
     assert merge(Req, D1).defaults() == {"n": 1}
-    assert merge(D1, D2).defaults() == {"n": 1}
-    assert merge(D2, D1).defaults() == {"n": 2}
+    assert merge(D1, Req).defaults() == {"n": 1}
+    for order in ((D1, D2), (D2, D1)):
+        with pytest.raises(SchemaConflictError) as info:
+            merge(*order)
+        message = str(info.value)
+        for fragment in ('"f"', "session", '"n"', 'block "D1"', 'block "D2"', "differing-defaults"):
+            assert fragment in message, (fragment, message)
 
 
 def test_merge_rejects_unknown_fields() -> None:

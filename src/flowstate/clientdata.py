@@ -153,11 +153,15 @@ async def resource_client_data(binding: ScopeBinding, limit: int = 100) -> dict[
                     items.append(
                         {
                             "key": key,
-                            "clientData": to_json(client.project(item.detached_state(), item._cell.values)),
+                            "clientData": to_json(
+                                client.project(item.detached_state(), item._cell.values)
+                            ),
                         }
                     )
             out[name] = {"count": await ref.count(), "items": items}
         else:
             assert isinstance(ref, ResourceRef)
-            out[name] = {"clientData": to_json(client.project(ref.detached_state(), ref._cell.values))}
+            out[name] = {
+                "clientData": to_json(client.project(ref.detached_state(), ref._cell.values))
+            }
     return out

@@ -7,6 +7,8 @@ Pure logic, no I/O. A block declares a *partial* model with only the fields it u
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 import types
 import typing
@@ -17,7 +19,7 @@ from typing import Annotated, Any, Literal, Union, cast, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
+from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from .errors import DefinitionError, SchemaConflictError, StateValidationError
 from .snapshot import freeze
@@ -140,7 +142,12 @@ def compare(left: Any, right: Any, path: str) -> Incompatibility | None:
     if oa is Literal or ob is Literal:
         base_a = _literal_base(get_args(a)) if oa is Literal else a
         base_b = _literal_base(get_args(b)) if ob is Literal else b
-        return None if base_a is not None and base_a == base_b else bad()
+        if base_a is None or base_a != base_b:
+            return bad()
+        if oa is Literal and ob is Literal and not set(get_args(a)) & set(get_args(b)):
+            # Each side rejects every value of the other: no value can satisfy both.
+            return Incompatibility("disjoint-literals", path, type_name(a), type_name(b))
+        return None
     ca, cb = _origin(a), _origin(b)
     if ca is not None and ca == cb and ca not in (Union, types.UnionType):
         args_a, args_b = get_args(a), get_args(b)
@@ -164,7 +171,8 @@ def _narrower(a: Any, b: Any) -> Any:
     if ua is Any:
         return b
     if get_origin(ua) is Literal and get_origin(ub) is Literal:
-        values = list(dict.fromkeys([*get_args(ua), *get_args(ub)]))
+        # Both declarers' rules hold, so only the values both accept remain.
+        values = [v for v in get_args(ua) if v in set(get_args(ub))]
         return Literal[tuple(values)]
     if get_origin(ub) is Literal:
         return b
@@ -190,13 +198,172 @@ def _merged_field(fa: FieldInfo, fb: FieldInfo) -> tuple[Any, FieldInfo]:
     return ann, info
 
 
+@dataclass(frozen=True)
+class _FieldDecl:
+    """One declaration of one field: who declared it, and how."""
+
+    owner: str
+    annotation: Any
+    info: FieldInfo
+
+    @cached_property
+    def adapter(self) -> TypeAdapter[Any]:
+        return _field_adapter(self.annotation, self.info)
+
+    def accepts(self, value: JSON) -> bool:
+        try:
+            self.adapter.validate_python(value)
+        except ValidationError:
+            return False
+        return True
+
+
+def _field_adapter(annotation: Any, info: FieldInfo) -> TypeAdapter[Any]:
+    return TypeAdapter(cast(Any, Annotated[annotation, info]))
+
+
+_OPAQUE = object()  # a default that cannot be compared (a factory that needs other fields)
+
+
+def _default_json(info: FieldInfo) -> tuple[bool, JSON]:
+    """(has_default, the default in JSON form) of one declaration."""
+    if info.default is not PydanticUndefined:
+        value = info.default
+    elif info.default_factory is not None:
+        if info.default_factory_takes_validated_data:
+            return True, _OPAQUE
+        value = info.default_factory()  # type: ignore[call-arg]
+    else:
+        return False, None
+    try:
+        return True, to_jsonable_python(value)
+    except Exception:  # an exotic default: never equal to another one
+        return True, _OPAQUE
+
+
+def _json_key(value: JSON) -> str:
+    if value is _OPAQUE:
+        return f"<opaque {id(value)}>"
+    return json.dumps(value, sort_keys=True, default=repr)
+
+
+def _conflict(
+    flow: str, scope: str, name: str, a: _FieldDecl, b: _FieldDecl, why: str, *, fix: str = ""
+) -> SchemaConflictError:
+    return SchemaConflictError(
+        f'Flow "{flow}": {scope} state field "{name}" is declared as '
+        f"{type_name(a.annotation)} by {a.owner} and as {type_name(b.annotation)} by "
+        f"{b.owner} ({why}). {fix or 'Rename one of the fields or make the types agree.'}"
+    )
+
+
+_DEFAULT_FIX = (
+    "Give the field one default in every declaration, or declare it in the flow-level schema "
+    "(whose default then wins)."
+)
+
+
+def _merge_field(
+    name: str, decls: list[_FieldDecl], *, flow: str, scope: str
+) -> tuple[Any, FieldInfo, list[TypeAdapter[Any]]]:
+    """The merged (annotation, FieldInfo) of one field, plus the checks every value must also
+    pass so that each declarer's own rules hold (constraints, Literal values, nested models'
+    validators). Raises SchemaConflictError when the defaults are ambiguous."""
+    annotation = decls[0].annotation
+    for d in decls[1:]:
+        annotation = _narrower(annotation, d.annotation)
+    chosen = decls[0]
+    override: list[Any] = []
+    with_default = [(d, v) for d in decls for has, v in [_default_json(d.info)] if has]
+    distinct = {_json_key(v): (d, v) for d, v in with_default}
+    flow_level = [(d, v) for d, v in with_default if d.owner.startswith("flow ")]
+    if flow_level and len(distinct) > 1:
+        # The flow author reconciles the blocks: the flow-level default wins, if every
+        # declaration accepts it.
+        chosen, value = flow_level[0]
+        for other in decls:
+            if value is not _OPAQUE and not other.accepts(value):
+                raise _conflict(
+                    flow,
+                    scope,
+                    name,
+                    chosen,
+                    other,
+                    f"invalid-default: the flow-level default {value!r} is not valid for "
+                    f"{other.owner}",
+                    fix=_DEFAULT_FIX,
+                )
+    elif len(distinct) == 1:
+        chosen = with_default[0][0]
+    elif len(distinct) > 1:
+        nested = _is_model(_unwrap(annotation)) and all(
+            isinstance(v, dict) for _, v in with_default
+        )
+        if nested:
+            # Nested models: like their types, their defaults compare on shared fields only.
+            merged: dict[str, Any] = {}
+            first: dict[str, _FieldDecl] = {}
+            for d, v in with_default:
+                for key, item in v.items():
+                    if key in merged and _json_key(merged[key]) != _json_key(item):
+                        raise _conflict(
+                            flow,
+                            scope,
+                            name,
+                            first[key],
+                            d,
+                            f'differing-defaults: field "{name}.{key}": {merged[key]!r} vs '
+                            f"{item!r}",
+                            fix=_DEFAULT_FIX,
+                        )
+                    merged.setdefault(key, item)
+                    first.setdefault(key, d)
+            chosen = with_default[0][0]
+            override.append(_unwrap(annotation).model_validate(merged))
+        else:
+            # A default that some declarer rejects cannot be the state's default; of the
+            # others there must be exactly one, or the choice would be arbitrary.
+            valid = {
+                _json_key(v): (d, v) for d, v in with_default if all(o.accepts(v) for o in decls)
+            }
+            shown = list(valid.values()) if len(valid) > 1 else list(distinct.values())
+            (a, va), (b, vb) = shown[:2]
+            if len(valid) != 1:
+                why = "and no default is valid for every declaration" if not valid else "both valid"
+                raise _conflict(
+                    flow,
+                    scope,
+                    name,
+                    a,
+                    b,
+                    f'differing-defaults: field "{name}": {va!r} vs {vb!r}, {why}',
+                    fix=_DEFAULT_FIX,
+                )
+            chosen = next(iter(valid.values()))[0]
+    info = chosen.info
+    if override:
+        info = copy.copy(info)
+        info.default = override[0]
+        info.default_factory = None
+    checks: list[TypeAdapter[Any]] = []
+    if len(decls) > 1:
+        for d in decls:
+            if d.annotation is not annotation or list(d.info.metadata) != list(info.metadata):
+                checks.append(d.adapter)
+    return annotation, info, checks
+
+
 def merge_declarations(
     decls: Iterable[Declaration], *, flow: str, scope: str, model_name: str
 ) -> Schema:
-    """Merge partial models into one combined :class:`Schema`, or raise SchemaConflictError."""
+    """Merge partial models into one combined :class:`Schema`, or raise SchemaConflictError.
+
+    Every declarer's rules hold on the result: a value is validated against the merged field
+    and then against each declaration that differs from it (constraints such as ``ge=0``,
+    Literal values, nested models' validators); see :func:`_merge_field` for defaults.
+    """
     decls = list(decls)
-    fields: dict[str, tuple[Any, FieldInfo]] = {}
-    owners: dict[str, list[tuple[Any, str]]] = {}
+    per_field: dict[str, list[_FieldDecl]] = {}
     validators = False
     seen = False
     for decl in decls:
@@ -209,33 +376,33 @@ def merge_declarations(
             )
         validators = validators or bool(model.__pydantic_decorators__.model_validators)
         for name, info in model.model_fields.items():
-            if name not in fields:
-                fields[name] = (info.annotation, info)
-                owners[name] = [(info.annotation, decl.declared_by)]
-                continue
+            mine = _FieldDecl(decl.declared_by, info.annotation, info)
+            earlier = per_field.setdefault(name, [])
             # Compare with every earlier declaration: two may conflict on a nested field that
             # a third, compatible with both, does not declare.
-            for prev_ann, prev_owner in owners[name]:
-                problem = compare(prev_ann, info.annotation, name)
+            for prev in earlier:
+                problem = compare(prev.annotation, info.annotation, name)
                 if problem is not None:
-                    raise SchemaConflictError(
-                        f'Flow "{flow}": {scope} state field "{name}" is declared as '
-                        f"{type_name(prev_ann)} by {prev_owner} and as "
-                        f"{type_name(info.annotation)} by {decl.declared_by} "
-                        f"({problem.reason}: {problem.detail}). "
-                        "Rename one of the fields or make the types agree."
+                    raise _conflict(
+                        flow, scope, name, prev, mine, f"{problem.reason}: {problem.detail}"
                     )
-            owners[name].append((info.annotation, decl.declared_by))
-            fields[name] = _merged_field(fields[name][1], info)
+            earlier.append(mine)
     if not seen:
         return Schema(None)
+    fields: dict[str, tuple[Any, FieldInfo]] = {}
+    checks: dict[str, list[TypeAdapter[Any]]] = {}
+    for name, field_decls in per_field.items():
+        annotation, info, extra = _merge_field(name, field_decls, flow=flow, scope=scope)
+        fields[name] = (annotation, info)
+        if extra:
+            checks[name] = extra
     partials = [d.model for d in decls]
     combined = create_model(
         model_name,
         __config__=ConfigDict(extra="forbid"),
         **{k: (ann, info) for k, (ann, info) in fields.items()},  # type: ignore[call-overload]
     )
-    return Schema(combined, full_validation=validators, partials=partials)
+    return Schema(combined, full_validation=validators, partials=partials, checks=checks)
 
 
 # ----------------------------------------------------------------------------------- Schema
@@ -272,9 +439,12 @@ class Schema:
         *,
         full_validation: bool | None = None,
         partials: Iterable[type[BaseModel]] = (),
+        checks: Mapping[str, list[TypeAdapter[Any]]] | None = None,
     ) -> None:
         self.model = model
         self.partials = list(partials)
+        # Per field, the declarations a value must also pass (see merge_declarations).
+        self.checks: dict[str, list[TypeAdapter[Any]]] = dict(checks or {})
         # Validators live on the declaring classes, not on the merged field set: a write must
         # pass through every partial model that has any, so it needs the whole state.
         self.checked_partials = [p for p in self.partials if _has_validators(p)]
@@ -294,7 +464,7 @@ class Schema:
     def _adapters(self) -> dict[str, TypeAdapter[Any]]:
         assert self.model is not None
         return {
-            name: TypeAdapter(cast(Any, Annotated[info.annotation, info]))
+            name: _field_adapter(info.annotation, info)
             for name, info in self.model.model_fields.items()
         }
 
@@ -306,6 +476,8 @@ class Schema:
             return out
         for name, info in self.model.model_fields.items():
             ann = info.annotation
+            if name in self.checks:
+                continue  # several declarations: validate the whole list against each
             if _origin(ann) is list and len(get_args(ann)) == 1 and not info.metadata:
                 out[name] = TypeAdapter(get_args(ann)[0])
         return out
@@ -387,6 +559,7 @@ class Schema:
             adapter = self._adapters[name]
             try:
                 out[name] = adapter.dump_python(adapter.validate_python(value), mode="json")
+                self._check(name, out[name])
             except ValidationError as exc:
                 errors.extend(_errors_of(exc, (name,)))
         if errors:
@@ -408,7 +581,19 @@ class Schema:
         except ValidationError as exc:
             errors = _errors_of(exc)
             raise StateValidationError(describe_errors(errors), errors=errors) from None
+        for name in self.checks:
+            if name in out:
+                try:
+                    self._check(name, out[name])
+                except ValidationError as exc:
+                    errors = _errors_of(exc, (name,))
+                    raise StateValidationError(describe_errors(errors), errors=errors) from None
         return out
+
+    def _check(self, name: str, value: JSON) -> None:
+        """Validate a field's JSON value against every other declaration of the field."""
+        for adapter in self.checks.get(name, ()):
+            adapter.validate_python(value)
 
     def view(
         self, model: type[BaseModel] | None, values: Mapping[str, JSON], *, frozen: bool = True

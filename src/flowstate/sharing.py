@@ -3,7 +3,9 @@
 Pure logic. Flows that do not isolate a scope read and write the same records for it, so a
 field two flows both declare must mean the same thing in both. Identical declarations pass
 silently; compatible but different ones (extra fields, narrower types, other defaults) are
-reported as warnings; incompatible ones raise :class:`CrossFlowSchemaConflictError`.
+reported as warnings; incompatible ones raise :class:`CrossFlowSchemaConflictError`:
+incompatible types, Literal sets with no value in common, a field one flow requires and the
+other does not declare, and one collection with different caps or eviction policies.
 """
 
 from __future__ import annotations
@@ -81,15 +83,38 @@ def _differences(a: Schema, b: Schema, kind_a: str, kind_b: str, prefix: str) ->
 
 
 def _first_conflict(a: Schema, b: Schema, prefix: str = "") -> Incompatibility | None:
+    """The first field two flows cannot share: incompatible types (including Literal sets
+    with no value in common), or a field one flow requires and the other does not declare
+    (that flow would create the record without it, and the first flow could not read it)."""
     if a.model is None or b.model is None:
         return None
-    for name, fa in a.model.model_fields.items():
-        fb = b.model.model_fields.get(name)
+    fields_a, fields_b = a.model.model_fields, b.model.model_fields
+    for name, fa in fields_a.items():
+        fb = fields_b.get(name)
         if fb is not None:
             problem = compare(fa.annotation, fb.annotation, prefix + name)
             if problem is not None:
                 return problem
+        elif fa.is_required():
+            return Incompatibility(
+                "missing-required-field",
+                prefix + name,
+                f"required {type_name(fa.annotation)}",
+                "absent",
+            )
+    for name, fb in fields_b.items():
+        if name not in fields_a and fb.is_required():
+            return Incompatibility(
+                "missing-required-field",
+                prefix + name,
+                "absent",
+                f"required {type_name(fb.annotation)}",
+            )
     return None
+
+
+def _describe_cap(definition: ResourceCollectionDefinition) -> str:
+    return f"max_instances={definition.max_instances}, eviction={definition.eviction!r}"
 
 
 def _isolated(flow: Flow, scope: str) -> bool:
@@ -141,7 +166,18 @@ def _compare_resource(
     if isinstance(ra, ResourceCollectionDefinition) and isinstance(
         rb, ResourceCollectionDefinition
     ):
-        for attr in ("pattern", "max_instances", "eviction"):
+        if (ra.max_instances, ra.eviction) != (rb.max_instances, rb.eviction):
+            # One collection, two caps: each flow's creates would evict by its own rule
+            # the other flow's instances (a cap-3 flow emptying a cap-100 flow's collection).
+            _raise(
+                scope,
+                a,
+                b,
+                Incompatibility(
+                    "incompatible-collections", path, _describe_cap(ra), _describe_cap(rb)
+                ),
+            )
+        for attr in ("pattern",):
             va, vb = getattr(ra, attr), getattr(rb, attr)
             if attr == "pattern":
                 va, vb = va.pattern, vb.pattern
