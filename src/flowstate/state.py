@@ -168,8 +168,11 @@ class StateCell:
                     )
                     result = await self.store.apply(self.key, first, guard=self.guard)
                     if result.status != "conflict":
-                        return await self._settle(result, first)
-                result = await self.store.apply(self.key, change, guard=self.guard)
+                        change = first
+                    else:
+                        result = await self.store.apply(self.key, change, guard=self.guard)
+                else:
+                    result = await self.store.apply(self.key, change, guard=self.guard)
             except StateValidationError as exc:
                 raise exc.with_scope(self.scope, self.label) from None
         return await self._settle(result, change)
