@@ -6,7 +6,9 @@ import asyncio
 import time
 from typing import Any
 
-from flowstate.http._requestlog import RequestLog, RequestLogs
+import pytest
+
+from flowstate.http._requestlog import EventsExpired, RequestLog, RequestLogs
 
 
 def wire(rid: str, seq: int, type_: str = "state_change") -> dict[str, Any]:
@@ -23,7 +25,7 @@ def started(logs: RequestLogs, rid: str, *, finish: bool) -> RequestLog:
 
 
 async def collect(log: RequestLog, after: int) -> list[int]:
-    return [w["seq"] async for w in log.follow(after)]
+    return [event.seq async for event in log.follow(after)]
 
 
 async def test_follow_replays_then_waits_for_live_events_until_the_end() -> None:
@@ -47,7 +49,10 @@ async def test_a_log_keeps_only_its_newest_events() -> None:
     for seq in range(1, 6):
         log.append(wire("r", seq))
     log.append(wire("r", 6, "request.completed"))
-    assert await collect(log, 0) == [4, 5, 6]
+    # Resuming from before what is kept is an error, never a silent gap.
+    with pytest.raises(EventsExpired, match=r"events 1\.\.3 are no longer buffered"):
+        await collect(log, 0)
+    assert await collect(log, 3) == [4, 5, 6]
     assert await collect(log, 5) == [6]
 
 

@@ -48,7 +48,13 @@ from ._errors import (
     read_body,
     status_for,
 )
-from ._requestlog import RequestLog, RequestLogs
+from ._requestlog import (
+    DEFAULT_REQUEST_LOG_BYTES,
+    EventsExpired,
+    LoggedEvent,
+    RequestLog,
+    RequestLogs,
+)
 from ._wmill import wmill_router
 
 __all__ = ["HTTPError", "create_app", "error_payload", "status_for"]
@@ -164,9 +170,17 @@ def _frame(wire: Mapping[str, Any]) -> ServerSentEvent:
     )
 
 
-async def _frames(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[ServerSentEvent]:
-    async for wire in events:
-        yield _frame(wire)
+async def _frames(events: AsyncIterator[LoggedEvent]) -> AsyncIterator[ServerSentEvent]:
+    """A run's buffered events as SSE frames (their JSON was encoded once, when logged). A
+    follower that fell behind what the buffer keeps gets an ``error`` frame, then the end."""
+    try:
+        async for event in events:
+            yield ServerSentEvent(
+                data=event.data, event=event.type, id=f"{event.request_id}:{event.seq}"
+            )
+    except EventsExpired as exc:
+        error = {"error": {"code": "events_expired", "message": str(exc)}}
+        yield ServerSentEvent(data=json.dumps(error, separators=(",", ":")), event="error")
 
 
 async def _watch_topics(api: "_Api", topics: list[str]) -> AsyncIterator[ServerSentEvent]:
@@ -306,10 +320,14 @@ async def _run_action(request: Request, user: str, kind: str, action: str) -> Re
     body = parse_body(await read_body(request, api.max_body_bytes), ActionBody)
     request_log = api.logs.new(user_id=user, flow_kind=kind)
     started = asyncio.Event()
+    completed: list[Any] = []  # the output as sent in request.completed (JSON form)
 
     async def on_event(event: Event) -> None:
         first = not request_log.started
-        request_log.append(event.to_wire())
+        wire = event.to_wire()
+        request_log.append(wire)
+        if wire["type"] == "request.completed":
+            completed.append(wire.get("output"))
         if first:
             api.logs.add(request_log)
             started.set()
@@ -345,8 +363,7 @@ async def _run_action(request: Request, user: str, kind: str, action: str) -> Re
         return error_response(
             exc, requestId=request_log.request_id, sessionId=request_log.session_id
         )
-    last = request_log.events[-1]
-    output = last["output"] if last["type"] == "request.completed" else to_json(result.output)
+    output = completed[0] if completed else to_json(result.output)
     return JSONResponse(
         {
             "requestId": result.request_id,
@@ -381,9 +398,14 @@ async def request_stream(
             404,
             "request_not_found",
             f'request "{request_id}" not found: a run\'s stream is kept by the server process '
-            f"that ran it, for {api.logs.keep_seconds:g} s after it ends",
+            f"that ran it, for {api.logs.keep_seconds:g} s after it ends (less when the "
+            "server's request-log memory budget needs the room)",
         )
     after = _parse_last_event_id(last_event_id, request_id)
+    try:
+        request_log.check_available(after)
+    except EventsExpired as exc:
+        raise HTTPError(410, "events_expired", str(exc)) from None
     return api.sse(_frames(request_log.follow(after)))
 
 
@@ -681,6 +703,7 @@ def create_app(
     events_per_request: int = 1000,
     keep_finished: int = 1000,
     keep_seconds: float = 600.0,
+    request_log_bytes: int = DEFAULT_REQUEST_LOG_BYTES,
     ping_seconds: float = 15.0,
     close_server: bool = False,
     web: bool = True,
@@ -689,12 +712,15 @@ def create_app(
 
     ``auth`` overrides ``server.auth`` (a token mapping or a callable; with neither, tokens
     come from ``$FLOWSTATE_TOKENS``). ``events_per_request`` bounds each run's replay buffer;
-    finished runs stay resumable for ``keep_seconds`` (at most ``keep_finished`` of them).
+    finished runs stay resumable for ``keep_seconds`` (at most ``keep_finished`` of them), and
+    all runs' buffers together hold at most ``request_log_bytes`` (64 MiB by default; the
+    oldest finished runs are dropped first).
     ``close_server`` closes the server when the app shuts down; ``web`` serves the page at /.
     """
     for name, value in (
         ("max_body_bytes", max_body_bytes),
         ("events_per_request", events_per_request),
+        ("request_log_bytes", request_log_bytes),
     ):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
@@ -709,7 +735,10 @@ def create_app(
         authenticate,
         max_body_bytes=max_body_bytes,
         logs=RequestLogs(
-            max_events=events_per_request, keep_finished=keep_finished, keep_seconds=keep_seconds
+            max_events=events_per_request,
+            keep_finished=keep_finished,
+            keep_seconds=keep_seconds,
+            max_bytes=request_log_bytes,
         ),
         ping_seconds=ping_seconds,
     )
