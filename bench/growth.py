@@ -182,7 +182,11 @@ class Cloner:
                         hi - 1,
                         keys,
                     )
-            await conn.execute("ANALYZE")
+            # Settle the new rows now (visibility map, hint bits, statistics): otherwise
+            # autovacuum does it during the measurement, on the same two cores.
+            for table, keys in self.templates[token].items():
+                if keys:
+                    await conn.execute(f'VACUUM (ANALYZE) "{table}"')
         finally:
             await conn.close()
 
