@@ -223,9 +223,14 @@ def free_port() -> int:
         return port
 
 
-def wait_up(port: int, timeout: float = 30) -> None:
+def wait_up(port: int, timeout: float = 30, process: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(
+                f"server on port {port} exited with code {process.returncode} before it "
+                "listened (its traceback is above)"
+            )
         try:
             with socket.create_connection(("127.0.0.1", port), 0.2):
                 return
@@ -255,7 +260,7 @@ def measure(kind: str, tmp: Path, args: argparse.Namespace, *, sse: bool) -> dic
     db = str(tmp / f"{kind}-{port}.db")
     server = subprocess.Popen([sys.executable, "-P", __file__, "--serve", kind, db, str(port)])
     try:
-        wait_up(port)
+        wait_up(port, process=server)
         url = f"http://127.0.0.1:{port}"
         cpu_before = cpu_seconds(server.pid)
         out = me(
