@@ -13,6 +13,11 @@ interface FieldProps {
   onChange: (value: unknown) => void;
 }
 
+function withoutDefault(schema: Schema): Schema {
+  const { default: _default, ...rest } = schema;
+  return rest;
+}
+
 const LONG_TEXT = /^(content|text|body|note|description|prompt|message)$/i;
 
 function Field({ schema, root, name, label, value, required, onChange }: FieldProps) {
@@ -28,12 +33,26 @@ function Field({ schema, root, name, label, value, required, onChange }: FieldPr
     </span>
   );
   if (kind === "object") {
-    const obj = (value && typeof value === "object" ? value : {}) as Record<string, unknown>;
+    const present = value !== null && value !== undefined && typeof value === "object";
+    const obj = (present ? value : {}) as Record<string, unknown>;
     const req = new Set<string>(s.required ?? []);
     return (
       <fieldset className="nested">
         <legend>{title}</legend>
-        {Object.entries<Schema>(s.properties ?? {}).map(([key, prop]) => (
+        {nullable ? (
+          <label className="toggle">
+            <input
+              type="checkbox"
+              name={`${name}-present`}
+              checked={present}
+              // An optional object starts from a valid example when switched on.
+              // (without the field's own default: an optional model's default is null).
+              onChange={(e) => onChange(e.target.checked ? example(withoutDefault(s), root, name) : null)}
+            />{" "}
+            give {label}
+          </label>
+        ) : null}
+        {nullable && !present ? null : Object.entries<Schema>(s.properties ?? {}).map(([key, prop]) => (
           <Field
             key={key}
             schema={prop}
