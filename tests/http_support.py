@@ -19,6 +19,7 @@ from flowstate import (
     ConcurrentModificationError,
     Context,
     Flow,
+    Identity,
     ResourceClient,
     ScopeConfig,
     define_flow,
@@ -28,7 +29,11 @@ from flowstate import (
 )
 
 SECRET = "TOPSECRET-7f3a9c"
-TOKENS = {"tok-alice": "alice", "tok-bob": "bob"}
+# alice and bob are members of project p1 (and of nothing else).
+TOKENS = {
+    "tok-alice": Identity("alice", frozenset({"p1"})),
+    "tok-bob": Identity("bob", frozenset({"p1"})),
+}
 ALICE = {"Authorization": "Bearer tok-alice"}
 BOB = {"Authorization": "Bearer tok-bob"}
 

@@ -247,9 +247,9 @@ async def test_user_events_in_process(alice: AsyncClient) -> None:
         result.request_id,
         "user",
     )
-    await alice.run("lab", "bump", {}, project_id="p9")
-    async with alice.user_events(["p9"]) as events:
-        await alice.run("lab", "bump", {}, project_id="p9")
+    await alice.run("lab", "bump", {}, project_id="p1")
+    async with alice.user_events(["p1"]) as events:
+        await alice.run("lab", "bump", {}, project_id="p1")
         scopes = {(await asyncio.wait_for(anext(events), 5)).data["scope"] for _ in range(2)}
     assert scopes == {"user", "project"}
     with pytest.raises(RemoteError) as refused:

@@ -312,6 +312,7 @@ def test_every_error_code_has_its_status() -> None:
         "invalid_key": 422,
         "collection_full": 409,
         "session_not_found": 404,
+        "project_not_found": 404,
         "definition_error": 500,
         "auth_error": 401,
         "store_unavailable": 503,
@@ -689,7 +690,7 @@ async def test_user_stream_project_scopes(lab: Lab) -> None:
     assert refused.status_code == 404
     assert refused.json()["error"] == {
         "code": "project_not_found",
-        "message": 'project "p2" not found: you have no session in it',
+        "message": 'project "p2" not found',
     }
     async with streaming(lab) as live:
         async with live.stream(

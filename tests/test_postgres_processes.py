@@ -36,11 +36,11 @@ async def _user_changes(client: httpx.AsyncClient, base: str, seen: list[dict[st
 def test_two_servers_share_one_database(postgres_store_url: str, tmp_path: Path) -> None:
     ports = [free_port(), free_port()]
     args = [
-        ["serve", APP, "--port", str(p), "--store", postgres_store_url, "--token", TOKEN]
-        for p in ports
+        ["serve", APP, "--port", str(p), "--store", postgres_store_url] for p in ports
     ]
     bases = [f"http://127.0.0.1:{p}/api/flows" for p in ports]
-    with running(args[0], tmp_path), running(args[1], tmp_path):
+    env = {"FLOWSTATE_TOKENS": f"{TOKEN}:local"}
+    with running(args[0], tmp_path, env), running(args[1], tmp_path, env):
 
         async def main() -> None:
             limits = httpx.Limits(max_connections=32)

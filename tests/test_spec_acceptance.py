@@ -35,6 +35,7 @@ from flowstate import (
     FlowServer,
     FlowStateError,
     FlowStateWarning,
+    Identity,
     KeyPatternError,
     ResourceAlreadyExistsError,
     ResourceClient,
@@ -1423,7 +1424,8 @@ async def test_resource_change_events_use_change_type() -> None:
 # ------------------------------------------------------------------------------ §8 HTTP
 
 
-TOKENS = {"tok-alice": "alice", "tok-bob": "bob"}
+# SPEC §13: naming a project needs membership; alice belongs to p1 and p2.
+TOKENS = {"tok-alice": Identity("alice", frozenset({"p1", "p2"})), "tok-bob": "bob"}
 ALICE = {"Authorization": "Bearer tok-alice"}
 BOB = {"Authorization": "Bearer tok-bob"}
 

@@ -57,10 +57,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     log_file = log.open("w")
     proc = subprocess.Popen(
         ["flowstate", "serve", "wmill_server:make", "--store", store_url, "--host", "127.0.0.1",
-         "--port", str(port), "--token", TOKEN, "--user", "alice", "--log-level", "warning"],
+         "--port", str(port), "--log-level", "warning"],
         cwd=tmp,
         stdout=log_file,  # a file, not a pipe: a full pipe would block the server
         stderr=subprocess.STDOUT,
+        # The token comes from the environment, never from the command line.
+        env={**os.environ, "FLOWSTATE_TOKENS": f"{TOKEN}:alice:default+acme"},
     )  # fmt: skip
     base_url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

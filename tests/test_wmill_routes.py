@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flowstate import FlowServer, scripts
+from flowstate import FlowServer, Identity, scripts
 from flowstate.http import create_app
 from flowstate.scripts import ScriptContext, use_context
 
@@ -24,7 +24,8 @@ def url(tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 async def client(url: str) -> AsyncIterator[httpx.AsyncClient]:
     async with FlowServer([], store=url) as server:
-        app = create_app(server, auth={"tok-alice": "alice"}, max_body_bytes=2000)
+        alice = Identity("alice", frozenset({"default", "acme", "other"}))
+        app = create_app(server, auth={"tok-alice": alice}, max_body_bytes=2000)
         transport = httpx.ASGITransport(app)
         async with httpx.AsyncClient(transport=transport, base_url="http://fs") as http:
             yield http
@@ -97,22 +98,22 @@ async def test_update_value_needs_an_existing_resource_and_honours_if_version(
     client: httpx.AsyncClient,
 ) -> None:
     base = "/api/w/default/resources"
-    response = await client.post(f"{base}/update_value/u/a/x", json={"value": 1}, headers=AUTH)
+    response = await client.post(f"{base}/update_value/u/alice/x", json={"value": 1}, headers=AUTH)
     assert response.status_code == 404
-    assert response.json()["error"]["message"] == 'resource "u/a/x" does not exist'
-    await client.post(f"{base}/create", json={"path": "u/a/x", "value": 1}, headers=AUTH)
+    assert response.json()["error"]["message"] == 'resource "u/alice/x" does not exist'
+    await client.post(f"{base}/create", json={"path": "u/alice/x", "value": 1}, headers=AUTH)
     response = await client.post(
-        f"{base}/update_value/u/a/x?if_version=7", json={"value": 2}, headers=AUTH
+        f"{base}/update_value/u/alice/x?if_version=7", json={"value": 2}, headers=AUTH
     )
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "concurrent_modification"
     assert "at version 1, not the expected version 7" in response.json()["error"]["message"]
     response = await client.post(
-        f"{base}/update_value/u/a/x?if_version=1", json={"value": 2}, headers=AUTH
+        f"{base}/update_value/u/alice/x?if_version=1", json={"value": 2}, headers=AUTH
     )
     assert response.headers["x-flowstate-version"] == "2"
     response = await client.post(
-        f"{base}/update_value/u/a/x?if_version=one", json={"value": 2}, headers=AUTH
+        f"{base}/update_value/u/alice/x?if_version=one", json={"value": 2}, headers=AUTH
     )
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "validation_error"
@@ -124,11 +125,11 @@ async def test_bad_requests_are_rejected_and_write_nothing(client: httpx.AsyncCl
     cases = [
         (f"{base}/create", {"path": "u/../x", "value": 1}, 422, "invalid_key", '".." segments'),
         (f"{base}/create", {"value": 1}, 422, "invalid_key", '"path" must be a non-empty string'),
-        (f"{base}/create", {"path": "u/a/x", "value": 1, "resource_type": 3}, 422,
+        (f"{base}/create", {"path": "u/alice/x", "value": 1, "resource_type": 3}, 422,
          "validation_error", '"resource_type" must be a non-empty string'),
         (f"{base}/create", [1], 422, "validation_error",
          'the body must be a JSON object {"path"'),
-        (f"{base}/update_value/u/a/x", {"val": 1}, 422, "validation_error",
+        (f"{base}/update_value/u/alice/x", {"val": 1}, 422, "validation_error",
          'the body must be a JSON object {"value"'),
     ]  # fmt: skip
     for path, body, status, code, fragment in cases:
@@ -140,7 +141,7 @@ async def test_bad_requests_are_rejected_and_write_nothing(client: httpx.AsyncCl
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_json"
     assert "request body is not valid JSON" in response.json()["error"]["message"]
-    big = {"path": "u/a/big", "value": "x" * 5000}
+    big = {"path": "u/alice/big", "value": "x" * 5000}
     response = await client.post(f"{base}/create", json=big, headers=AUTH)
     assert response.status_code == 413
     assert response.json()["error"] == {
@@ -148,15 +149,15 @@ async def test_bad_requests_are_rejected_and_write_nothing(client: httpx.AsyncCl
         "message": "the request body is larger than the limit of 2000 bytes",
     }
     response = await client.post(
-        f"{base}/create", content=b'{"path": "u/a/nan", "value": NaN}', headers=AUTH
+        f"{base}/create", content=b'{"path": "u/alice/nan", "value": NaN}', headers=AUTH
     )
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "validation_error"
-    for path in ("u/a/x", "u/a/big", "u/a/nan"):
+    for path in ("u/alice/x", "u/alice/big", "u/alice/nan"):
         assert (await client.get(f"{base}/exists/{path}", headers=AUTH)).json() is False
-    response = await client.get(f"{base}/get/u/a/x", headers={**AUTH})
+    response = await client.get(f"{base}/get/u/alice/x", headers={**AUTH})
     assert response.status_code == 404
-    response = await client.get("/api/w/bad%01ws/resources/get/u/a/x", headers=AUTH)
+    response = await client.get("/api/w/bad%01ws/resources/get/u/alice/x", headers=AUTH)
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_key"
     assert "workspace" in response.json()["error"]["message"]

@@ -10,6 +10,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from .__version__ import __version__
+from .access import Identity
 from .errors import (
     ActionNotFoundError,
     AuthError,
@@ -21,6 +22,7 @@ from .errors import (
     FlowStateError,
     FlowStateWarning,
     KeyPatternError,
+    ProjectNotFoundError,
     ResourceAlreadyExistsError,
     ResourceNotFoundError,
     ResourceReadOnlyError,
@@ -127,7 +129,9 @@ __all__ = [
     "FlowStateWarning",
     "Handler",
     "HookContext",
+    "Identity",
     "KeyPatternError",
+    "ProjectNotFoundError",
     "ResourceAlreadyExistsError",
     "ResourceClient",
     "ResourceCollectionDefinition",

@@ -21,6 +21,7 @@ __all__ = [
     "FlowStateError",
     "FlowStateWarning",
     "KeyPatternError",
+    "ProjectNotFoundError",
     "ResourceAlreadyExistsError",
     "ResourceNotFoundError",
     "ResourceReadOnlyError",
@@ -174,6 +175,16 @@ class SessionNotFoundError(FlowStateError):
     """The session does not exist for this user, flow kind and project."""
 
     code = "session_not_found"
+    status = 404
+
+
+class ProjectNotFoundError(FlowStateError):
+    """A request names a project that does not exist or that the caller is not a member of.
+
+    Both answer the same, so a refusal never confirms that a project id is in use.
+    """
+
+    code = "project_not_found"
     status = 404
 
 

@@ -12,6 +12,7 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from .access import Identity
 from .blocks import Block
 from .clientdata import (
     CLIENT_SCOPES,
@@ -53,7 +54,7 @@ __all__ = ["FlowServer", "RunResult", "SessionInfo"]
 
 log = logging.getLogger("flowstate.server")
 
-Auth = Mapping[str, str] | Callable[[Any], Any] | None
+Auth = Mapping[str, str | Identity] | Callable[[Any], Any] | None
 
 _FREE = Schema(None)
 

@@ -11,11 +11,13 @@ Serve it with ``flowstate demo`` or ``flowstate serve flowstate.cli.demo:create_
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
 
+from ..access import Identity
 from ..blocks import handler, sequencer
 from ..flow import ClientConfig, Flow, ScopeConfig, define_flow
 from ..http._auth import Authenticator
@@ -219,7 +221,7 @@ def demo_flow() -> Flow:
 
 def create_server(
     store: str | Store | None = None,
-    auth: dict[str, str] | Authenticator | None = None,
+    auth: Mapping[str, str | Identity] | Authenticator | None = None,
 ) -> FlowServer:
     """A :class:`FlowServer` hosting the demo flow (``flowstate serve`` can call this)."""
     return FlowServer([demo_flow()], store=store, auth=auth)

@@ -29,14 +29,15 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_mod
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
+from .. import __version__, access
+from ..access import Identity
 from ..blocks import Block
 from ..clientdata import to_json
 from ..codegen import action_input_model
 from ..errors import FlowStateError, SessionNotFoundError, StateValidationError
 from ..layout import MAX_ID_BYTES
 from ..schema import describe_errors
-from ..server import FlowServer, RunResult
+from ..server import FlowServer, RunResult, SessionInfo
 from ..values import Event
 from ._auth import TOKENS_ENV, Authenticator, make_authenticator, tokens_from_env
 from ._errors import (
@@ -290,14 +291,43 @@ def _api(request: Request) -> _Api:
     return cast(_Api, request.app.state.flowstate)
 
 
-async def _current_user(request: Request) -> str:
-    user = await _api(request).authenticate(request)
-    if user is None:
+async def _caller(request: Request) -> Identity:
+    identity = await _api(request).authenticate(request)
+    if identity is None:
         raise _unauthorized()
-    return user
+    return identity
+
+
+Caller = Annotated[Identity, Depends(_caller)]
+"""The authenticated caller: user id and project memberships (401 without one)."""
+
+
+async def _current_user(caller: Caller) -> str:
+    return caller.user_id
 
 
 User = Annotated[str, Depends(_current_user)]
+"""The caller's user id (the same authentication as :data:`Caller`, resolved once)."""
+
+
+async def _reachable_session(session_id: str, request: Request, caller: Caller) -> SessionInfo:
+    """The session of the ``{session_id}`` path segment, if the caller may reach it (else 404).
+
+    Every route under ``/sessions/{session_id}`` depends on this, so the rule of
+    :mod:`flowstate.access` holds on all of them.
+    """
+    try:
+        info: SessionInfo | None = await _api(request).server.get_session(
+            session_id, user_id=caller.user_id
+        )
+    except SessionNotFoundError:
+        info = None
+    access.require_session(caller, info, session_id)
+    assert info is not None
+    return info
+
+
+ReachableSession = Annotated[SessionInfo, Depends(_reachable_session)]
 ScopeName = Literal["session", "user", "project", "org"]
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -315,10 +345,26 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 router = APIRouter(responses=ERROR_RESPONSES)
 
 
-async def _run_action(request: Request, user: str, kind: str, action: str) -> Response:
+async def _action_project(api: _Api, caller: Identity, body: ActionBody) -> str | None:
+    """The project a run will use, once the caller is known to reach it (else 404)."""
+    access.require_project(caller, body.projectId)
+    if body.sessionId is None:
+        return body.projectId
+    try:
+        existing = await api.server.get_session(body.sessionId, user_id=caller.user_id)
+    except SessionNotFoundError:
+        return body.projectId  # a new id (the run creates it), or another user's (it refuses)
+    access.require_session(caller, existing, body.sessionId)
+    return existing.project_id
+
+
+async def _run_action(request: Request, caller: Identity, kind: str, action: str) -> Response:
     api = _api(request)
     body = parse_body(await read_body(request, api.max_body_bytes), ActionBody)
+    user = caller.user_id
+    project_id = await _action_project(api, caller, body)
     request_log = api.logs.new(user_id=user, flow_kind=kind)
+    request_log.project_id = project_id
     started = asyncio.Event()
     completed: list[Any] = []  # the output as sent in request.completed (JSON form)
 
@@ -388,12 +434,17 @@ async def request_stream(
     kind: str,
     request_id: str,
     request: Request,
-    user: User,
+    caller: Caller,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> Response:
     api = _api(request)
     request_log = api.logs.get(request_id)
-    if request_log is None or request_log.user_id != user or request_log.flow_kind != kind:
+    if (
+        request_log is None
+        or request_log.user_id != caller.user_id
+        or not access.can_reach_project(caller, request_log.project_id)
+        or request_log.flow_kind != kind
+    ):
         raise HTTPError(
             404,
             "request_not_found",
@@ -415,17 +466,20 @@ async def request_stream(
     status_code=201,
     response_model=SessionOut,
 )
-async def create_session(kind: str, request: Request, user: User) -> Response:
+async def create_session(kind: str, request: Request, caller: Caller) -> Response:
     api = _api(request)
     body = parse_body(await read_body(request, api.max_body_bytes), SessionBody)
     server = api.server
     server.flow(kind)
+    access.require_project(caller, body.projectId)
+    user = caller.user_id
     if body.sessionId is not None:
         try:
             existing = await server.get_session(body.sessionId, user_id=user, kind=kind)
         except FlowStateError:
             existing = None
         if existing is not None:
+            access.require_session(caller, existing, body.sessionId)
             if body.projectId is not None and existing.project_id != body.projectId:
                 raise SessionNotFoundError(f'session "{body.sessionId}" not found')
             return JSONResponse(existing.to_wire(), status_code=200)
@@ -437,15 +491,14 @@ async def create_session(kind: str, request: Request, user: User) -> Response:
 
 @router.get("/sessions", summary="Your sessions", response_model=SessionList)
 async def list_sessions(
-    request: Request, user: User, kind: Annotated[str | None, Query()] = None
+    request: Request, caller: Caller, kind: Annotated[str | None, Query()] = None
 ) -> dict[str, Any]:
-    sessions = await _api(request).server.list_sessions(user_id=user, kind=kind)
-    return {"sessions": [s.to_wire() for s in sessions]}
+    sessions = await _api(request).server.list_sessions(user_id=caller.user_id, kind=kind)
+    return {"sessions": [s.to_wire() for s in sessions if access.can_reach_session(caller, s)]}
 
 
 @router.get("/sessions/{session_id}", summary="One of your sessions", response_model=SessionOut)
-async def get_session(session_id: str, request: Request, user: User) -> dict[str, Any]:
-    info = await _api(request).server.get_session(session_id, user_id=user)
+async def get_session(session_id: str, info: ReachableSession) -> dict[str, Any]:
     return info.to_wire()
 
 
@@ -454,8 +507,10 @@ async def get_session(session_id: str, request: Request, user: User) -> dict[str
     summary="Delete a session with its state and resources",
     response_model=Deleted,
 )
-async def delete_session(session_id: str, request: Request, user: User) -> dict[str, Any]:
-    await _api(request).server.delete_session(session_id, user_id=user)
+async def delete_session(
+    session_id: str, request: Request, info: ReachableSession
+) -> dict[str, Any]:
+    await _api(request).server.delete_session(session_id, user_id=info.user_id)
     return {"sessionId": session_id, "deleted": True}
 
 
@@ -463,7 +518,7 @@ async def delete_session(session_id: str, request: Request, user: User) -> dict[
 async def session_state(
     session_id: str,
     request: Request,
-    user: User,
+    info: ReachableSession,
     client_data: Annotated[
         str | None,
         Query(
@@ -474,10 +529,11 @@ async def session_state(
     ] = None,
 ) -> dict[str, Any]:
     server = _api(request).server
-    info = await server.get_session(session_id, user_id=user)
     names = None if client_data is None else client_data.split(",")
     try:
-        return await server.snapshot(info.flow_kind, session_id, user_id=user, client_data=names)
+        return await server.snapshot(
+            info.flow_kind, session_id, user_id=info.user_id, client_data=names
+        )
     except StateValidationError as exc:
         if names is None or not exc.errors or exc.errors[0].get("loc") != ["clientData"]:
             raise
@@ -495,12 +551,12 @@ async def resource_content(
     session_id: str,
     name: str,
     request: Request,
-    user: User,
+    info: ReachableSession,
     key: Annotated[str | None, Query(description="collection instance key")] = None,
     scope: Annotated[ScopeName | None, Query()] = None,
 ) -> dict[str, Any]:
     return await _api(request).server.resource_content(
-        session_id, name, user_id=user, key=key, scope=scope
+        session_id, name, user_id=info.user_id, key=key, scope=scope
     )
 
 
@@ -512,14 +568,14 @@ async def resource_items(
     session_id: str,
     name: str,
     request: Request,
-    user: User,
+    info: ReachableSession,
     prefix: Annotated[str, Query()] = "",
     after: Annotated[str | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     scope: Annotated[ScopeName | None, Query()] = None,
 ) -> dict[str, Any]:
     return await _api(request).server.resource_items(
-        session_id, name, user_id=user, prefix=prefix, after=after, limit=limit, scope=scope
+        session_id, name, user_id=info.user_id, prefix=prefix, after=after, limit=limit, scope=scope
     )
 
 
@@ -544,21 +600,16 @@ async def session_stream(session_id: str, request: Request, user: User) -> Respo
 )
 async def user_stream(
     request: Request,
-    user: User,
+    caller: Caller,
     project_id: Annotated[list[str], Query(alias="projectId")] = [],  # noqa: B006
 ) -> Response:
     api = _api(request)
-    if project_id:
-        sessions = await api.server.list_sessions(user_id=user)
-        mine = {s.project_id for s in sessions if s.project_id is not None}
-        for pid in project_id:
-            if pid not in mine:
-                raise HTTPError(
-                    404,
-                    "project_not_found",
-                    f'project "{pid}" not found: you have no session in it',
-                )
-    topics = [f"user:{user}", *(f"project:{pid}" for pid in dict.fromkeys(project_id))]
+    for pid in project_id:
+        access.require_project(caller, pid)
+    topics = [
+        f"user:{caller.user_id}",
+        *(f"project:{pid}" for pid in dict.fromkeys(project_id)),
+    ]
     return api.sse(_watch_topics(api, topics))
 
 
@@ -640,8 +691,8 @@ def _add_action_routes(app: FastAPI, server: FlowServer, components: dict[str, A
         for action, block in flow.actions.items():
 
             def make(kind: str, action: str) -> Callable[..., Any]:
-                async def endpoint(request: Request, user: User) -> Response:
-                    return await _run_action(request, user, kind, action)
+                async def endpoint(request: Request, caller: Caller) -> Response:
+                    return await _run_action(request, caller, kind, action)
 
                 return endpoint
 
@@ -657,9 +708,9 @@ def _add_action_routes(app: FastAPI, server: FlowServer, components: dict[str, A
                 openapi_extra=_action_openapi(kind, action, block, components),
             )
 
-    async def run_any_action(kind: str, action: str, request: Request, user: User) -> Response:
+    async def run_any_action(kind: str, action: str, request: Request, caller: Caller) -> Response:
         """The generic action route (a run's JSON result, or SSE on request)."""
-        return await _run_action(request, user, kind, action)
+        return await _run_action(request, caller, kind, action)
 
     app.add_api_route(
         f"{API_PREFIX}/{{kind}}/actions/{{action}}",
@@ -699,7 +750,7 @@ def create_app(
     server: FlowServer,
     *,
     max_body_bytes: int = 1_000_000,
-    auth: Mapping[str, str] | Callable[[Any], Any] | None = None,
+    auth: Mapping[str, str | Identity] | Callable[[Any], Any] | None = None,
     events_per_request: int = 1000,
     keep_finished: int = 1000,
     keep_seconds: float = 600.0,

@@ -72,6 +72,7 @@ class RequestLog:
         self.max_events = max_events
         self.request_id: str | None = None
         self.session_id: str | None = None
+        self.project_id: str | None = None  # the run's project: its stream needs membership
         self.events: deque[LoggedEvent] = deque()
         self.bytes = 0
         self.dropped_through = 0  # the highest seq no longer buffered (0: none dropped)
