@@ -98,8 +98,9 @@ def test_state_get_prints_records(seeded: tuple[str, str]) -> None:
         url,
     )
     assert file["content"] == "print()" and file["state"] == {"language": "text", "size": 7}
-    missing = ok_json("state", "get", "--scope", "user", "--id", "nobody", "--store", url)
-    assert missing == {"key": "user/nobody/state", "exists": False, "version": 0, "state": {}}
+    missing = cli("state", "get", "--scope", "user", "--id", "nobody", "--store", url)
+    assert missing.exit_code == 1
+    assert "no record user/nobody/state in sqlite:///" in missing.output
 
 
 def test_state_inspect_lists_a_scope(seeded: tuple[str, str]) -> None:

@@ -18,25 +18,29 @@ import threading
 import time
 import webbrowser
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import click
 
+from ..access import Identity
 from ..errors import FlowStateError
 from ..flow import Flow, normalize_scope
-from ..http._auth import TOKENS_ENV, generate_token, tokens_from_env
+from ..http._auth import TOKENS_ENV, generate_token, tokens_from_env, tokens_from_file
 from ..layout import collection_root, resource_key, scope_root, session_key, state_key
 from ..schema import Schema
 from ..scopes import ScopeBinding
 from ..server import FlowServer
 from ..stores import Store, default_store_url, open_store
+from ._serving import Limits, bind, serve_app
 
 __all__ = ["demo", "load_server", "serve", "state"]
 
 T = TypeVar("T")
 
 DEMO_STORE = "sqlite:///.flowstate/demo.db"
+STORE_ENV = "FLOWSTATE_STORE"
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -100,24 +104,64 @@ async def _awaited(value: Any) -> Any:
 
 # ----------------------------------------------------------------------------------- serving
 
+DEFAULT_PROJECT_ENV = "FLOWSTATE_PROJECT"
+
+
+def _default_project() -> str:
+    """The project a generated token belongs to (the one ``flowstate run`` uses too)."""
+    return os.environ.get(DEFAULT_PROJECT_ENV) or "default"
+
 
 def _resolve_auth(
-    server: FlowServer, token: str | None, user: str
-) -> tuple[dict[str, str] | None, str]:
-    """The auth to use, and a line telling the operator how to authenticate."""
+    server: FlowServer, token: str | None, tokens_file: str | None, user: str, project: str
+) -> tuple[dict[str, Identity] | None, str, str | None]:
+    """The auth to use, a line telling the operator how to authenticate, and the token to
+    show in the page link (only one the operator did not choose from a file or env)."""
+    member = Identity(user, frozenset({project}))
     if token is not None:
-        return {token: user}, f"token: {token} (user {user})"
+        return {token: member}, f"token: from --token (user {user}, project {project})", token
+    if tokens_file is not None:
+        try:
+            tokens = tokens_from_file(tokens_file)
+        except (OSError, ValueError) as exc:
+            raise _fail(f"cannot read --tokens-file: {exc}") from None
+        if not tokens:
+            raise _fail(f"--tokens-file {tokens_file} holds no token")
+        return tokens, f"auth: {len(tokens)} token(s) from {tokens_file}", None
     if server.auth is not None:
-        return None, "auth: configured by the app"
-    configured = tokens_from_env()
+        return None, "auth: configured by the app", None
+    try:
+        configured = tokens_from_env()
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     if configured:
-        return None, f"auth: {len(configured)} token(s) from ${TOKENS_ENV}"
+        return None, f"auth: {len(configured)} token(s) from ${TOKENS_ENV}", None
     token = generate_token()
-    return {token: user}, f"token: {token} (user {user}, generated: pass --token to choose)"
+    return (
+        {token: member},
+        f"token: {token} (user {user}, member of project {project}; generated: set "
+        f"${TOKENS_ENV} or --tokens-file to choose)",
+        token,
+    )
 
 
 def _display_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else host)
+
+
+def _redact_url(url: str) -> str:
+    """A store URL without its password (fit for a banner or an error line)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _open_when_up(host: str, port: int, url: str, timeout: float = 15.0) -> None:
@@ -138,34 +182,63 @@ def _open_when_up(host: str, port: int, url: str, timeout: float = 15.0) -> None
     threading.Thread(target=wait_and_open, daemon=True).start()
 
 
+class _StoreUnavailable(Exception):
+    pass
+
+
 def _serve(
-    server: FlowServer,
+    load: Callable[[], FlowServer],
     *,
     host: str,
     port: int,
     token: str | None,
+    tokens_file: str | None,
     user: str,
+    project: str,
     open_browser: bool,
     log_level: str,
+    limits: Limits,
 ) -> None:
-    import uvicorn
-
     from ..http import create_app
 
-    auth, auth_line = _resolve_auth(server, token, user)
+    try:
+        server = load()
+    except (ValueError, FlowStateError) as exc:  # a malformed store URL, a bad app
+        raise _fail(_one_line(exc)) from None
+    try:
+        auth, auth_line, link_token = _resolve_auth(server, token, tokens_file, user, project)
+        sock = bind(host, port)
+    except (OSError, click.ClickException) as exc:
+        _run(server.aclose())
+        if isinstance(exc, click.ClickException):
+            raise
+        raise _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     app = create_app(server, auth=auth, close_server=True)
+    store_url = _redact_url(server.store.url or type(server.store).__name__)
     url = f"http://{_display_host(host)}:{port}/"
-    click.echo(f"flowstate serving {url}  (API {url}api/flows, docs {url}docs)")
-    click.echo(f"store: {server.store.url or type(server.store).__name__}")
-    click.echo(auth_line)
-    page = url
-    if auth is not None:
-        (only_token,) = auth
-        page = f"{url}?token={quote(only_token, safe='')}"
-        click.echo(f"open: {page}")
-    if open_browser:
-        _open_when_up(host, port, page)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    # The page reads ?token= once and drops it from the address bar; the access log redacts it.
+    page = url if link_token is None else f"{url}?token={quote(link_token, safe='')}"
+
+    async def probe() -> None:
+        try:
+            await server.store.read("_sessions/probe")
+        except Exception as exc:
+            await server.aclose()
+            raise _StoreUnavailable(f"cannot use the store {store_url}: {_one_line(exc)}") from None
+
+    def banner() -> None:
+        click.echo(f"flowstate serving {url}  (API {url}api/flows, docs {url}docs)")
+        click.echo(f"store: {store_url}")
+        click.echo(auth_line)
+        if link_token is not None:
+            click.echo(f"open: {page}")
+        if open_browser:
+            _open_when_up(host, port, page)
+
+    try:
+        serve_app(app, sock, limits=limits, log_level=log_level, before=probe, on_ready=banner)
+    except _StoreUnavailable as exc:
+        raise _fail(str(exc)) from None
 
 
 _store_option = click.option(
@@ -176,57 +249,150 @@ _store_option = click.option(
 )
 
 
+def _serving_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    defaults = Limits()
+    for option in reversed(
+        [
+            click.option("--host", default="127.0.0.1", show_default=True),
+            click.option("--port", default=8000, show_default=True, type=int),
+            click.option(
+                "--tokens-file",
+                default=None,
+                type=click.Path(dir_okay=False),
+                help="Read bearer tokens from this file: token:user or "
+                "token:user:project1+project2, one per line (default: $FLOWSTATE_TOKENS).",
+            ),
+            click.option(
+                "--token",
+                default=None,
+                hidden=True,
+                help="Deprecated: visible in the process list; use $FLOWSTATE_TOKENS.",
+            ),
+            click.option(
+                "--project",
+                default=None,
+                help="Project of a generated token (default: $FLOWSTATE_PROJECT or default).",
+            ),
+            click.option(
+                "--header-timeout",
+                default=defaults.header_timeout,
+                show_default=True,
+                type=float,
+                help="Seconds a connection has to send its request head.",
+            ),
+            click.option(
+                "--body-timeout",
+                default=defaults.body_timeout,
+                show_default=True,
+                type=float,
+                help="Seconds a request has to send its body.",
+            ),
+            click.option(
+                "--timeout-keep-alive",
+                default=defaults.timeout_keep_alive,
+                show_default=True,
+                type=float,
+                help="Seconds an idle keep-alive connection stays open.",
+            ),
+            click.option(
+                "--max-connections",
+                default=defaults.max_connections,
+                show_default=True,
+                type=int,
+                help="Open connections at most; beyond it the oldest slow or idle one is dropped.",
+            ),
+            click.option(
+                "--limit-concurrency",
+                default=None,
+                type=int,
+                help="Requests in progress at most; beyond it uvicorn answers 503.",
+            ),
+            click.option(
+                "--max-header-bytes",
+                default=defaults.max_header_bytes,
+                show_default=True,
+                type=int,
+                help="Largest request head (h11's max incomplete event size).",
+            ),
+            click.option("--log-level", default="info", show_default=True),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def _limits(options: dict[str, Any]) -> Limits:
+    try:
+        return Limits(
+            header_timeout=options.pop("header_timeout"),
+            body_timeout=options.pop("body_timeout"),
+            timeout_keep_alive=options.pop("timeout_keep_alive"),
+            max_connections=options.pop("max_connections"),
+            limit_concurrency=options.pop("limit_concurrency"),
+            max_header_bytes=options.pop("max_header_bytes"),
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _warn_token_flag(token: str | None) -> None:
+    if token is not None:
+        click.echo(
+            f"warning: --token is visible to every user of this machine (ps); set "
+            f"${TOKENS_ENV} or use --tokens-file instead",
+            err=True,
+        )
+
+
 @click.command()
 @click.argument("target")
 @_store_option
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--token", default=None, help="Accept this bearer token (replaces other auth).")
-@click.option("--user", default="local", show_default=True, help="User id of --token.")
-@click.option("--log-level", default="info", show_default=True)
-def serve(
-    target: str,
-    store_url: str | None,
-    host: str,
-    port: int,
-    token: str | None,
-    user: str,
-    log_level: str,
-) -> None:
-    """Serve the FlowServer TARGET (module:attribute) over HTTP."""
-    server = load_server(target, store_url)
+@_serving_options
+@click.option("--user", default="local", show_default=True, help="User id of a generated token.")
+def serve(target: str, store_url: str | None, user: str, **options: Any) -> None:
+    """Serve the FlowServer TARGET (module:attribute) over HTTP.
+
+    Tokens come from $FLOWSTATE_TOKENS (token:user or token:user:project1+project2, comma
+    separated), --tokens-file, or the app's own auth; with none, a token is generated and
+    printed, for user --user, member of project --project.
+    """
+    limits = _limits(options)
+    _warn_token_flag(options["token"])
     _serve(
-        server,
-        host=host,
-        port=port,
-        token=token,
+        lambda: load_server(target, store_url),
+        host=options["host"],
+        port=options["port"],
+        token=options["token"],
+        tokens_file=options["tokens_file"],
         user=user,
+        project=options["project"] or _default_project(),
         open_browser=False,
-        log_level=log_level,
+        log_level=options["log_level"],
+        limits=limits,
     )
 
 
 @click.command()
 @click.option("--store", "store_url", default=DEMO_STORE, show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
-@click.option("--token", default=None, help="Use this token (default: a generated one).")
+@_serving_options
 @click.option("--no-open", is_flag=True, help="Do not open a browser.")
-@click.option("--log-level", default="info", show_default=True)
-def demo(
-    store_url: str, host: str, port: int, token: str | None, no_open: bool, log_level: str
-) -> None:
+def demo(store_url: str, no_open: bool, **options: Any) -> None:
     """Run the demo app (counter, mode, artifacts, capped files) and print its URL + token."""
     from .demo import create_server
 
+    limits = _limits(options)
+    _warn_token_flag(options["token"])
     _serve(
-        create_server(store_url),
-        host=host,
-        port=port,
-        token=token or generate_token(),
+        lambda: create_server(store_url),
+        host=options["host"],
+        port=options["port"],
+        token=options["token"],
+        tokens_file=options["tokens_file"],
         user="demo",
+        project=options["project"] or _default_project(),
         open_browser=not no_open,
-        log_level=log_level,
+        log_level=options["log_level"],
+        limits=limits,
     )
 
 
@@ -246,6 +412,27 @@ def _record_key(root: str, resource: str | None, key: str | None) -> str:
             raise _fail("--key needs --resource (the collection's name)")
         return state_key(root)
     return resource_key(root, resource) if key is None else collection_root(root, resource) + key
+
+
+def _open_existing(store_url: str | None) -> Store:
+    """Open a store that must already exist: read-only commands never create one.
+
+    A SQLite file that is not there is an error naming the path (a typo or a wrong working
+    directory would otherwise read as an empty store and leave a new file behind).
+    """
+    url = store_url or default_store_url()
+    if url.lower().startswith("sqlite:///"):
+        path = url[len("sqlite:///") :].split("?", 1)[0]
+        if path and path != ":memory:" and not Path(path).is_file():
+            where = "--store" if store_url else f"${STORE_ENV} or the default"
+            raise _fail(
+                f"no store at {path} (from {where}): pass --store URL of an existing store; "
+                "read-only commands never create one"
+            )
+    try:
+        return open_store(url)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _echo_json(value: Any) -> None:
@@ -291,12 +478,18 @@ def state_get(
     """Print one record: the scope's state, or a resource's state and content."""
     record_key = _record_key(_root(scope, scope_id, kind), resource, key)
 
+    store = _open_existing(store_url)
+
     async def read() -> dict[str, Any]:
-        store = open_store(store_url or default_store_url())
         try:
             record = await store.read(record_key)
         finally:
             await store.aclose()
+        if record is None:
+            raise _fail(
+                f"no record {record_key} in {_redact_url(store.url or store_url or '')}: "
+                "never written, or a wrong --scope, --id, --kind or --store"
+            )
         out: dict[str, Any] = {
             "key": record_key,
             "exists": record is not None,
@@ -319,8 +512,9 @@ def state_inspect(
     """List every record under a scope: its state, resources and collection instances."""
     root = _root(scope, scope_id, kind)
 
+    store = _open_existing(store_url)
+
     async def inspect_scope() -> dict[str, Any]:
-        store = open_store(store_url or default_store_url())
         try:
             keys = await store.scan(root, limit=limit)
             records = []
@@ -353,6 +547,11 @@ def state_inspect(
             if normalize_scope(scope) == "session":
                 binding = await store.read(session_key(scope_id))
                 out["session"] = None if binding is None else dict(binding.fields)
+            if not records and out.get("session") is None:
+                raise _fail(
+                    f"nothing stored under {root} in {_redact_url(store.url or '')}: a wrong "
+                    "--scope, --id, --kind or --store?"
+                )
             return out
         finally:
             await store.aclose()

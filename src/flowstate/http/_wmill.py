@@ -46,7 +46,6 @@ VERSION_HEADER = "X-Flowstate-Version"
 Authenticate = Callable[[Request], Awaitable[Identity | None]]
 
 
-
 class _Route(APIRoute):
     """Answers a :class:`FlowStateError` with the shared JSON error shape and status."""
 
