@@ -260,7 +260,7 @@ def test_read_only_commands_never_create_a_store(
 
 
 def test_a_wrong_id_is_an_error(tmp_path: Path) -> None:
-    from flowstate.demo import create_server
+    from flowstate.cli.demo import create_server
 
     url = f"sqlite:///{tmp_path / 'ops.db'}"
 
