@@ -11,8 +11,7 @@ import pytest
 import flowstate
 from flowstate import FlowServer, Identity, KeyPatternError, ProjectNotFoundError
 from flowstate.access import can_reach_path, path_owner
-from flowstate.http import parse_tokens
-from flowstate.http import create_app
+from flowstate.http import create_app, parse_tokens
 
 from .http_support import lab_flow
 
@@ -164,7 +163,7 @@ async def test_session_ids_with_a_slash_are_refused(api: Any) -> None:
         response = await http.post(route, json=body, headers=as_("alice"))
         assert response.status_code == 422, response.text
         assert 'must not contain "/"' in response.json()["error"]["message"]
-    with pytest.raises(KeyPatternError, match=r'session_id .a/b. must be a single segment'):
+    with pytest.raises(KeyPatternError, match=r"session_id .a/b. must be a single segment"):
         await server.run("lab", "bump", {}, user_id="alice", session_id="a/b")
     assert await server.store.scan("_sessions/") == []
 
