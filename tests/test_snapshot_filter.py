@@ -15,6 +15,7 @@ from flowstate import (
     ClientConfig,
     Context,
     FlowServer,
+    Identity,
     ResourceClient,
     ScopeConfig,
     StateValidationError,
@@ -24,7 +25,8 @@ from flowstate import (
 )
 from flowstate.http import create_app
 
-TOKENS = {"tok-alice": "alice", "tok-bob": "bob"}
+# Naming a project needs membership: alice belongs to p1.
+TOKENS = {"tok-alice": Identity("alice", frozenset({"p1"})), "tok-bob": "bob"}
 ALICE = {"Authorization": "Bearer tok-alice"}
 BOB = {"Authorization": "Bearer tok-bob"}
 
