@@ -25,7 +25,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, create_model
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -81,11 +81,21 @@ def _unauthorized() -> HTTPError:
 
 # ----------------------------------------------------------------------------------- bodies
 
+
 # The id rule of flowstate.layout.check_id, as JSON Schema can say it (the server also checks
 # the 512-byte UTF-8 limit).
+def _one_segment(value: Any) -> Any:
+    # Said in words before the pattern would say it in a regex: an id with "/" could never be
+    # addressed as /sessions/{id}.
+    if isinstance(value, str) and "/" in value:
+        raise ValueError('an id must not contain "/" (it is one URL path segment)')
+    return value
+
+
 Ident = Annotated[
     str,
     StringConstraints(min_length=1, max_length=MAX_ID_BYTES, pattern=r"^[^\x00-\x1f\x7f/]+$"),
+    BeforeValidator(_one_segment),
 ]
 
 
