@@ -57,6 +57,7 @@ PUBLIC = {
     ("GET", "/redoc"),
     ("GET", "/"),
     ("MOUNT", "/static"),
+    ("MOUNT", "/static-offline-docs"),
 }
 
 
@@ -221,6 +222,13 @@ def session_route(suffix: str, method: str = "GET") -> Case:
     return case
 
 
+def session_stream(w: World, actor: str) -> list[Probe]:
+    url = f"/api/flows/sessions/{w.session}/stream"
+    if actor == "owner":
+        return [Probe("GET", url, sse=True)]
+    return [refused("GET", url, code=NO_SESSION, sse=True)]
+
+
 def resource_route(w: World, actor: str) -> list[Probe]:
     probes = []
     for name in ("notes", "doc", "plain"):
@@ -313,6 +321,7 @@ CASES: dict[tuple[str, str], Case] = {
     ("GET", "/api/flows/sessions/{session_id}"): session_route(""),
     ("DELETE", "/api/flows/sessions/{session_id}"): session_route("", "DELETE"),
     ("GET", "/api/flows/sessions/{session_id}/state"): session_route("/state"),
+    ("GET", "/api/flows/sessions/{session_id}/stream"): session_stream,
     ("GET", "/api/flows/sessions/{session_id}/resources/{name}"): resource_route,
     ("GET", "/api/flows/sessions/{session_id}/resources/{name}/content"): content_route,
     ("GET", "/api/flows/users/me/stream"): user_stream,
@@ -438,8 +447,14 @@ def test_owner_control(world: World, method: str, path: str) -> None:
 
 
 def test_public_routes_need_no_token(world: World) -> None:
+    pages = world.call(Probe("GET", "/"), "anonymous").text
+    pages += world.call(Probe("GET", "/docs"), "anonymous").text
     for method, path in sorted(PUBLIC):
-        url = "/static/app.js" if method == "MOUNT" else path
+        url = path
+        if method == "MOUNT":  # a file of the mount that the page or the API docs load
+            found = re.search(re.escape(path) + r"/[^\"'?#\s]+", pages)
+            assert found, f"no page references a file under {path}"
+            url = found.group(0)
         response = world.call(Probe("GET", url), "anonymous")
         assert response.status_code == 200, url
 

@@ -594,10 +594,9 @@ async def resource_items(
     summary="Live state/resource changes of one of your sessions and its user/project (SSE)",
     response_class=EventSourceResponse,
 )
-async def session_stream(session_id: str, request: Request, user: User) -> Response:
+async def session_stream(session_id: str, request: Request, info: ReachableSession) -> Response:
     api = _api(request)
-    info = await api.server.get_session(session_id, user_id=user)
-    topics = [f"session:{info.session_id}", f"user:{user}"]
+    topics = [f"session:{info.session_id}", f"user:{info.user_id}"]
     if info.project_id is not None:
         topics.append(f"project:{info.project_id}")
     return api.sse(_watch_topics(api, topics))
