@@ -11,6 +11,7 @@ import asyncio
 import importlib
 import inspect
 import json
+import logging
 import os
 import socket
 import sys
@@ -160,8 +161,14 @@ def _redact_url(url: str) -> str:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    """``Type: first line of the message``, plus the direct cause's (a driver's reason)."""
+
+    def line(e: BaseException) -> str:
+        text = str(e).strip().splitlines()
+        return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+    cause = exc.__cause__ or exc.__context__
+    return line(exc) if cause is None else f"{line(exc)} ({line(cause)})"
 
 
 def _open_when_up(host: str, port: int, url: str, timeout: float = 15.0) -> None:
@@ -220,11 +227,17 @@ def _serve(
     page = url if link_token is None else f"{url}?token={quote(link_token, safe='')}"
 
     async def probe() -> None:
+        # The store would log its own warning too; the one line below says it all.
+        quiet = logging.getLogger("flowstate")
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
         try:
             await server.store.read("_sessions/probe")
         except Exception as exc:
             await server.aclose()
             raise _StoreUnavailable(f"cannot use the store {store_url}: {_one_line(exc)}") from None
+        finally:
+            quiet.setLevel(level)
 
     def banner() -> None:
         click.echo(f"flowstate serving {url}  (API {url}api/flows, docs {url}docs)")
