@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
@@ -231,7 +232,7 @@ async def test_get_missing_raises(server: FlowServer) -> None:
     async def body(ctx: Any) -> Any:
         await ctx.session.resources.files.get("nope.md")
 
-    with pytest.raises(ResourceNotFoundError, match='"files/nope.md" does not exist'):
+    with pytest.raises(ResourceNotFoundError, match=re.escape('"files/nope.md" does not exist')):
         await run_body(server, body)
 
 
@@ -306,7 +307,8 @@ async def test_cap_without_eviction_raises(server: FlowServer) -> None:
 
     message, keys = (await run_body(server, body)).output
     assert message == (
-        'collection "capped" is full: max_instances=2 with eviction="none"; delete an instance first'
+        'collection "capped" is full: max_instances=2 with eviction="none"; '
+        "delete an instance first"
     )
     assert keys == ["capped/a", "capped/b"]
 
