@@ -38,7 +38,6 @@ RS = TypeVar("RS", default=Any)
 OS = TypeVar("OS", default=Any)
 
 STATE_SCOPES = ("request", "session", "user", "project")
-RESOURCE_SCOPES = ("request", "session", "user", "project")
 
 
 def _check_model(value: Any, what: str, block: str) -> type[BaseModel] | None:

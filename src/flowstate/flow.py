@@ -143,8 +143,6 @@ class ScopeSpec:
     resources: Mapping[str, AnyResourceDefinition]
     client: ClientConfig
     retry: RetryPolicy
-    declarations: tuple[Declaration, ...]
-    resource_owners: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -161,7 +159,6 @@ class Flow:
     isolate_user_state: bool = False
     isolate_project_state: bool = False
     own_states: Mapping[int, Schema] = field(default_factory=dict)
-    blocks: tuple[Block, ...] = ()
 
     def scope(self, name: str) -> ScopeSpec:
         return self.scopes[normalize_scope(name)]
@@ -209,7 +206,7 @@ def _merge_resources(
     scope: str,
     flow_level: Mapping[str, AnyResourceDefinition],
     blocks: list[Block],
-) -> tuple[dict[str, AnyResourceDefinition], dict[str, str]]:
+) -> dict[str, AnyResourceDefinition]:
     merged: dict[str, AnyResourceDefinition] = {}
     owners: dict[str, str] = {}
     if not isinstance(flow_level, Mapping):
@@ -238,7 +235,7 @@ def _merge_resources(
                     f'{describe_definition(definition)} by block "{block.name}". Share one '
                     "definition object, rename one, or declare it at flow level (which wins)."
                 )
-    return merged, owners
+    return merged
 
 
 def _own_states(kind: str, blocks: list[Block]) -> dict[int, Schema]:
@@ -342,7 +339,7 @@ def define_flow(
             scope=scope,
             model_name=f"{_camel(kind)}{scope.capitalize()}State",
         )
-        resources, owners = _merge_resources(kind, scope, config.resources or {}, blocks)
+        resources = _merge_resources(kind, scope, config.resources or {}, blocks)
         client = config.client_config(where)
         missing = [f for f in client.expose if f not in schema.field_names]
         if missing and not schema.free_form:
@@ -361,9 +358,7 @@ def define_flow(
                 )
         if config.retry is not None and not isinstance(config.retry, RetryPolicy):
             raise DefinitionError(f"{where}: retry must be a RetryPolicy, got {config.retry!r}")
-        scopes[scope] = ScopeSpec(
-            schema, resources, client, config.retry or RetryPolicy(), tuple(decls), owners
-        )
+        scopes[scope] = ScopeSpec(schema, resources, client, config.retry or RetryPolicy())
     return Flow(
         kind,
         actions,
@@ -371,7 +366,6 @@ def define_flow(
         bool(isolate_user_state),
         isolate_project,
         _own_states(kind, blocks),
-        tuple(blocks),
     )
 
 
