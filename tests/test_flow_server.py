@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -132,7 +133,12 @@ async def test_stream_yields_the_same_events_live(server: FlowServer) -> None:
 async def test_stream_of_a_failing_run_ends_with_request_failed(server: FlowServer) -> None:
     events = [e async for e in server.stream("chat", "bump", "fail", user_id="al")]
     assert [e.type for e in events] == ["request.created", "state_change", "request.failed"]
-    assert events[-1].data == {"error": {"code": "internal_error", "message": "block failed"}}
+    # In-process code is trusted: it reads the detail after the error id clients get.
+    error = events[-1].data["error"]
+    assert error["code"] == "internal_error"
+    assert re.fullmatch(r"internal error \(id [0-9a-f]{6}\): block failed", error["message"])
+    public = events[-1].to_wire()["error"]
+    assert public == {"code": "internal_error", "message": error["message"].split(":")[0]}
 
 
 async def test_run_reraises_after_recording_the_failure(server: FlowServer) -> None:

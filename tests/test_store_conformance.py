@@ -83,8 +83,9 @@ async def test_json_values_round_trip_exactly(store: Store) -> None:
         "float": 1.0,
         "big_float": 1e16,
         "tiny": 1e-7,
-        "big_int": 2**70,
-        "text": 'héllo wörld 😀 \u0000 "quoted" \\ back',
+        "big_int": 2**63 - 1,
+        "small_int": -(2**63 - 1),
+        "text": 'héllo wörld 😀 \u0001 \U0010ffff "quoted" \\ back',
         "empty": [[], {}, ""],
         "false": False,
         "null": None,
@@ -117,7 +118,7 @@ async def test_the_store_shares_no_mutable_values_with_callers(store: Store) -> 
 
 
 async def test_appending_keeps_the_stored_items_exactly(store: Store) -> None:
-    items = [1.0, 1e16, 2**70, {"z": 1, "a": [None, True]}, "é 😀 \u0000", -0.5, 1e-7]
+    items = [1.0, 1e16, 2**63 - 1, {"z": 1, "a": [None, True]}, "é 😀 \u0001", -0.5, 1e-7]
     await store.apply("k", put("l", items))
     await store.apply(
         "k", ops(FieldOp("append", "l", 3.0), FieldOp("append", "l", {"y": 1, "b": 2}))

@@ -7,8 +7,12 @@ message names the scope, field or key involved and the rule that was broken.
 
 from __future__ import annotations
 
+import logging
+import secrets
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast, get_args
+
+from pydantic_core.core_schema import ErrorType
 
 __all__ = [
     "ActionNotFoundError",
@@ -22,6 +26,7 @@ __all__ = [
     "FlowStateWarning",
     "KeyPatternError",
     "ProjectNotFoundError",
+    "PublicError",
     "ResourceAlreadyExistsError",
     "ResourceNotFoundError",
     "ResourceReadOnlyError",
@@ -29,8 +34,11 @@ __all__ = [
     "SessionNotFoundError",
     "StateValidationError",
     "StoreUnavailableError",
+    "client_error",
     "status_for",
 ]
+
+log = logging.getLogger("flowstate.errors")
 
 
 class FlowStateWarning(UserWarning):
@@ -38,11 +46,16 @@ class FlowStateWarning(UserWarning):
 
 
 class FlowStateError(Exception):
-    """Base of every flowstate error; ``code`` is the stable wire name."""
+    """Base of every flowstate error; ``code`` is the stable wire name.
+
+    ``public_message``, when set, is what a client is told instead of ``message`` (which may
+    name a key of a collection the client cannot see); see :func:`client_error`.
+    """
 
     code: str = "flowstate_error"
     status: int = 500
     """The HTTP status of this error (500: a server-side problem, not the caller's)."""
+    public_message: str | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -64,19 +77,30 @@ class StateValidationError(FlowStateError):
         *,
         scope: str | None = None,
         errors: Sequence[dict[str, Any]] = (),
+        where: str | None = None,
     ) -> None:
         super().__init__(message)
         self.scope = scope
         self.errors = [dict(e) for e in errors]
+        self.where = where
+        """What was being written or validated, as clients may read it (no hidden keys)."""
 
-    def with_scope(self, scope: str, where: str) -> StateValidationError:
+    def with_scope(
+        self, scope: str, where: str, public_where: str | None = None
+    ) -> StateValidationError:
         """A copy naming the scope (``session`` …) and, in the message, what was written.
 
-        Errors are raised below the scope layer, which knows neither.
+        Errors are raised below the scope layer, which knows neither. ``public_where`` is the
+        client-safe spelling of ``where`` (default: ``where``).
         """
         if self.scope is not None:
             return self
-        return StateValidationError(f"{where}: {self.message}", scope=scope, errors=self.errors)
+        return StateValidationError(
+            f"{where}: {self.message}",
+            scope=scope,
+            errors=self.errors,
+            where=where if public_where is None else public_where,
+        )
 
 
 class ConcurrentModificationError(FlowStateError):
@@ -226,3 +250,148 @@ def status_for(code: str) -> int:
     if code.endswith("_already_exists"):
         return 409
     return 500
+
+
+class PublicError(FlowStateError):
+    """Raise from a block when the client should read the message (and the code).
+
+    Any other exception a block raises reaches clients only as ``internal_error`` with an
+    error id (see :func:`client_error`); this one is sent as is, with HTTP status ``status``
+    (default 400). ``details`` (JSON) travels too.
+    """
+
+    code = "request_failed"
+    status = 400
+
+    def __init__(
+        self, message: str, *, code: str = "request_failed", status: int = 400, details: Any = None
+    ) -> None:
+        super().__init__(message)
+        if not (400 <= status <= 499):
+            raise ValueError(f"PublicError status must be a 4xx code, got {status}")
+        self.code = code
+        self.status = status
+        self.details = details
+
+
+# ------------------------------------------------------------------------- what clients see
+
+# Pydantic's built-in messages are templates filled from the schema (bounds, expected types,
+# literal values). These also interpolate the validator's own text or part of the input (an
+# error text, a tag, a length), so clients get a generic message instead: "value_error" is
+# ``raise ValueError(f"... {secret}")``.
+_OPEN_TYPES = frozenset(
+    {
+        "value_error",
+        "assertion_error",
+        "union_tag_invalid",
+        "json_invalid",
+        "json_type",
+        "no_such_attribute",
+        "get_attribute_error",
+        "iteration_error",
+        "mapping_type",
+        "too_short",
+        "too_long",
+        "bytes_invalid_encoding",
+        "date_parsing",
+        "date_from_datetime_parsing",
+        "time_parsing",
+        "datetime_parsing",
+        "datetime_object_invalid",
+        "datetime_from_date_parsing",
+        "timezone_offset",
+        "time_delta_parsing",
+        "url_parsing",
+        "url_syntax_violation",
+        "uuid_parsing",
+    }
+)
+_SAFE_TYPES = (frozenset(get_args(ErrorType)) - _OPEN_TYPES) | {
+    # flowstate's own error types (ops.py, schema.py, limits.py), whose messages name types
+    # and rules, never values.
+    "extra_forbidden",
+    "finite_number",
+    "inc_amount",
+    "inc_target",
+    "push_target",
+    "record_key",
+    "record_target",
+    "int_range",
+    "json_depth",
+    "string_nul",
+    "string_unicode",
+}
+_HIDDEN_MSG = "the value is invalid (the validator's message is kept in the server log)"
+
+
+def new_error_id() -> str:
+    """A short random id that ties a client's error to the server log line with the detail."""
+    return secrets.token_hex(3)
+
+
+def _client_errors(exc: StateValidationError) -> tuple[list[dict[str, Any]], bool]:
+    errors = []
+    hidden = False
+    for e in exc.errors:
+        type_ = str(e.get("type", ""))
+        safe = type_ in _SAFE_TYPES or exc.scope == "input"
+        hidden = hidden or not safe
+        errors.append(
+            {
+                "loc": list(e.get("loc", ())),
+                "msg": str(e.get("msg", "")) if safe else _HIDDEN_MSG,
+                "type": type_,
+            }
+        )
+    return errors, hidden
+
+
+def _describe(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for e in errors:
+        loc = ".".join(str(p) for p in e["loc"]) or "(state)"
+        parts.append(f'field "{loc}": {e["msg"]} ({e["type"]})')
+    return "; ".join(parts)
+
+
+def client_error(exc: BaseException) -> tuple[str, str, Any]:
+    """``(code, message, details)`` of ``exc`` as a client may read it (SPEC §13).
+
+    A :class:`FlowStateError` keeps its code; its message is ``public_message`` when set.
+    A validation error of state (not of the client's own input) keeps ``loc``/``type`` and
+    pydantic's templated messages, but a custom validator's text is replaced and logged under
+    an error id. Anything else (a block's own exception, a driver error) is ``internal_error``
+    with ``internal error (id …)``; the full traceback is logged under that id, once per
+    exception, so the run's ``request.failed`` event and the HTTP answer name the same id.
+    """
+    cached = getattr(exc, "_flowstate_client_error", None)
+    if cached is not None:
+        return cast(tuple[str, str, Any], cached)
+    result: tuple[str, str, Any]
+    if isinstance(exc, StateValidationError):
+        errors, hidden = _client_errors(exc)
+        if not errors:
+            message = exc.public_message or exc.message
+        else:
+            text = _describe(errors)
+            if hidden:
+                error_id = new_error_id()
+                log.warning("validation error id %s: %s", error_id, exc.message)
+                text += f" (id {error_id})"
+            message = f"{exc.where}: {text}" if exc.where else text
+        result = (exc.code, message, errors or None)
+    elif isinstance(exc, PublicError):
+        result = (exc.code, exc.message, exc.details)
+    elif isinstance(exc, FlowStateError):
+        result = (exc.code, exc.public_message or exc.message, None)
+    else:
+        error_id = new_error_id()
+        log.error("internal error id %s", error_id, exc_info=exc)
+        result = ("internal_error", f"internal error (id {error_id})", None)
+    try:
+        exc._flowstate_client_error = result  # type: ignore[attr-defined]
+    except AttributeError:  # an exception type with __slots__: it just gets a new id
+        pass
+    return result
+

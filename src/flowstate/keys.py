@@ -13,11 +13,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .errors import DefinitionError, KeyPatternError
+from .limits import MAX_KEY_BYTES, key_problem
 
 __all__ = ["KeyPattern", "normalize_key"]
 
 _PARAM = re.compile(r"^\[([A-Za-z_][A-Za-z0-9_]*)\]$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _show(key: object) -> str:
+    """A key for a message: repr, shortened (a hostile key can be megabytes long)."""
+    text = repr(key)
+    return text if len(text) <= 120 else f"{text[:100]}…({len(text)} characters)"
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= 120 else f"{text[:100]}…({len(text)} characters)"
 
 
 def normalize_key(key: str) -> str:
@@ -74,7 +85,16 @@ class KeyPattern:
         return "".join(s + "/" for s in literal)
 
     def _fail(self, key: object, rule: str) -> KeyPatternError:
-        return KeyPatternError(f'key {key!r} is invalid for pattern "{self.pattern}": {rule}')
+        exc = KeyPatternError(f'key {_show(key)} is invalid for pattern "{self.pattern}": {rule}')
+        # Clients are told the rule, not the key (it may belong to a collection they cannot see).
+        exc.public_message = f'a key is invalid for pattern "{self.pattern}": {rule}'
+        return exc
+
+    def _check_limits(self, original: object, storage_key: str) -> str:
+        problem = key_problem(storage_key)
+        if problem is not None:
+            raise self._fail(original, problem)
+        return storage_key
 
     def _check_segments(self, original: object, parts: list[str]) -> None:
         for part in parts:
@@ -108,17 +128,19 @@ class KeyPattern:
             raise self._fail(key, "a key is a string or, for [name] patterns, a dict")
         if "\x00" in key or _CONTROL.search(key):
             raise self._fail(key, "control characters and NUL are not allowed")
+        if len(key) > MAX_KEY_BYTES:  # before any work on it; the exact check is below
+            raise self._fail(key, f"it is longer than the limit of {MAX_KEY_BYTES} UTF-8 bytes")
         norm = normalize_key(key)
         if not norm:
             raise self._fail(key, "the key is empty")
         self._check_segments(key, norm.split("/"))
         prefix = self.prefix
         if prefix and norm.startswith(prefix) and self.matches(norm):
-            return norm
+            return self._check_limits(key, norm)
         full = prefix + norm
         if not self.matches(full):
-            raise self._fail(key, f'"{full}" does not match the pattern')
-        return full
+            raise self._fail(key, f'"{_clip(full)}" does not match the pattern')
+        return self._check_limits(key, full)
 
     def _resolve_params(self, values: Mapping[str, object]) -> str:
         wanted = self.params
@@ -145,4 +167,4 @@ class KeyPattern:
                 raise self._fail(dict(values), f'parameter "{name}" must be one segment (no "/")')
             self._check_segments(dict(values), [value])
             out.append(value)
-        return "/".join(out)
+        return self._check_limits(dict(values), "/".join(out))

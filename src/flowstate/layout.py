@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from .errors import KeyPatternError
+from .limits import MAX_KEY_BYTES
 
 __all__ = [
     "MAX_ID_BYTES",
@@ -39,8 +40,8 @@ __all__ = [
     "user_sessions_prefix",
 ]
 
-MAX_ID_BYTES = 512
-"""Longest id (session, user, project, job, …) in UTF-8 bytes."""
+MAX_ID_BYTES = MAX_KEY_BYTES
+"""Longest id (session, user, project, job, …) in UTF-8 bytes (:mod:`flowstate.limits`)."""
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 

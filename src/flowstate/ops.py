@@ -19,6 +19,7 @@ from functools import cached_property
 from typing import Any, Final, Literal
 
 from .errors import StateValidationError
+from .limits import text_problem
 from .schema import Schema
 
 __all__ = [
@@ -63,10 +64,14 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _op_error(op: FieldOp, message: str, type_: str) -> StateValidationError:
+def _op_error(
+    op: FieldOp, message: str, type_: str, msg: str | None = None
+) -> StateValidationError:
+    """The error of one field op; ``msg`` (default ``message``) is the value-free rule."""
     loc: list[str] = [op.field] if op.key is None else [op.field, op.key]
     return StateValidationError(
-        f'field "{op.field}": {message}', errors=[{"loc": loc, "msg": message, "type": type_}]
+        f'field "{op.field}": {message}',
+        errors=[{"loc": loc, "msg": msg or message, "type": type_}],
     )
 
 
@@ -76,7 +81,12 @@ def apply_field_op(op: FieldOp, current: Any) -> Any:
         return op.value
     if op.kind == "inc":
         if not _is_number(op.value):
-            raise _op_error(op, f"inc_state needs a number amount, got {op.value!r}", "inc_amount")
+            raise _op_error(
+                op,
+                f"inc_state needs a number amount, got {op.value!r}",
+                "inc_amount",
+                f"inc_state needs a number amount, got {type(op.value).__name__}",
+            )
         if current is MISSING or current is None:
             return op.value
         if not _is_number(current):
@@ -93,7 +103,12 @@ def apply_field_op(op: FieldOp, current: Any) -> Any:
     if op.kind in ("record_set", "record_delete"):
         name = "set_state_record" if op.kind == "record_set" else "delete_state_record"
         if not isinstance(op.key, str):
-            raise _op_error(op, f"{name} needs a string key, got {op.key!r}", "record_key")
+            raise _op_error(
+                op,
+                f"{name} needs a string key, got {op.key!r}",
+                "record_key",
+                f"{name} needs a string key, got {type(op.key).__name__}",
+            )
         if current is MISSING or current is None:
             current = {}
         if not isinstance(current, dict):
@@ -122,6 +137,15 @@ def append_target_error(name: str, found: str) -> StateValidationError:
     """The error for appending to a stored field that is not a list (raised by stores)."""
     message = f"push_state needs a list field, found {found}"
     return _op_error(FieldOp("append", name), message, "push_target")
+
+
+def _check_content(text: str) -> None:
+    problem = text_problem(text)
+    if problem is not None:
+        message, type_ = problem
+        raise StateValidationError(
+            f"content: {message}", errors=[{"loc": ["content"], "msg": message, "type": type_}]
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +235,8 @@ class Change:
         lazy_appends: bool,
     ) -> Mutation | None:
         schema = self.schema
+        if isinstance(self.content, str):
+            _check_content(self.content)
         if lazy_appends and self.lazy_appends:
             return self._resolve_lazy(stored, content)
         if self.replace is not None:

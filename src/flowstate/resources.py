@@ -12,22 +12,26 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
 from .errors import (
     CollectionFullError,
     DefinitionError,
+    FlowStateError,
     KeyPatternError,
     ResourceAlreadyExistsError,
     ResourceNotFoundError,
     StateValidationError,
 )
 from .keys import KeyPattern
+from .limits import MAX_KEY_BYTES, key_problem, text_problem
 from .schema import Schema
 from .state import Commit, StateCell, StateHandle, content_change
 from .stores.base import Cap
+
+E = TypeVar("E", bound=FlowStateError)
 
 if TYPE_CHECKING:
     from .scopes import ScopeBinding
@@ -120,6 +124,8 @@ def define_resource(
     model = _state_model(state, "resource")
     if content is not None and not isinstance(content, str):
         raise DefinitionError(f"resource content must be a string, got {type(content).__name__}")
+    if content is not None and (problem := text_problem(content)) is not None:
+        raise DefinitionError(f"resource content: {problem[0]}")
     return ResourceDefinition(model, content, writable, render, _client(client))
 
 
@@ -299,6 +305,22 @@ class CollectionRef:
     def _label(self, storage_key: str) -> str:
         return f'{self._binding.scope} resource "{storage_key}" of collection "{self.name}"'
 
+    def _public_label(self, storage_key: str) -> str:
+        """:meth:`_label` as clients may read it: no key when clients cannot see the collection."""
+        if self.definition.client is not None:
+            return self._label(storage_key)
+        return f'{self._binding.scope} resource of collection "{self.name}"'
+
+    async def _emit_change(self, storage_key: str, change_type: str) -> None:
+        await self._binding.emit_resource_change(
+            storage_key, change_type, visible=self.definition.client is not None
+        )
+
+    def _public(self, exc: E, storage_key: str) -> E:
+        if self.definition.client is None:
+            exc.public_message = exc.message.replace(f'"{storage_key}"', "(hidden key)")
+        return exc
+
     def _ref(self, storage_key: str) -> ResourceRef:
         definition = self.definition
         cell = StateCell(
@@ -312,12 +334,13 @@ class CollectionRef:
             must_exist=True,
             listener=self._on_commit,
             guard=self._binding.guard,
+            public_label=self._public_label(storage_key),
         )
         return ResourceRef(cell, name=self.name, key=storage_key)
 
     async def _on_commit(self, commit: Commit) -> None:
         key = commit.cell.key[len(self._root) :]
-        await self._binding.emit_resource_change(key, "updated")
+        await self._emit_change(key, "updated")
         if self.definition.on_instance_updated is not None:
             new = commit.cell.values
             prev = {**new, **commit.mutation.before}
@@ -348,17 +371,20 @@ class CollectionRef:
         try:
             values = self.definition.schema.validate_state(dict(initial or {}))
         except StateValidationError as exc:
-            raise exc.with_scope(self._binding.scope, self._label(storage_key)) from None
+            raise exc.with_scope(
+                self._binding.scope, self._label(storage_key), self._public_label(storage_key)
+            ) from None
         d = self.definition
         cap = Cap(self._root, d.max_instances, d.eviction) if d.max_instances else None
         created = await self._binding.store.create(
             self._root + storage_key, values, replace=replace, cap=cap, guard=self._binding.guard
         )
         if created.status == "exists":
-            raise ResourceAlreadyExistsError(
+            exists = ResourceAlreadyExistsError(
                 f'resource "{storage_key}" already exists in {label}; use get_or_create() or '
                 "create(..., replace=True)"
             )
+            raise self._public(exists, storage_key)
         if created.status == "full":
             raise CollectionFullError(
                 f'{label} is full: max_instances={d.max_instances} with eviction="none"; '
@@ -366,12 +392,12 @@ class CollectionRef:
             )
         for victim in created.evicted:
             victim_key = victim[len(self._root) :]
-            await self._binding.emit_resource_change(victim_key, "deleted")
+            await self._emit_change(victim_key, "deleted")
             self._call_hook(d.on_instance_deleted, victim_key)
         ref = self._ref(storage_key)
         ref._cell._set(values, created.version, None)
         if created.status == "replaced":
-            await self._binding.emit_resource_change(storage_key, "updated")
+            await self._emit_change(storage_key, "updated")
             prev = created.previous.fields if created.previous else {}
             self._call_hook(
                 d.on_instance_updated,
@@ -380,7 +406,7 @@ class CollectionRef:
                 self._view(d.schema.with_defaults(prev)),
             )
         else:
-            await self._binding.emit_resource_change(storage_key, "created")
+            await self._emit_change(storage_key, "created")
             self._call_hook(d.on_instance_created, storage_key, ref.detached_state())
         return ref
 
@@ -405,9 +431,11 @@ class CollectionRef:
         """The instance, or :class:`ResourceNotFoundError`."""
         ref = await self.get_optional(key)
         if ref is None:
-            raise ResourceNotFoundError(
-                f'resource "{self.resolve_key(key)}" does not exist in collection "{self.name}"'
+            storage_key = self.resolve_key(key)
+            missing = ResourceNotFoundError(
+                f'resource "{storage_key}" does not exist in collection "{self.name}"'
             )
+            raise self._public(missing, storage_key)
         return ref
 
     async def get_or_create(
@@ -443,21 +471,27 @@ class CollectionRef:
                 return await self.create(key, {**(create_only or {}), **update})
             except ResourceAlreadyExistsError:
                 continue
-        raise ResourceNotFoundError(
-            f'upsert of "{self.resolve_key(key)}" in collection "{self.name}" kept racing '
+        storage_key = self.resolve_key(key)
+        racing = ResourceNotFoundError(
+            f'upsert of "{storage_key}" in collection "{self.name}" kept racing '
             "with concurrent creates and deletes"
         )
+        raise self._public(racing, storage_key)
 
     def _list_prefix(self, prefix: str) -> str:
         if not isinstance(prefix, str):
             raise KeyPatternError(f"list prefix must be a string, got {prefix!r}")
         if not prefix:
             return self.definition.pattern.prefix
-        if any(ord(c) < 32 or c == "\x7f" for c in prefix) or ".." in prefix.split("/"):
-            raise KeyPatternError(
-                f'list prefix {prefix!r} is invalid for collection "{self.name}": ".." segments '
-                "and control characters are not allowed"
+        problem = key_problem(prefix)
+        if problem is None and ".." in prefix.split("/"):
+            problem = '".." segments are not allowed'
+        if problem is not None:
+            exc = KeyPatternError(
+                f'list prefix {prefix[:100]!r} is invalid for collection "{self.name}": {problem}'
             )
+            exc.public_message = f'a list prefix is invalid for collection "{self.name}"'
+            raise exc
         prefix = prefix.replace("\\", "/").lstrip("/")
         base = self.definition.pattern.prefix
         return prefix if prefix.startswith(base) else base + prefix
@@ -467,6 +501,11 @@ class CollectionRef:
     ) -> list[str]:
         """Storage keys of the instances, sorted, optionally under ``prefix``, after ``after``."""
         full = self._root + self._list_prefix(prefix)
+        if after is not None and (not isinstance(after, str) or key_problem(after) is not None):
+            raise KeyPatternError(
+                f'list after= must be a storage key of collection "{self.name}" (a string of at '
+                f"most {MAX_KEY_BYTES} UTF-8 bytes without control characters)"
+            )
         keys = await self._binding.store.scan(
             full, after=None if after is None else self._root + after, limit=limit
         )
@@ -484,7 +523,7 @@ class CollectionRef:
         )
         if record is None:
             return False
-        await self._binding.emit_resource_change(storage_key, "deleted")
+        await self._emit_change(storage_key, "deleted")
         self._call_hook(self.definition.on_instance_deleted, storage_key)
         return True
 

@@ -64,8 +64,10 @@ class Run:
         self._frame_ids = itertools.count(1)
         self._sink = sink
 
-    async def emit(self, type_: str, data: dict[str, Any]) -> Event:
-        event = Event(type_, next(self._seq), self.request_id, data)
+    async def emit(
+        self, type_: str, data: dict[str, Any], client_data: dict[str, Any] | None = None
+    ) -> Event:
+        event = Event(type_, next(self._seq), self.request_id, data, client_data)
         self.events.append(event)
         if self._sink is not None:
             await self._sink(event)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -22,6 +21,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from .errors import DefinitionError, SchemaConflictError, StateValidationError
+from .limits import json_problem
 from .snapshot import freeze
 
 __all__ = [
@@ -631,25 +631,17 @@ _ANY_ADAPTER: TypeAdapter[Any] = TypeAdapter(Any)
 
 
 def check_finite(value: Any, loc: tuple[str | int, ...]) -> None:
-    """Reject NaN and infinities anywhere in ``value``: JSON has no such numbers, and storing
-    them would silently turn them into ``null``."""
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            message = f"Input should be a finite number, got {value!r}"
-            path = ".".join(str(p) for p in loc)
-            raise StateValidationError(
-                f'field "{path}": {message} (finite_number)',
-                errors=[{"loc": list(loc), "msg": message, "type": "finite_number"}],
-            )
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            check_finite(v, (*loc, k))
-    elif isinstance(value, list | tuple):
-        for i, v in enumerate(value):
-            check_finite(v, (*loc, i))
-    elif isinstance(value, BaseModel):
-        for k in type(value).model_fields:
-            check_finite(getattr(value, k, None), (*loc, k))
+    """Reject a value that breaks the limits of SPEC §13 (:mod:`flowstate.limits`): NaN and
+    infinities (JSON has no such numbers; storing them would silently turn them into ``null``),
+    integers beyond ±(2**63 - 1), nesting deeper than 64 levels, NUL and lone surrogates."""
+    problem = json_problem(value, loc)
+    if problem is not None:
+        where, message, type_ = problem
+        path = ".".join(str(p) for p in where)
+        raise StateValidationError(
+            f'field "{path}": {message} ({type_})',
+            errors=[{"loc": list(where), "msg": message, "type": type_}],
+        )
 
 
 def _jsonable(name: str, value: Any) -> JSON:

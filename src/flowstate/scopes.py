@@ -28,7 +28,7 @@ __all__ = ["ScopeBinding", "ScopeHandle"]
 
 S = TypeVarDefault("S", default=Any)
 
-Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+Emit = Callable[[str, dict[str, Any], dict[str, Any] | None], Awaitable[None]]
 
 
 class ScopeBinding:
@@ -72,9 +72,12 @@ class ScopeBinding:
         self.registry = ResourceRegistry(self)
         self._static: dict[str, ResourceRef] = {}
 
-    async def emit(self, type_: str, data: dict[str, Any]) -> None:
+    async def emit(
+        self, type_: str, data: dict[str, Any], client_data: dict[str, Any] | None = None
+    ) -> None:
+        """Emit a run event; clients get ``client_data`` when given (see ``Event``)."""
         if self._emit is not None:
-            await self._emit(type_, data)
+            await self._emit(type_, data, client_data)
 
     async def _on_state_commit(self, commit: Commit) -> None:
         data: dict[str, Any] = {
@@ -88,9 +91,15 @@ class ScopeBinding:
             data["values"] = exposed
         await self.emit("state_change", data)
 
-    async def emit_resource_change(self, key: str, change_type: str) -> None:
+    async def emit_resource_change(
+        self, key: str, change_type: str, *, visible: bool = True
+    ) -> None:
+        """``resource_change``; the key of a resource clients cannot see stays in-process."""
+        data = {"scope": self.scope, "key": key, "changeType": change_type}
         await self.emit(
-            "resource_change", {"scope": self.scope, "key": key, "changeType": change_type}
+            "resource_change",
+            data,
+            None if visible else {"scope": self.scope, "changeType": change_type},
         )
 
     def collection_root(self, name: str) -> str:
@@ -101,7 +110,9 @@ class ScopeBinding:
         if ref is None:
 
             async def on_commit(commit: Commit) -> None:
-                await self.emit_resource_change(name, "updated")
+                await self.emit_resource_change(
+                    name, "updated", visible=definition.client is not None
+                )
 
             cell = StateCell(
                 self.store,

@@ -24,12 +24,12 @@ from .clientdata import (
 from .errors import (
     DefinitionError,
     FlowNotFoundError,
-    FlowStateError,
     FlowStateWarning,
     KeyPatternError,
     ResourceNotFoundError,
     SessionNotFoundError,
     StateValidationError,
+    client_error,
 )
 from .flow import Flow, normalize_scope
 from .layout import (
@@ -40,6 +40,7 @@ from .layout import (
     user_session_key,
     user_sessions_prefix,
 )
+from .limits import json_problem, key_problem
 from .ops import Change, FieldOp
 from .resources import AnyResourceDefinition, CollectionRef, ResourceCollectionDefinition
 from .runtime import Run, execute_block
@@ -84,6 +85,27 @@ def _persisted_commits(run: Run) -> bool:
         e.type in ("state_change", "resource_change") and e.data.get("scope") != "request"
         for e in run.events
     )
+
+
+def _output_json(output: Any) -> Any:
+    """The run's output in JSON form, refused (422) past the limits clients can parse."""
+    try:
+        wire = to_json(output)
+    except RecursionError:
+        wire = None
+        problem: tuple[Any, str, str] | None = ((), "the output nests too deep", "json_depth")
+    else:
+        problem = json_problem(wire, state=False)
+    if problem is not None:
+        where, message, type_ = problem
+        path = ".".join(str(p) for p in ("output", *where))
+        raise StateValidationError(
+            f'field "{path}": {message} ({type_})',
+            scope="output",
+            errors=[{"loc": ["output", *where], "msg": message, "type": type_}],
+            where="run output",
+        )
+    return wire
 
 
 class FlowServer:
@@ -146,6 +168,8 @@ class FlowServer:
     # ------------------------------------------------------------------ sessions
 
     async def _read_session(self, session_id: str) -> SessionInfo | None:
+        if not isinstance(session_id, str) or key_problem(session_id, allow_slash=False):
+            return None  # an id that cannot be stored cannot exist
         record = await self.store.read(session_key(session_id))
         if record is None:
             return None
@@ -267,8 +291,10 @@ class FlowServer:
     def _bindings(
         self, flow: Flow, run: Run, session_guard: Guard | None = None
     ) -> dict[str, ScopeBinding]:
-        async def emit(type_: str, data: dict[str, Any]) -> None:
-            await run.emit(type_, data)
+        async def emit(
+            type_: str, data: dict[str, Any], client_data: dict[str, Any] | None
+        ) -> None:
+            await run.emit(type_, data, client_data)
 
         def bind(
             scope: str, store: Store, scope_id: str, root: str, guard: Guard | None = None
@@ -391,10 +417,18 @@ class FlowServer:
             for binding in run.bindings.values():
                 await binding.load()
             output = await execute_block(run, block, input, None)
-            wire_output = to_json(output)
+            wire_output = _output_json(output)
         except Exception as exc:
-            code = exc.code if isinstance(exc, FlowStateError) else "internal_error"
-            await run.emit("request.failed", {"error": {"code": code, "message": str(exc)}})
+            # In-process code reads the detail; clients read what client_error allows (an
+            # internal error becomes an error id, logged with the detail: SPEC §13).
+            code, public, _ = client_error(exc)
+            detail = str(exc) or type(exc).__name__
+            message = f"{public}: {detail}" if code == "internal_error" else detail
+            await run.emit(
+                "request.failed",
+                {"error": {"code": code, "message": message}},
+                {"error": {"code": code, "message": public}},
+            )
             if fresh is not None and not _persisted_commits(run):
                 # The run created its session and failed having written nothing: leave no
                 # empty session behind (best effort; the run's own error is what matters).

@@ -22,6 +22,7 @@ from typing_extensions import TypeVar as TypeVarDefault
 
 from .errors import (
     ConcurrentModificationError,
+    FlowStateError,
     ResourceNotFoundError,
     ResourceReadOnlyError,
     StateValidationError,
@@ -34,6 +35,7 @@ __all__ = ["Commit", "RetryPolicy", "StateCell", "StateHandle"]
 
 S = TypeVarDefault("S", default=Any)
 M = TypeVar("M", bound=BaseModel)
+E = TypeVar("E", bound=FlowStateError)
 
 
 @dataclass(frozen=True)
@@ -105,12 +107,15 @@ class StateCell:
         initial_content: str | None = None,
         listener: Listener | None = None,
         guard: Guard | None = None,
+        public_label: str | None = None,
     ) -> None:
         self.store = store
         self.guard = guard
         self.key = key
         self.schema = schema
         self.label = label
+        # What clients may read in an error (an invisible collection's keys stay out of it).
+        self.public_label = label if public_label is None else public_label
         self.scope = scope
         self.retry = retry or RetryPolicy()
         self.writable = writable
@@ -135,7 +140,7 @@ class StateCell:
         record = await self.store.read(self.key)
         if record is None:
             if self.must_exist:
-                raise ResourceNotFoundError(f"{self.label} no longer exists")
+                raise self._public(ResourceNotFoundError(f"{self.label} no longer exists"))
             self._set({}, 0, self.initial_content)
         else:
             content = record.content if record.version else self.initial_content
@@ -147,7 +152,15 @@ class StateCell:
 
     def _fail_read_only(self) -> None:
         if not self.writable:
-            raise ResourceReadOnlyError(f"{self.label} is read-only (declared writable=False)")
+            raise self._public(
+                ResourceReadOnlyError(f"{self.label} is read-only (declared writable=False)")
+            )
+
+    def _public(self, exc: E) -> E:
+        """``exc`` with its client message spelled with :attr:`public_label`."""
+        if self.public_label != self.label:
+            exc.public_message = exc.message.replace(self.label, self.public_label)
+        return exc
 
     async def apply(self, change: Change) -> bool:
         """Apply a change through the store; update the cache; tell the listener."""
@@ -174,12 +187,12 @@ class StateCell:
                 else:
                     result = await self.store.apply(self.key, change, guard=self.guard)
             except StateValidationError as exc:
-                raise exc.with_scope(self.scope, self.label) from None
+                raise exc.with_scope(self.scope, self.label, self.public_label) from None
         return await self._settle(result, change)
 
     async def _settle(self, result: Applied, change: Change) -> bool:
         if result.status == "missing":
-            raise ResourceNotFoundError(f"{self.label} no longer exists")
+            raise self._public(ResourceNotFoundError(f"{self.label} no longer exists"))
         if result.status == "noop":
             if result.version != self.version:
                 await self.load()
@@ -241,15 +254,16 @@ class StateCell:
             try:
                 result = await self.store.apply(self.key, change, guard=self.guard)
             except StateValidationError as exc:
-                raise exc.with_scope(self.scope, self.label) from None
+                raise exc.with_scope(self.scope, self.label, self.public_label) from None
             if result.status != "conflict":
                 return await self._settle(result, change)
-        raise ConcurrentModificationError(
+        gave_up = ConcurrentModificationError(
             f"{self.label}: update_state gave up after {policy.max_attempts} attempts because "
             "the record kept changing underneath it (compare-and-swap conflicts); retry later "
             "or raise the scope's retry.max_attempts",
             attempts=policy.max_attempts,
         )
+        raise self._public(gave_up)
 
 
 def _fields(

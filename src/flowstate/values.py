@@ -14,16 +14,24 @@ __all__ = ["Event", "RunResult", "SessionInfo"]
 
 @dataclass(frozen=True)
 class Event:
-    """One event of a run: ``seq`` counts from 1 per request; ``data`` uses wire names."""
+    """One event of a run: ``seq`` counts from 1 per request; ``data`` uses wire names.
+
+    ``client_data``, when set, is what clients get instead of ``data``: in-process code is
+    trusted and reads ``data`` (an internal error's text, the key of a resource clients
+    cannot see); :meth:`to_wire` (SSE frames, HTTP answers, live streams) carries only
+    ``client_data``.
+    """
 
     type: str
     seq: int
     request_id: str
     data: dict[str, Any] = field(default_factory=dict)
+    client_data: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON an SSE frame or a client sees."""
-        return {"type": self.type, "seq": self.seq, "requestId": self.request_id, **self.data}
+        data = self.data if self.client_data is None else self.client_data
+        return {"type": self.type, "seq": self.seq, "requestId": self.request_id, **data}
 
 
 @dataclass(frozen=True)

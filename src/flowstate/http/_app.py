@@ -34,8 +34,9 @@ from ..access import Identity
 from ..blocks import Block
 from ..clientdata import to_json
 from ..codegen import action_input_model
-from ..errors import FlowStateError, SessionNotFoundError, StateValidationError
+from ..errors import FlowStateError, SessionNotFoundError, StateValidationError, client_error
 from ..layout import MAX_ID_BYTES
+from ..limits import MAX_BODY_BYTES
 from ..schema import describe_errors
 from ..server import FlowServer, RunResult, SessionInfo
 from ..values import Event
@@ -160,11 +161,13 @@ def _parse_last_event_id(value: str | None, request_id: str) -> int:
     if value is None or not value.strip():
         return 0
     rid, sep, seq = value.strip().rpartition(":")
-    if (sep and rid != request_id) or not seq.isdigit():
+    # isdigit() alone accepts "²" and other non-ASCII digits, which int() refuses.
+    if (sep and rid != request_id) or not (seq.isascii() and seq.isdigit() and len(seq) <= 18):
         raise HTTPError(
             400,
             "invalid_last_event_id",
-            f"Last-Event-ID must look like {request_id}:<seq> for this stream, got {value!r}",
+            f"Last-Event-ID must look like {request_id}:<seq> for this stream, "
+            f"got {value[:80]!r}",
         )
     return int(seq)
 
@@ -275,9 +278,10 @@ class _Api:
             request_log.finish()
             if t.cancelled():
                 return
-            exc = t.exception()  # retrieved here, so an unread failure is not reported twice
-            if exc is not None and not isinstance(exc, FlowStateError):
-                log.error("run %s failed", request_log.request_id, exc_info=exc)
+            exc = t.exception()  # retrieved here, so asyncio does not report it as unread
+            if exc is not None:
+                # Logged with its detail under the error id its client message names.
+                client_error(exc)
 
         task.add_done_callback(done)
 
@@ -758,7 +762,7 @@ def _install_openapi(app: FastAPI, components: dict[str, Any]) -> None:
 def create_app(
     server: FlowServer,
     *,
-    max_body_bytes: int = 1_000_000,
+    max_body_bytes: int = MAX_BODY_BYTES,
     auth: Mapping[str, str | Identity] | Callable[[Any], Any] | None = None,
     events_per_request: int = 1000,
     keep_finished: int = 1000,
@@ -850,8 +854,9 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error_response(exc)
+        response = error_response(exc)  # logs the detail under the error id it names
+        log.info("internal error on %s %s", request.method, request.url.path)
+        return response
 
     if web:
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -16,11 +16,13 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from ..errors import FlowStateError, StateValidationError, status_for
+from ..errors import FlowStateError, PublicError, client_error, status_for
+from ..limits import MAX_DEPTH, json_problem
 from ..schema import describe_errors
 
 __all__ = [
     "HTTPError",
+    "check_input",
     "clean_errors",
     "error_payload",
     "error_response",
@@ -65,19 +67,24 @@ def clean_errors(errors: Any) -> list[dict[str, Any]]:
 
 
 def error_payload(exc: BaseException) -> tuple[int, dict[str, Any]]:
-    """``(status, {"code", "message", "details"?})`` for any exception."""
+    """``(status, {"code", "message", "details"?})`` for any exception, as clients may read it.
+
+    What a client reads comes from :func:`flowstate.errors.client_error`: an internal error
+    (a block's own exception, a driver error) is ``internal_error`` naming an error id, and
+    the server log holds the detail under that id; a validator's own text is not forwarded.
+    """
     if isinstance(exc, HTTPError):
         body: dict[str, Any] = {"code": exc.code, "message": exc.message}
         if exc.details is not None:
             body["details"] = exc.details
         return exc.status, body
+    code, message, details = client_error(exc)
+    body = {"code": code, "message": message}
+    if details is not None:
+        body["details"] = details if isinstance(exc, PublicError) else clean_errors(details)
     if isinstance(exc, FlowStateError):
-        # str(exc) is what the run's request.failed event says too.
-        body = {"code": exc.code, "message": str(exc)}
-        if isinstance(exc, StateValidationError) and exc.errors:
-            body["details"] = clean_errors(exc.errors)
         return exc.status, body
-    return 500, {"code": "internal_error", "message": str(exc) or type(exc).__name__}
+    return status_for(code), body
 
 
 def error_response(exc: BaseException, **extra: Any) -> JSONResponse:
@@ -115,13 +122,33 @@ def parse_json(raw: bytes, *, empty: Any = None) -> Any:
         return empty
     try:
         return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise HTTPError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        message = f"the request body nests deeper than the limit of {MAX_DEPTH} levels"
+        raise HTTPError(400, "invalid_json", message) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, over 4,300 digits
+        raise HTTPError(
+            400, "invalid_json", f"the request body is not valid JSON: {str(exc)[:200]}"
+        ) from None
+
+
+def check_input(data: Any, loc: tuple[str | int, ...] = ("body",)) -> None:
+    """422 unless ``data`` (a decoded body) keeps to the input limits: at most 64 levels of
+    nesting below the body object, strings without lone surrogates."""
+    problem = json_problem(data, loc, max_depth=MAX_DEPTH + 1, state=False)
+    if isinstance(data, dict) and "input" in data:
+        problem = json_problem(data["input"], (*loc, "input"), state=False) or problem
+    if problem is not None:
+        where, message, type_ = problem
+        errors = [{"loc": list(where), "msg": message, "type": type_}]
+        raise HTTPError(
+            422, "validation_error", f"request body: {describe_errors(errors)}", details=errors
+        )
 
 
 def parse_body(raw: bytes, model: type[M]) -> M:
     """Decode a JSON object body into ``model``: 400 if not JSON, 422 if it does not fit."""
     data = parse_json(raw, empty={})
+    check_input(data)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -65,8 +65,9 @@ def _if_version(request: Request) -> int | None:
     raw = request.query_params.get("if_version")
     if raw is None:
         return None
-    if not raw.isdigit():
-        raise _invalid(f"if_version must be a version number >= 0, got {raw!r}")
+    # isdigit() alone accepts "²" and other non-ASCII digits, which int() refuses.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+        raise _invalid(f"if_version must be a version number >= 0, got {raw[:40]!r}")
     return int(raw)
 
 

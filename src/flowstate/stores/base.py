@@ -40,13 +40,30 @@ __all__ = [
 JSON = Any
 
 
+_MAX_CHAR = "\U0010ffff"
+# Bound used when a prefix has no successor ("" or all U+10FFFF): greater than every key of
+# fewer code points. Keys are far shorter (flowstate.limits: keys and ids <= 512 UTF-8 bytes).
+_UNBOUNDED = _MAX_CHAR * 4096
+
+
 def prefix_end(prefix: str) -> str:
     """The smallest string greater than every string that starts with ``prefix``.
 
     ``key >= prefix AND key < prefix_end(prefix)`` is a prefix match that an index can serve
-    (``LIKE 'p%'`` cannot, and needs escaping).
+    (``LIKE 'p%'`` cannot, and needs escaping). It is the prefix with trailing U+10FFFF dropped
+    and its last character incremented (skipping the surrogate block, which no stored key can
+    hold): ``"a/"`` → ``"a0"``. Appending U+10FFFF instead, as once done here, missed every
+    key that continues with U+10FFFF — and let such collection instances escape counts, caps
+    and listings. Code-point order equals UTF-8 byte order, so SQLite (BINARY) and PostgreSQL
+    (``COLLATE "C"``) agree with Python.
     """
-    return prefix + "\U0010ffff"
+    stem = prefix.rstrip(_MAX_CHAR)
+    if not stem:
+        return _UNBOUNDED
+    code = ord(stem[-1]) + 1
+    if 0xD800 <= code <= 0xDFFF:
+        code = 0xE000
+    return stem[:-1] + chr(code)
 
 
 @dataclass(frozen=True, slots=True)
