@@ -179,3 +179,13 @@ async def store(store_url: str) -> AsyncIterator[Store]:
         yield st
     finally:
         await st.aclose()
+
+
+SUITE_COUNTS: list[str] = []
+"""Lines the fuzz and property suites add (requests fuzzed, operations checked); printed in
+the terminal summary so a CI log shows what ran."""
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in SUITE_COUNTS:
+        terminalreporter.write_line(line)

@@ -352,7 +352,7 @@ async def test_output_too_deep_to_serialise_is_a_4xx(
 ) -> None:
     response = await post(http, "deep_output", '{"input": 3000}')
     assert response.status_code == 422
-    assert "nest deeper than 64 levels" in response.json()["error"]["message"]
+    assert "nest deeper than 128 levels" in response.json()["error"]["message"]
     assert (await state_of(server, response.json()["sessionId"]))[0] == {"total": 1}
     ok = await post(http, "echo", '{"input": "\\u0000 is fine in an input"}')
     assert ok.status_code == 200 and ok.json()["output"] == "\x00 is fine in an input"

@@ -19,6 +19,7 @@ __all__ = [
     "MAX_DEPTH",
     "MAX_INT",
     "MAX_KEY_BYTES",
+    "MAX_OUTPUT_DEPTH",
     "MIN_INT",
     "check_id",
     "check_json",
@@ -32,6 +33,9 @@ MAX_KEY_BYTES: Final = 512
 """Collection keys and ids (session, user, project, request): at most this many UTF-8 bytes."""
 MAX_DEPTH: Final = 64
 """JSON nesting: at most this many levels of lists/objects in a state value or an input."""
+MAX_OUTPUT_DEPTH: Final = 128
+"""An action's output may nest this deep: room for state values (64 levels) inside whatever
+the block wraps them in, and well below what the JSON serialiser can write (254)."""
 MAX_INT: Final = 2**63 - 1
 """Integers in state lie within ``MIN_INT..MAX_INT`` (signed 64-bit, what every backend and
 JSON consumer holds exactly)."""

@@ -40,7 +40,7 @@ from .layout import (
     user_session_key,
     user_sessions_prefix,
 )
-from .limits import MAX_DEPTH, json_problem, key_problem
+from .limits import MAX_OUTPUT_DEPTH, json_problem, key_problem
 from .ops import Change, FieldOp
 from .resources import AnyResourceDefinition, CollectionRef, ResourceCollectionDefinition
 from .runtime import Run, execute_block
@@ -89,7 +89,7 @@ def _persisted_commits(run: Run) -> bool:
 
 def _output_json(output: Any) -> Any:
     """The run's output in JSON form, refused (422) past the limits clients can parse."""
-    problem = json_problem(output, state=False)
+    problem = json_problem(output, max_depth=MAX_OUTPUT_DEPTH, state=False)
     wire = None
     if problem is None:
         try:
@@ -97,9 +97,10 @@ def _output_json(output: Any) -> Any:
         except (RecursionError, ValueError) as exc:  # pydantic: "serialization depth exceeded"
             if "depth" not in str(exc) and not isinstance(exc, RecursionError):
                 raise
-            problem = ((), f"values must not nest deeper than {MAX_DEPTH} levels", "json_depth")
+            rule = f"values must not nest deeper than {MAX_OUTPUT_DEPTH} levels"
+            problem = ((), rule, "json_depth")
         else:
-            problem = json_problem(wire, state=False)
+            problem = json_problem(wire, max_depth=MAX_OUTPUT_DEPTH, state=False)
     if problem is not None:
         where, message, type_ = problem
         path = ".".join(str(p) for p in ("output", *where))
