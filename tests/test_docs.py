@@ -28,6 +28,7 @@ PAGES = [
     "sharing.md",
     "client-data.md",
     "storage.md",
+    "security.md",
 ]
 
 FENCE = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
