@@ -316,6 +316,7 @@ def test_every_error_code_has_its_status() -> None:
         "definition_error": 500,
         "auth_error": 401,
         "store_unavailable": 503,
+        "request_failed": 400,  # PublicError's default; a block picks its own 4xx
     }
     assert status_for("request_not_found") == 404 and status_for("anything_else") == 500
 
