@@ -16,6 +16,7 @@ from pydantic import BaseModel, field_validator
 
 from flowstate import (
     FlowServer,
+    Identity,
     KeyPatternError,
     PublicError,
     ResourceClient,
@@ -32,7 +33,7 @@ from flowstate.stores.base import prefix_end
 
 from .http_support import parse_sse
 
-TOKENS = {"tok-a": "alice"}
+TOKENS = {"tok-a": Identity("alice", frozenset({"ws"}))}  # a member of Windmill workspace "ws"
 A = {"Authorization": "Bearer tok-a"}
 SSE = {"Accept": "text/event-stream"}
 SECRET = "SECRET-91c2"
