@@ -141,13 +141,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Print the fault-injection suite's counts (kills, faults, writes checked, lost)."""
+    """Print the counts of the fault-injection suite (kills, faults, writes checked, lost)
+    and of the fuzz and property suites (requests fuzzed, operations checked)."""
     import sys
 
     faults = sys.modules.get("tests.faults")
     line = None if faults is None else faults.summary()
     if line:
         terminalreporter.write_line(line)
+    for count in SUITE_COUNTS:
+        terminalreporter.write_line(count)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -185,7 +188,3 @@ SUITE_COUNTS: list[str] = []
 """Lines the fuzz and property suites add (requests fuzzed, operations checked); printed in
 the terminal summary so a CI log shows what ran."""
 
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    for line in SUITE_COUNTS:
-        terminalreporter.write_line(line)
