@@ -68,6 +68,55 @@ async def test_read_returns_only_the_fields_asked_for(store: Store) -> None:
     assert await fields_of(store, "k") == {"a": 1, "b": [2], "c": {"x": 3}}
 
 
+async def test_read_many_reads_each_key_with_its_own_fields(store: Store) -> None:
+    await store.apply("a", ops(FieldOp("set", "x", 1), FieldOp("set", "big", list(range(50)))))
+    await store.apply("b", ops(FieldOp("set", "x", "é\u2028"), FieldOp("set", "y", None)))
+    await store.apply("b", put("x", "two"))
+    await store.create("c", {"z": {"k": [1]}}, content="text")
+    got = await store.read_many(
+        {"a": frozenset({"x", "missing"}), "b": None, "c": frozenset(), "nope": None}
+    )
+    assert list(got) == ["a", "b", "c", "nope"]
+    a, b, c = got["a"], got["b"], got["c"]
+    assert a is not None and dict(a.fields) == {"x": 1} and a.version == 1
+    assert b is not None and dict(b.fields) == {"x": "two", "y": None} and b.version == 2
+    assert c is not None and dict(c.fields) == {} and c.content == "text" and c.version == 1
+    assert got["nope"] is None
+    # the same records as one read each
+    for key in ("a", "b", "c"):
+        one = await store.read(key, None if key == "b" else frozenset({"x"}))
+        many = got[key]
+        assert one is not None and many is not None
+        assert (one.version, one.created_at, one.accessed_at, one.content) == (
+            many.version,
+            many.created_at,
+            many.accessed_at,
+            many.content,
+        )
+    assert await store.read_many({}) == {}
+    # a read is a read: it creates nothing, and what it returns is the caller's to change
+    assert await store.read("nope") is None
+    a.fields["x"] = 99  # type: ignore[index]
+    assert await fields_of(store, "a") == {"x": 1, "big": list(range(50))}
+
+
+async def test_read_many_sees_writes_made_since_and_keys_with_odd_characters(
+    store: Store,
+) -> None:
+    keys = ["k/é", "k/\u2028", "k/ü/z", "k/'; DROP TABLE fs_records; --"]
+    for i, key in enumerate(keys):
+        await store.apply(key, put("v", i))
+    first = await store.read_many({key: frozenset({"v"}) for key in keys})
+    assert [r.fields["v"] for r in first.values() if r is not None] == [0, 1, 2, 3]
+    await store.apply(keys[1], inc("v", 10))
+    await store.delete(keys[2])
+    again = await store.read_many(dict.fromkeys(keys))
+    assert again[keys[1]] is not None and again[keys[1]].fields == {"v": 11}
+    assert again[keys[1]].version == 2
+    assert again[keys[2]] is None
+    assert await store.count("k/") == 3
+
+
 async def test_reading_does_not_change_accessed_at(store: Store) -> None:
     await store.apply("k", put("a", 1))
     first = await store.read("k")

@@ -7,7 +7,7 @@ different blocks share its cells, so every block sees every committed write at o
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel
@@ -22,9 +22,9 @@ from .resources import (
 )
 from .schema import Schema
 from .state import Commit, RetryPolicy, StateCell, StateHandle
-from .stores.base import Guard, Store
+from .stores.base import Guard, Record, Store
 
-__all__ = ["ScopeBinding", "ScopeHandle"]
+__all__ = ["ScopeBinding", "ScopeHandle", "load_bindings"]
 
 S = TypeVarDefault("S", default=Any)
 
@@ -47,6 +47,7 @@ class ScopeBinding:
         expose: frozenset[str] = frozenset(),
         emit: Emit | None = None,
         guard: Guard | None = None,
+        fields: frozenset[str] | None = None,
     ) -> None:
         self.store = store
         self.guard = guard
@@ -68,6 +69,7 @@ class ScopeBinding:
             retry=self.retry,
             listener=self._on_state_commit,
             guard=guard,
+            fields=fields,
         )
         self.registry = ResourceRegistry(self)
         self._static: dict[str, ResourceRef] = {}
@@ -130,13 +132,65 @@ class ScopeBinding:
             self._static[name] = ref
         return ref
 
+    def set_guard(self, guard: Guard | None) -> None:
+        """Guard every later write of this scope (known once the session binding is read)."""
+        self.guard = guard
+        self.cell.guard = guard
+        for ref in self._static.values():
+            ref._cell.guard = guard
+
+    def _cells(self) -> list[StateCell]:
+        cells = [self.cell]
+        for name, definition in self.resources.items():
+            if isinstance(definition, ResourceDefinition):
+                cells.append(self.static_ref(name, definition)._cell)
+        return cells
+
+    def wanted(self) -> dict[str, frozenset[str] | None]:
+        """What :meth:`load` would read and has not yet: record key → fields (None: all)."""
+        return {cell.key: cell.fields for cell in self._cells() if not cell.loaded}
+
+    def accept(self, records: Mapping[str, Record | None]) -> None:
+        """Take the records of :meth:`wanted` read elsewhere (one ``read_many`` for a run)."""
+        for cell in self._cells():
+            if not cell.loaded and cell.key in records:
+                cell.accept(records[cell.key])
+
     async def load(self) -> None:
         """Load the state record and the static resources (collections load on demand)."""
-        await self.cell.ensure_loaded()
+        wanted = self.wanted()
+        if wanted:
+            self.accept(await self.store.read_many(wanted))
         await self.registry.preload()
 
     def handle(self, model: type[BaseModel] | None = None) -> ScopeHandle[Any]:
         return ScopeHandle(self, model)
+
+
+async def load_bindings(
+    store: Store,
+    bindings: Iterable[ScopeBinding],
+    extra: Mapping[str, frozenset[str] | None] | None = None,
+) -> dict[str, Record | None]:
+    """Load bindings with one ``read_many`` per store; ``extra`` records are read from
+    ``store`` in the same call (a run's session binding) and returned."""
+    groups: dict[int, tuple[Store, list[ScopeBinding]]] = {id(store): (store, [])}
+    for binding in bindings:
+        groups.setdefault(id(binding.store), (binding.store, []))[1].append(binding)
+    out: dict[str, Record | None] = {}
+    for owner, members in groups.values():
+        wanted: dict[str, frozenset[str] | None] = {}
+        if owner is store and extra:
+            wanted.update(extra)
+        for binding in members:
+            wanted.update(binding.wanted())
+        got = await owner.read_many(wanted) if wanted else {}
+        if owner is store and extra:
+            out = {key: got.get(key) for key in extra}
+        for binding in members:
+            binding.accept(got)
+            await binding.registry.preload()
+    return out
 
 
 class ScopeHandle(StateHandle[S]):

@@ -45,9 +45,9 @@ from .ops import Change, FieldOp
 from .resources import AnyResourceDefinition, CollectionRef, ResourceCollectionDefinition
 from .runtime import Run, execute_block
 from .schema import Schema
-from .scopes import ScopeBinding
+from .scopes import ScopeBinding, load_bindings
 from .sharing import check_shared_scopes
-from .stores import Store, open_store
+from .stores import Record, Store, open_store
 from .stores.base import Guard
 from .values import Event, RunResult, SessionInfo
 
@@ -113,6 +113,15 @@ def _output_json(output: Any) -> Any:
     return wire
 
 
+def _session_info(session_id: str, record: Record | None) -> SessionInfo | None:
+    if record is None:
+        return None
+    f = record.fields
+    if f.get("deleted"):  # a tombstone: the session is being (or was half) deleted
+        return None
+    return SessionInfo(session_id, f["userId"], f["flowKind"], f.get("projectId"), f["createdAt"])
+
+
 class FlowServer:
     """Hosts flows on one store: runs actions, streams events, serves client snapshots.
 
@@ -150,6 +159,7 @@ class FlowServer:
         self.store: Store = store if isinstance(store, Store) else open_store(store)
         self.auth = auth
         self.snapshot_limit = snapshot_limit
+        self._plans: dict[tuple[str, str], dict[str, frozenset[str] | None]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -175,15 +185,7 @@ class FlowServer:
     async def _read_session(self, session_id: str) -> SessionInfo | None:
         if not isinstance(session_id, str) or key_problem(session_id, allow_slash=False):
             return None  # an id that cannot be stored cannot exist
-        record = await self.store.read(session_key(session_id))
-        if record is None:
-            return None
-        f = record.fields
-        if f.get("deleted"):  # a tombstone: the session is being (or was half) deleted
-            return None
-        return SessionInfo(
-            session_id, f["userId"], f["flowKind"], f.get("projectId"), f["createdAt"]
-        )
+        return _session_info(session_id, await self.store.read(session_key(session_id)))
 
     def _not_found(self, session_id: str) -> SessionNotFoundError:
         return SessionNotFoundError(f'session "{session_id}" not found')
@@ -293,8 +295,38 @@ class FlowServer:
 
     # ------------------------------------------------------------------ bindings
 
+    def _load_plan(self, flow: Flow, action: str) -> dict[str, frozenset[str] | None]:
+        """Per scope, the fields a run of ``action`` reads (None: all of them).
+
+        A block sees the fields of its own declared model; a block declaring none sees the
+        combined schema; client-exposed fields ride along with every state event. Fields no
+        block of the action declares (a long log another action reads) are never loaded.
+        """
+        key = (flow.kind, action)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        blocks = flow.action(action).walk()
+        plan = {}
+        for scope, spec in flow.scopes.items():
+            schema = spec.schema
+            if schema.model is None:
+                plan[scope] = None
+                continue
+            names = set(spec.client.expose)
+            for block in blocks:
+                model = block.declarations[scope].state if scope in block.declarations else None
+                names |= set(schema.field_names if model is None else model.model_fields)
+            plan[scope] = frozenset(names & schema.field_names)
+        self._plans[key] = plan
+        return plan
+
     def _bindings(
-        self, flow: Flow, run: Run, session_guard: Guard | None = None
+        self,
+        flow: Flow,
+        run: Run,
+        session_guard: Guard | None = None,
+        plan: Mapping[str, frozenset[str] | None] | None = None,
     ) -> dict[str, ScopeBinding]:
         async def emit(
             type_: str, data: dict[str, Any], client_data: dict[str, Any] | None
@@ -316,6 +348,7 @@ class FlowServer:
                 expose=frozenset(spec.client.expose),
                 emit=emit,
                 guard=guard,
+                fields=None if plan is None else plan.get(scope),
             )
 
         iso_user = flow.kind if flow.isolate_user_state else None
@@ -377,38 +410,56 @@ class FlowServer:
         flow = self.flow(kind)
         block = flow.action(action)
         check_id(user_id, "user_id")
+        plan = self._load_plan(flow, action)
+        request_id = uuid.uuid4().hex
+
+        def new_run(session: str, project: str | None, guard: Guard | None) -> Run:
+            async def deliver(event: Event) -> None:
+                await self._publish(run, event)
+                if sink is not None:
+                    await sink(event)
+
+            run = Run(
+                flow_kind=kind,
+                action=action,
+                request_id=request_id,
+                session_id=session,
+                user_id=user_id,
+                project_id=project,
+                sink=deliver,
+                flow=flow,
+            )
+            run.bindings = self._bindings(flow, run, guard, plan)
+            return run
+
         fresh: SessionInfo | None = None
         if session_id is None:
             info = fresh = await self.create_session(kind, user_id=user_id, project_id=project_id)
+            run = new_run(info.session_id, info.project_id, _incarnation(info))
+            await load_bindings(self.store, run.bindings.values())
+            return block, run, fresh
+        # One round trip reads the session binding and every record the run starts with,
+        # guessing the project from the caller (a session's project is fixed at creation).
+        session_id = check_id(session_id, "session_id")
+        run = new_run(session_id, project_id, None)
+        key = session_key(session_id)
+        read = await load_bindings(self.store, run.bindings.values(), {key: None})
+        existing = _session_info(session_id, read[key])
+        if existing is None:
+            info = fresh = await self.create_session(
+                kind, user_id=user_id, project_id=project_id, session_id=session_id
+            )
         else:
-            existing = await self._read_session(check_id(session_id, "session_id"))
-            if existing is None:
-                info = fresh = await self.create_session(
-                    kind, user_id=user_id, project_id=project_id, session_id=session_id
-                )
-            else:
-                if existing.user_id != user_id or existing.flow_kind != kind:
-                    raise self._not_found(session_id)
-                if project_id is not None and existing.project_id != project_id:
-                    raise self._not_found(session_id)
-                info = existing
-
-        async def deliver(event: Event) -> None:
-            await self._publish(run, event)
-            if sink is not None:
-                await sink(event)
-
-        run = Run(
-            flow_kind=kind,
-            action=action,
-            request_id=uuid.uuid4().hex,
-            session_id=info.session_id,
-            user_id=user_id,
-            project_id=info.project_id,
-            sink=deliver,
-            flow=flow,
-        )
-        run.bindings = self._bindings(flow, run, _incarnation(info))
+            if existing.user_id != user_id or existing.flow_kind != kind:
+                raise self._not_found(session_id)
+            if project_id is not None and existing.project_id != project_id:
+                raise self._not_found(session_id)
+            info = existing
+        if info.project_id != run.project_id:  # the session's project: read its records too
+            run = new_run(session_id, info.project_id, _incarnation(info))
+            await load_bindings(self.store, run.bindings.values())
+        else:  # writes commit only while the binding read (or created) is the session's
+            run.bindings["session"].set_guard(_incarnation(info))
         return block, run, fresh
 
     async def _execute(
@@ -539,13 +590,18 @@ class FlowServer:
                 ) from None
         info = await self.get_session(session_id, user_id=user_id, kind=kind)
         bindings = self._view_bindings(info)
+        wanted = [
+            bindings[scope]
+            for scope in CLIENT_SCOPES
+            if scope in bindings and (selection is None or scope in selection)
+        ]
+        await load_bindings(self.store, wanted)  # one round trip for every scope
         data_out: dict[str, Any] = {}
         resources: dict[str, Any] = {}
         for scope in CLIENT_SCOPES:
             binding = bindings.get(scope)
             if binding is None or (selection is not None and scope not in selection):
                 continue
-            await binding.load()
             spec = flow.scopes[scope]
             names = None if selection is None else selection[scope]
             data = await scope_client_data(binding, spec, self.snapshot_limit, names)

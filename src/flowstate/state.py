@@ -29,7 +29,7 @@ from .errors import (
 )
 from .ops import UNCHANGED, Change, FieldOp, Mutation, _Sentinel
 from .schema import Schema
-from .stores.base import Applied, Guard, Store
+from .stores.base import Applied, Guard, Record, Store
 
 __all__ = ["Commit", "RetryPolicy", "StateCell", "StateHandle"]
 
@@ -108,6 +108,7 @@ class StateCell:
         listener: Listener | None = None,
         guard: Guard | None = None,
         public_label: str | None = None,
+        fields: frozenset[str] | None = None,
     ) -> None:
         self.store = store
         self.guard = guard
@@ -122,14 +123,23 @@ class StateCell:
         self.must_exist = must_exist
         self.initial_content = initial_content
         self.listener = listener
-        self.values: dict[str, Any] = schema.defaults()
+        # The fields this cell reads (None: all). A run reads only those its blocks declare,
+        # so a large field no block of the action uses is never loaded.
+        self.fields = fields
+        self.values: dict[str, Any] = self._visible({})
         self.version = 0
         self.content: str | None = initial_content
         self.generation = 0
         self.loaded = False
 
+    def _visible(self, stored: Mapping[str, Any]) -> dict[str, Any]:
+        values = self.schema.with_defaults(stored)
+        if self.fields is not None:
+            values = {k: v for k, v in values.items() if k in self.fields}
+        return values
+
     def _set(self, stored: Mapping[str, Any], version: int, content: str | None) -> None:
-        self.values = self.schema.with_defaults(stored)
+        self.values = self._visible(stored)
         self.version = version
         self.content = content
         self.generation += 1
@@ -137,7 +147,10 @@ class StateCell:
 
     async def load(self) -> None:
         """Read the record (a never-written record reads as the schema defaults)."""
-        record = await self.store.read(self.key)
+        self.accept(await self.store.read(self.key, self.fields))
+
+    def accept(self, record: Record | None) -> None:
+        """Take ``record`` (read with :attr:`fields`, None if absent) as the current state."""
         if record is None:
             if self.must_exist:
                 raise self._public(ResourceNotFoundError(f"{self.label} no longer exists"))
@@ -205,11 +218,13 @@ class StateCell:
             values = dict(self.values)
             values.update(mutation.set)
             for name, (base, items) in mutation.append.items():
+                if self.fields is not None and name not in self.fields:
+                    continue  # not loaded (a push never loads the list): stays unloaded
                 current = values.get(name)
                 values[name] = [*(current if isinstance(current, list) else base), *items]
             for name in mutation.delete:
                 values.pop(name, None)
-            self.values = self.schema.with_defaults(values) if mutation.delete else values
+            self.values = self._visible(values) if mutation.delete else values
             if mutation.content is not UNCHANGED:
                 self.content = cast(str | None, mutation.content)
             self.version = result.version

@@ -229,6 +229,19 @@ class Store(ABC):
         Reading never creates a record and never changes ``accessed_at``.
         """
 
+    async def read_many(
+        self, wanted: Mapping[str, frozenset[str] | None]
+    ) -> dict[str, Record | None]:
+        """Read several records in one round trip and one snapshot: ``key → fields`` (None:
+        all of them) in, ``key → Record`` (None if absent) out.
+
+        What a run needs to start (the session binding, the scope records, the static
+        resources) is read with one call. The backends here read every key in one transaction
+        (one statement on PostgreSQL); this fallback, for stores that do not override it,
+        reads them one by one.
+        """
+        return {key: await self.read(key, fields) for key, fields in wanted.items()}
+
     @abstractmethod
     async def apply(
         self, key: str, change: Change, *, touch: bool = False, guard: Guard | None = None

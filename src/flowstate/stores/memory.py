@@ -69,6 +69,16 @@ class MemoryStore(Store):
             row = self._rows.get(key)
             return None if row is None else self._record(key, row, fields)
 
+    async def read_many(
+        self, wanted: Mapping[str, frozenset[str] | None]
+    ) -> dict[str, Record | None]:
+        with self._lock:
+            out: dict[str, Record | None] = {}
+            for key, fields in wanted.items():
+                row = self._rows.get(key)
+                out[key] = None if row is None else self._record(key, row, fields)
+            return out
+
     def _check(self, guard: Guard | None) -> None:
         if guard is None:
             return

@@ -242,19 +242,26 @@ class SQLiteStore(Store):
         for job, ok, value in results:
             _settle(job, ok, value)
 
-    def _run_inline(self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _run_inline(
+        self, conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T], write: bool
+    ) -> T:
         """Run one job on the caller's thread; raise _Busy if another process holds the lock.
 
         Never waits for another process (busy timeout 0 while taking the write lock), so it
         cannot stall the event loop for longer than the transaction's own work and fsync.
+        A read takes no write lock: a deferred transaction is one snapshot, and in WAL mode
+        readers do not wait for writers.
         """
-        conn.execute("PRAGMA busy_timeout = 0")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise _Busy from exc
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        if not write:
+            conn.execute("BEGIN")
+        else:
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise _Busy from exc
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
         try:
             value = fn(conn)
             conn.execute("COMMIT")
@@ -264,7 +271,7 @@ class SQLiteStore(Store):
             raise
         return value
 
-    async def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _submit(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
         if self._closed:
             raise RuntimeError(f"store {self.url} is closed")
         # Fast path: a lone caller runs its transaction right here, saving two thread
@@ -284,7 +291,7 @@ class SQLiteStore(Store):
         ):
             try:
                 if not self._closed:
-                    return self._run_inline(conn, fn)
+                    return self._run_inline(conn, fn, write)
             except _Busy:
                 pass  # another process is writing: wait for it in the writer thread
             finally:
@@ -340,17 +347,29 @@ class SQLiteStore(Store):
                 (_dumps(item), key, name),
             )
 
-    async def read(self, key: str, fields: frozenset[str] | None = None) -> Record | None:
-        def job(conn: sqlite3.Connection) -> Record | None:
-            row = conn.execute(
-                "SELECT version, content, created_at, accessed_at FROM fs_records WHERE key = ?",
-                (key,),
-            ).fetchone()
-            if row is None:
-                return None
-            return Record(key, row[0], self._load_fields(conn, key, fields), row[1], row[2], row[3])
+    def _read(
+        self, conn: sqlite3.Connection, key: str, fields: frozenset[str] | None
+    ) -> Record | None:
+        row = conn.execute(
+            "SELECT version, content, created_at, accessed_at FROM fs_records WHERE key = ?",
+            (key,),
+        ).fetchone()
+        if row is None:
+            return None
+        return Record(key, row[0], self._load_fields(conn, key, fields), row[1], row[2], row[3])
 
-        return await self._submit(job)
+    async def read(self, key: str, fields: frozenset[str] | None = None) -> Record | None:
+        return await self._submit(lambda conn: self._read(conn, key, fields), write=False)
+
+    async def read_many(
+        self, wanted: Mapping[str, frozenset[str] | None]
+    ) -> dict[str, Record | None]:
+        items = list(wanted.items())
+
+        def job(conn: sqlite3.Connection) -> dict[str, Record | None]:
+            return {key: self._read(conn, key, fields) for key, fields in items}
+
+        return await self._submit(job, write=False)
 
     @staticmethod
     def _check(conn: sqlite3.Connection, guard: Guard | None) -> None:
@@ -536,7 +555,7 @@ class SQLiteStore(Store):
         def job(conn: sqlite3.Connection) -> list[str]:
             return [k for (k,) in conn.execute(sql, params)]
 
-        return await self._submit(job)
+        return await self._submit(job, write=False)
 
     async def count(self, prefix: str) -> int:
         def job(conn: sqlite3.Connection) -> int:
@@ -546,7 +565,7 @@ class SQLiteStore(Store):
             ).fetchone()
             return int(n)
 
-        return await self._submit(job)
+        return await self._submit(job, write=False)
 
     async def aclose(self) -> None:
         if self._closed:

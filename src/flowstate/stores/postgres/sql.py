@@ -19,6 +19,7 @@ __all__ = [
     "FIELDS_SQL",
     "NOW",
     "POOL_OPTIONS",
+    "READ_MANY_SQL",
     "RETRYABLE",
     "Job",
     "Outcome",
@@ -304,6 +305,16 @@ async def write_batch(conn: Connection, jobs: list[Job]) -> dict[str, Outcome]:
 
 
 FIELDS_SQL = "SELECT name, value FROM fs_fields WHERE key = $1"
+
+# Several records with the fields asked for, in one statement: $1 keys, $2 "all fields" flags,
+# $3/$4 the (key, name) pairs wanted of the other keys.
+READ_MANY_SQL = (
+    "SELECT r.key, r.version, r.gen, r.content, r.created_at, r.accessed_at, f.names, f.vals "
+    "FROM unnest($1::text[], $2::bool[]) AS w(key, every) JOIN fs_records r ON r.key = w.key "
+    "LEFT JOIN LATERAL (SELECT array_agg(x.name) AS names, array_agg(x.value) AS vals "
+    "FROM fs_fields x WHERE x.key = r.key AND (w.every OR x.name = ANY(ARRAY("
+    "SELECT p.n FROM unnest($3::text[], $4::text[]) AS p(k, n) WHERE p.k = w.key)))) f ON true"
+)
 
 
 def fields_to_load(change: Change) -> frozenset[str] | None:

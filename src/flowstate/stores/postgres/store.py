@@ -24,6 +24,7 @@ from .sql import (
     FIELDS_SQL,
     NOW,
     POOL_OPTIONS,
+    READ_MANY_SQL,
     RETRYABLE,
     Job,
     Outcome,
@@ -245,6 +246,30 @@ class PostgresStore(Store):
             return None
         self._cache.merge(key, loaded[0])
         return loaded[1]
+
+    async def read_many(
+        self, wanted: Mapping[str, frozenset[str] | None]
+    ) -> dict[str, Record | None]:
+        """One statement (one snapshot) for every key; what it shows also warms the cache."""
+        if not wanted:
+            return {}
+        keys = list(wanted)
+        every = [wanted[k] is None for k in keys]
+        pairs = [(k, n) for k in keys for n in (wanted[k] or ())]
+        pool = await self._get_pool()
+        seen = self._tick()
+        rows = await pool.fetch(
+            READ_MANY_SQL, keys, every, [k for k, _ in pairs], [n for _, n in pairs]
+        )
+        out: dict[str, Record | None] = dict.fromkeys(keys)
+        for key, version, gen, text, created_at, accessed_at, fnames, fvalues in rows:
+            fields = dict(zip(fnames, fvalues, strict=True)) if fnames else {}
+            names = wanted[key]
+            known = None if names is None else frozenset(names)
+            self._cache.merge(key, Entry(version, gen, fields, known, text, True, seen))
+            decoded = {k: json.loads(v) for k, v in fields.items()}
+            out[key] = Record(key, version, decoded, text, created_at, accessed_at)
+        return out
 
     # ------------------------------------------------------------------ writing
 
