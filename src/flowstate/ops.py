@@ -11,7 +11,7 @@ applies the field operations and validates the result against the schema; it is 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from dataclasses import replace as _replace
 from enum import Enum
@@ -29,6 +29,7 @@ __all__ = [
     "FieldOp",
     "Mutation",
     "apply_field_op",
+    "compose",
     "same_json",
 ]
 
@@ -325,3 +326,40 @@ class Change:
             before=base.before,
             append=append,
         )
+
+
+def compose(mutations: Sequence[Mutation]) -> Mutation:
+    """One mutation with the effect of ``mutations`` written in order (for a store that
+    commits several callers' writes to one record at once).
+
+    An append after a set of the same field extends the set value (the caller checked it is
+    a list or null); a set or delete after an append replaces it.
+    """
+    sets: dict[str, JSON] = {}
+    deletes: set[str] = set()
+    append: dict[str, tuple[list[JSON], list[JSON]]] = {}
+    content: str | _Sentinel | None = UNCHANGED
+    for mutation in mutations:
+        for name in mutation.delete:
+            sets.pop(name, None)
+            append.pop(name, None)
+            deletes.add(name)
+        for name, value in mutation.set.items():
+            sets[name] = value
+            deletes.discard(name)
+            append.pop(name, None)
+        for name, (base, items) in mutation.append.items():
+            if name in sets:
+                current = sets[name]
+                sets[name] = [*(base if current is None else current), *items]
+            elif name in deletes:
+                deletes.discard(name)
+                sets[name] = [*base, *items]
+            elif name in append:
+                first, earlier = append[name]
+                append[name] = (first, [*earlier, *items])
+            else:
+                append[name] = (list(base), list(items))
+        if mutation.content is not UNCHANGED:
+            content = mutation.content
+    return Mutation(set=sets, delete=frozenset(deletes), content=content, append=append)

@@ -88,7 +88,8 @@ class ScopeBinding:
             "fields": commit.fields,
             "version": commit.version,
         }
-        exposed = {f: commit.cell.values.get(f) for f in commit.fields if f in self.expose}
+        values = commit.cell.values
+        exposed = {f: values[f] for f in commit.fields if f in self.expose and f in values}
         if exposed:
             data["values"] = exposed
         await self.emit("state_change", data)

@@ -214,28 +214,34 @@ class StateCell:
             return False
         mutation = result.mutation
         assert mutation is not None
-        if result.version == self.version + 1 and self.loaded:
-            values = dict(self.values)
-            values.update(mutation.set)
-            for name, (base, items) in mutation.append.items():
-                if self.fields is not None and name not in self.fields:
-                    continue  # not loaded (a push never loads the list): stays unloaded
-                current = values.get(name)
-                values[name] = [*(current if isinstance(current, list) else base), *items]
-            for name in mutation.delete:
-                values.pop(name, None)
-            self.values = self._visible(values) if mutation.delete else values
-            if mutation.content is not UNCHANGED:
-                self.content = cast(str | None, mutation.content)
-            self.version = result.version
-            self.generation += 1
-        else:  # someone else wrote in between: take the whole record again
+        # Someone else may have written in between (the version jumped). This commit is
+        # still reported first, with this cell's values plus what it wrote, so that events of
+        # one record go out in commit order; then the cell takes the record again.
+        moved = result.version != self.version + 1 or not self.loaded
+        values = dict(self.values)
+        values.update(mutation.set)
+        for name, (base, items) in mutation.append.items():
+            if self.fields is not None and name not in self.fields:
+                continue  # not loaded (a push never loads the list): stays unloaded
+            current = values.get(name)
+            values[name] = [*(current if isinstance(current, list) else base), *items]
+        for name in mutation.delete:
+            values.pop(name, None)
+        self.values = self._visible(values) if mutation.delete else values
+        if mutation.content is not UNCHANGED:
+            self.content = cast(str | None, mutation.content)
+        self.version = result.version
+        self.generation += 1
+        await self._notify(change, result.version, mutation)
+        if moved:
             await self.load()
+        return True
+
+    async def _notify(self, change: Change, version: int, mutation: Mutation) -> None:
         if self.listener is not None:
-            outcome = self.listener(Commit(self, change.operation, result.version, mutation))
+            outcome = self.listener(Commit(self, change.operation, version, mutation))
             if inspect.isawaitable(outcome):
                 await outcome
-        return True
 
     async def update(self, fn: Callable[[dict[str, Any]], Any], operation: str) -> bool:
         """Optimistic read-modify-write: ``fn(values)`` → a Change, retried on conflict."""

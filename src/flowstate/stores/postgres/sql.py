@@ -66,6 +66,7 @@ class Shape:
     appends: bool = False
     report: bool = False  # also return the current version of records not written
     guards: bool = False  # some records are written only while a guard record holds
+    steps: bool = False  # some record takes several versions at once (combined writes)
 
 
 @functools.cache
@@ -115,6 +116,7 @@ def batch_sql(shape: Shape) -> str:
         keys, versions, gens = p("text[]"), p("int8[]"), p("int8[]")
         touched.append(keys)
         at = f"array_position({keys}, f.key)"
+        bump = f"({p('int8[]')})[{at}]" if shape.steps else "1"
         content = ""
         if shape.update_content:
             flags, texts = p("bool[]"), p("text[]")
@@ -122,7 +124,7 @@ def batch_sql(shape: Shape) -> str:
                 f", content = CASE WHEN ({flags})[{at}] THEN ({texts})[{at}] ELSE f.content END"
             )
         parts.append(
-            f"ru AS (UPDATE fs_records f SET version = f.version + 1, accessed_at = {NOW}"
+            f"ru AS (UPDATE fs_records f SET version = f.version + {bump}, accessed_at = {NOW}"
             f"{content} WHERE f.key = ANY({keys}) AND f.version = ({versions})[{at}] "
             f"AND f.gen = ({gens})[{at}]{unguarded.format('f.key')} "
             "RETURNING f.key, f.version, f.gen)"
@@ -131,9 +133,11 @@ def batch_sql(shape: Shape) -> str:
     if shape.inserts:
         keys, texts = p("text[]"), p("text[]")
         touched.append(keys)
+        first = f", {p('int8[]')}" if shape.steps else ""
         parts.append(
             "ri AS (INSERT INTO fs_records (key, version, content, created_at, accessed_at) "
-            f"SELECT u.key, 1, u.c, t.now, t.now FROM unnest({keys}, {texts}) AS u(key, c), "
+            f"SELECT u.key, {'u.s' if shape.steps else '1'}, u.c, t.now, t.now "
+            f"FROM unnest({keys}, {texts}{first}) AS u(key, c{', s' if shape.steps else ''}), "
             f"(SELECT {NOW} AS now) t WHERE true{unguarded.format('u.key')} ORDER BY u.key "
             "ON CONFLICT (key) DO NOTHING RETURNING key, version, gen)"
         )
@@ -201,6 +205,7 @@ class Job:
     guard: Guard | None = None  # written only while this holds
     future: asyncio.Future[Outcome | None] | None = None
     sent: int = 0  # the store's clock when its statement was sent
+    steps: int = 1  # versions this write adds (several callers' writes combined)
 
 
 def batch_args(jobs: list[Job]) -> tuple[Shape, list[Any]]:
@@ -242,6 +247,7 @@ def batch_args(jobs: list[Job]) -> tuple[Shape, list[Any]]:
         appends=bool(appends[0]),
         report=any(j.report for j in jobs),
         guards=any(j.guard is not None for j in jobs),
+        steps=any(j.steps != 1 for j in jobs),
     )
     args: list[Any] = []
     if shape.guards:
@@ -253,6 +259,8 @@ def batch_args(jobs: list[Job]) -> tuple[Shape, list[Any]]:
     if upd:
         args += [[j.key for j in upd], [j.entry.version for j in upd if j.entry]]
         args.append([j.entry.gen for j in upd if j.entry])
+        if shape.steps:
+            args.append([j.steps for j in upd])
         if update_content:
             args.append([j.mutation.content is not UNCHANGED for j in upd])
             args.append(
@@ -261,6 +269,8 @@ def batch_args(jobs: list[Job]) -> tuple[Shape, list[Any]]:
     if ins:
         args.append([j.key for j in ins])
         args.append([None if j.mutation.content is UNCHANGED else j.mutation.content for j in ins])
+        if shape.steps:
+            args.append([j.steps for j in ins])
     for part in (changed, added, deletes, appends):
         if part[0]:
             args += part

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -15,8 +16,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 
 from ...errors import StateValidationError, StoreUnavailableError
-from ...ops import UNCHANGED, Change, Mutation
-from ..base import Applied, Cap, Created, Guard, KeyLocks, Record, Store, prefix_end
+from ...ops import UNCHANGED, Change, Mutation, append_target_error, compose
+from ..base import Applied, Cap, Created, Guard, Record, Store, prefix_end
 from .cache import Cache, Encoded, Entry, dumps
 from .events import Events
 from .migrations import check_version, migrate_conn, parse_url, quote_ident
@@ -91,11 +92,70 @@ def _reachable(*, retry: bool = False) -> Callable[[Method[P, T]], Method[P, T]]
     return wrap
 
 
+@dataclasses.dataclass(slots=True)
+class _Request:
+    """A write waiting for its key's next combined commit."""
+
+    change: Change
+    touch: bool
+    start: int
+    future: asyncio.Future[Applied]
+    guard: Guard | None = None
+
+
+def _resolve_group(
+    group: list[_Request], wanted: list[frozenset[str] | None], entry: Entry | None
+) -> tuple[list[Applied | BaseException | tuple[Mutation, int]], list[Mutation]]:
+    """Each request's outcome against the record as left by the ones before it.
+
+    A commit is ``(mutation, n)``: the n-th committed write of the group (1-based).
+    """
+    results: list[Applied | BaseException | tuple[Mutation, int]] = []
+    mutations: list[Mutation] = []
+    state = entry
+    version = 0 if entry is None else entry.version
+    for request, names in zip(group, wanted, strict=True):
+        change = request.change
+        if state is None and change.must_exist:
+            results.append(Applied("missing", 0))
+            continue
+        if change.expected_version is not None and change.expected_version != version:
+            results.append(Applied("conflict", version))
+            continue
+        content: Any = UNCHANGED
+        if change.content is not UNCHANGED:
+            content = None if state is None else state.content
+        try:
+            mutation = change.resolve(
+                {} if state is None else state.decoded(names), content, lazy_appends=True
+            )
+            if mutation is not None and state is not None:
+                for name in mutation.append:  # a known stored non-list: this caller's error
+                    text = state.fields.get(name)
+                    if text is not None and not text.lstrip().startswith(("[", "null")):
+                        value = json.loads(text)
+                        found = {float: "float", int: "int", str: "str", dict: "dict"}
+                        raise append_target_error(name, found.get(type(value), "bool"))
+        except Exception as exc:
+            results.append(exc)
+            continue
+        if mutation is None:
+            results.append(Applied("noop", version))
+            continue
+        version += 1
+        mutations.append(mutation)
+        results.append((mutation, len(mutations)))
+        base = state or Entry(0, 0, {}, None, None, True)
+        state = base.after(mutation, Encoded.of(mutation), version, base.gen, base.seen)
+    return results, mutations
+
+
 class PostgresStore(Store):
     """Records in PostgreSQL, shared by any number of processes (``postgresql://…``)."""
 
     optimistic_attempts = 3
     max_batch = 64
+    max_group = 256
 
     def __init__(self, url: str, *, migrate: bool | None = None) -> None:
         super().__init__()
@@ -107,7 +167,7 @@ class PostgresStore(Store):
         self._pool_loop: asyncio.AbstractEventLoop | None = None
         self._connecting: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._cache = Cache(self._config.cache_size)
-        self._locks = KeyLocks()
+        self._groups: dict[str, collections.deque[_Request]] = {}
         self._events: Events | None = None
         self._closed = False
         self._pending: list[Job] = []
@@ -141,6 +201,7 @@ class PostgresStore(Store):
                 self._pool = None
                 self._events = None
                 self._pending, self._flushers, self._flush_tasks = [], 0, set()
+                self._groups = {}
                 self._writer_conn = None
             config = self._config
             conn = await asyncpg.connect(
@@ -390,81 +451,228 @@ class PostgresStore(Store):
             if not isinstance(exc, Exception):
                 raise
 
+    # Writers of one key in this process do not race each other to the database. The first
+    # writes alone; callers arriving while it is in flight queue up, and the next turn
+    # resolves all of them in arrival order against one copy of the record and commits
+    # them in one statement (the record's version advances by one per committed caller).
+    # Each caller gets its own outcome; one caller's validation error fails only that caller.
+
     @_reachable()
     async def apply(
         self, key: str, change: Change, *, touch: bool = False, guard: Guard | None = None
+    ) -> Applied:
+        await self._get_pool()
+        start = self._tick()
+        queue = self._groups.get(key)
+        if queue is not None:  # the key is being written: join the next combined commit
+            future: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
+            queue.append(_Request(change, touch, start, future, guard))
+            return await future
+        self._groups[key] = queue = collections.deque()
+        try:
+            return await self._apply_alone(key, change, touch, start, guard)
+        finally:
+            if queue:
+                task = asyncio.get_running_loop().create_task(self._drain(key, queue))
+                self._flush_tasks.add(task)
+                task.add_done_callback(self._flush_tasks.discard)
+            else:
+                del self._groups[key]
+
+    async def _drain(self, key: str, queue: collections.deque[_Request]) -> None:
+        """Commit the queued writers of ``key``, in groups, until none is left."""
+        try:
+            while queue:
+                group = [r for r in (queue.popleft() for _ in range(len(queue)))]
+                group = [r for r in group if not r.future.done()][: self.max_group]
+                if not group:
+                    continue
+                try:
+                    if len(group) == 1:
+                        one = group[0]
+                        results: list[Applied | BaseException] = [
+                            await self._apply_alone(
+                                key, one.change, one.touch, one.start, one.guard
+                            )
+                        ]
+                    elif any(r.guard != group[0].guard for r in group):
+                        results = await self._apply_each(key, group)
+                    else:
+                        results = await self._apply_group(key, group)
+                except Exception as exc:
+                    results = [exc] * len(group)
+                for request, result in zip(group, results, strict=True):
+                    if request.future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        request.future.set_exception(result)
+                    else:
+                        request.future.set_result(result)
+        finally:
+            del self._groups[key]
+            for request in queue:  # only if cancelled (the store closing): nobody is left hanging
+                if not request.future.done():
+                    request.future.set_exception(RuntimeError(f"store {self.url} is closed"))
+
+    async def _apply_group(self, key: str, group: list[_Request]) -> list[Applied | BaseException]:
+        """Resolve ``group`` in order against one copy of the record; commit once."""
+        pool = await self._get_pool()
+        wanted = [fields_to_load(r.change) for r in group]
+        names: frozenset[str] | None = frozenset()
+        for w in wanted:
+            names = None if names is None or w is None else names | w
+        want_content = any(r.change.content is not UNCHANGED for r in group)
+        start = max(r.start for r in group)
+        guard = group[0].guard
+        try:
+            for _ in range(self.optimistic_attempts):
+                entry = self._cache.get(key)
+                fresh = entry is not None and entry.seen > start
+                if entry is None or not entry.covers(names, want_content):
+                    loaded = await self._load(pool, key, names, want_content)
+                    fresh = True
+                    entry = None if loaded is None else loaded[0]
+                    if entry is not None:
+                        self._cache.merge(key, entry)
+                        entry = self._cache.get(key) or entry
+                results, mutations = _resolve_group(group, wanted, entry)
+                if not mutations:
+                    if not fresh:  # decided on an old copy: look at the database first
+                        self._cache.drop(key)
+                        continue
+                    await check_guard(pool, guard)  # a deleted session decides first
+                    if entry is not None and any(r.touch for r in group):
+                        await pool.execute(
+                            f"UPDATE fs_records SET accessed_at = {NOW} WHERE key = $1", key
+                        )
+                    return [r for r in results if isinstance(r, Applied | BaseException)]
+                net = compose(mutations)
+                enc = Encoded.of(net)
+                job = Job(
+                    key,
+                    entry,
+                    net,
+                    enc,
+                    report=any(r.change.expected_version is not None for r in group),
+                    guard=guard,
+                    steps=len(mutations),
+                )
+                try:
+                    outcome = await self._commit(job)
+                except StateValidationError:
+                    # an append onto a stored non-list this copy did not show: one by one,
+                    # so that only its caller sees the error
+                    return await self._apply_each(key, group)
+                if outcome is not None and outcome.written is None and guard is not None:
+                    raise guard.gone()
+                if outcome is not None and outcome.written:
+                    # The write was guarded by the version resolved against: every outcome
+                    # above was decided on the record as it was during each call.
+                    base = entry or Entry(0, 0, {}, None, None, True)
+                    after = base.after(net, enc, outcome.version, outcome.gen, job.sent)
+                    self._cache.put(key, after)
+                    first = outcome.version - len(mutations)
+                    return [
+                        r
+                        if isinstance(r, Applied | BaseException)
+                        else Applied("committed", first + r[1], r[0])
+                        for r in results
+                    ]
+                if outcome is None:
+                    self._cache.drop(key)
+                else:
+                    moved = Entry(outcome.version, outcome.gen, {}, frozenset(), None, False)
+                    self._cache.put(key, dataclasses.replace(moved, seen=job.sent))
+        except BaseException:
+            self._cache.drop(key)
+            raise
+        return await self._apply_each(key, group)
+
+    async def _apply_each(self, key: str, group: list[_Request]) -> list[Applied | BaseException]:
+        results: list[Applied | BaseException] = []
+        for request in group:
+            try:
+                results.append(
+                    await self._apply_alone(
+                        key, request.change, request.touch, request.start, request.guard
+                    )
+                )
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    async def _apply_alone(
+        self, key: str, change: Change, touch: bool, start: int, guard: Guard | None
     ) -> Applied:
         pool = await self._get_pool()
         names = fields_to_load(change)
         want_content = change.content is not UNCHANGED
         expected = change.expected_version
-        start = self._tick()
-        async with self._locks.hold(key):  # writers of one key in this process take turns
-            try:
-                for _ in range(self.optimistic_attempts):
-                    entry = self._cache.get(key)
-                    # what was seen since this call began is the database during this call
-                    fresh = entry is not None and entry.seen > start
-                    if fresh and entry is not None and expected not in (None, entry.version):
-                        return Applied("conflict", entry.version)
-                    if entry is None or not entry.covers(names, want_content):
-                        loaded = await self._load(pool, key, names, want_content)
-                        fresh = True
-                        entry = None if loaded is None else loaded[0]
-                        if entry is not None:
-                            self._cache.merge(key, entry)
-                            entry = self._cache.get(key) or entry
-                    if entry is None and change.must_exist:
-                        await check_guard(pool, guard)  # a deleted session, not a record
-                        return Applied("missing", 0)
-                    version = 0 if entry is None else entry.version
-                    if expected is not None and expected != version:
-                        if fresh:
-                            return Applied("conflict", version)
+        try:
+            for _ in range(self.optimistic_attempts):
+                entry = self._cache.get(key)
+                # what was seen since this call began is the database during this call
+                fresh = entry is not None and entry.seen > start
+                if fresh and entry is not None and expected not in (None, entry.version):
+                    return Applied("conflict", entry.version)
+                if entry is None or not entry.covers(names, want_content):
+                    loaded = await self._load(pool, key, names, want_content)
+                    fresh = True
+                    entry = None if loaded is None else loaded[0]
+                    if entry is not None:
+                        self._cache.merge(key, entry)
+                        entry = self._cache.get(key) or entry
+                if entry is None and change.must_exist:
+                    await check_guard(pool, guard)  # a deleted session, not a record
+                    return Applied("missing", 0)
+                version = 0 if entry is None else entry.version
+                if expected is not None and expected != version:
+                    if fresh:
+                        return Applied("conflict", version)
+                    self._cache.drop(key)
+                    continue
+                stored = {} if entry is None else entry.decoded(names)
+                content: Any = UNCHANGED
+                if want_content:
+                    content = None if entry is None else entry.content
+                if fresh:
+                    mutation = change.resolve(stored, content, lazy_appends=True)
+                else:
+                    try:
+                        mutation = change.resolve(stored, content, lazy_appends=True)
+                    except Exception:  # maybe only because the cache is stale
                         self._cache.drop(key)
                         continue
-                    stored = {} if entry is None else entry.decoded(names)
-                    content: Any = UNCHANGED
-                    if want_content:
-                        content = None if entry is None else entry.content
-                    if fresh:
-                        mutation = change.resolve(stored, content, lazy_appends=True)
-                    else:
-                        try:
-                            mutation = change.resolve(stored, content, lazy_appends=True)
-                        except Exception:  # maybe only because the cache is stale
-                            self._cache.drop(key)
-                            continue
-                    if mutation is None:
-                        if not fresh:
-                            self._cache.drop(key)
-                            continue
-                        await check_guard(pool, guard)
-                        if touch and entry is not None:
-                            await pool.execute(
-                                f"UPDATE fs_records SET accessed_at = {NOW} WHERE key = $1", key
-                            )
-                        return Applied("noop", version)
-                    enc = Encoded.of(mutation)
-                    job = Job(key, entry, mutation, enc, report=expected is not None, guard=guard)
-                    outcome = await self._commit(job)
-                    if outcome is not None and outcome.written is None and guard is not None:
-                        raise guard.gone()
-                    if outcome is not None and outcome.written:
-                        base = entry or Entry(0, 0, {}, None, None, True)
-                        after = base.after(mutation, enc, outcome.version, outcome.gen, job.sent)
-                        self._cache.put(key, after)
-                        return Applied("committed", outcome.version, mutation)
-                    if outcome is None:
+                if mutation is None:
+                    if not fresh:
                         self._cache.drop(key)
-                    else:  # the version as the failed write found it: a conflict, or go again
-                        moved = Entry(outcome.version, outcome.gen, {}, frozenset(), None, False)
-                        self._cache.put(key, dataclasses.replace(moved, seen=job.sent))
-                async with pool.acquire() as conn:
-                    return await self._apply_locked(conn, key, change, touch, guard)
-            except BaseException:
-                self._cache.drop(key)
-                raise
+                        continue
+                    await check_guard(pool, guard)
+                    if touch and entry is not None:
+                        await pool.execute(
+                            f"UPDATE fs_records SET accessed_at = {NOW} WHERE key = $1", key
+                        )
+                    return Applied("noop", version)
+                enc = Encoded.of(mutation)
+                job = Job(key, entry, mutation, enc, report=expected is not None, guard=guard)
+                outcome = await self._commit(job)
+                if outcome is not None and outcome.written is None and guard is not None:
+                    raise guard.gone()
+                if outcome is not None and outcome.written:
+                    base = entry or Entry(0, 0, {}, None, None, True)
+                    after = base.after(mutation, enc, outcome.version, outcome.gen, job.sent)
+                    self._cache.put(key, after)
+                    return Applied("committed", outcome.version, mutation)
+                if outcome is None:
+                    self._cache.drop(key)
+                else:  # the version as the failed write found it: a conflict, or go again
+                    moved = Entry(outcome.version, outcome.gen, {}, frozenset(), None, False)
+                    self._cache.put(key, dataclasses.replace(moved, seen=job.sent))
+            async with pool.acquire() as conn:
+                return await self._apply_locked(conn, key, change, touch, guard)
+        except BaseException:
+            self._cache.drop(key)
+            raise
 
     async def _apply_locked(
         self, conn: Connection, key: str, change: Change, touch: bool, guard: Guard | None

@@ -1,0 +1,229 @@
+"""Concurrent writes to one record, committed together: each caller keeps its own outcome.
+
+Every backend commits the writers of one record queued in one process together (SQLite: one
+transaction, a savepoint per caller; PostgreSQL: one statement for the whole group; memory:
+one lock). What a caller relies on is checked on all of them: its own version and mutation,
+its own error without failing the others, events in commit order, nothing lost across two
+processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, Field
+
+from flowstate import FlowServer, StateValidationError, define_flow, handler, open_store
+from flowstate.ops import Change, FieldOp, Mutation, compose
+from flowstate.schema import Schema
+from flowstate.stores import Applied, Store
+
+FREE = Schema(None)
+
+
+def change(*ops: FieldOp, **kw: Any) -> Change:
+    return Change(FREE, ops=ops, **kw)
+
+
+async def test_each_caller_gets_its_own_version_and_mutation(store: Store) -> None:
+    await store.apply("hot", change(FieldOp("set", "n", 0)))
+    results = await asyncio.gather(
+        *(store.apply("hot", change(FieldOp("inc", "n", 1))) for _ in range(16))
+    )
+    assert all(r.status == "committed" for r in results)
+    assert sorted(r.version for r in results) == list(range(2, 18))
+    for r in results:  # the caller at version v took n from v - 2 to v - 1
+        assert r.mutation is not None
+        assert dict(r.mutation.set) == {"n": r.version - 1}
+        assert dict(r.mutation.before) == {"n": r.version - 2}
+    record = await store.read("hot")
+    assert record is not None and record.version == 17 and record.fields == {"n": 16}
+
+
+async def test_one_failing_caller_fails_alone(store: Store) -> None:
+    await store.apply("hot", change(FieldOp("set", "n", 0), FieldOp("set", "word", "x")))
+    calls = []
+    for i in range(12):
+        if i == 5:
+            calls.append(store.apply("hot", change(FieldOp("inc", "word", 1))))
+        elif i == 7:
+            calls.append(store.apply("hot", change(FieldOp("append", "word", 1))))
+        else:
+            calls.append(
+                store.apply("hot", change(FieldOp("inc", "n", 1), FieldOp("append", "log", i)))
+            )
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    errors = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
+    assert sorted(errors) == [5, 7]
+    assert isinstance(errors[5], StateValidationError)
+    assert str(errors[5]) == 'field "word": inc_state needs a number field, found str'
+    assert isinstance(errors[7], StateValidationError)
+    assert str(errors[7]) == 'field "word": push_state needs a list field, found str'
+    good = [r for r in results if isinstance(r, Applied)]
+    assert sorted(r.version for r in good) == list(range(2, 12))
+    record = await store.read("hot")
+    assert record is not None and record.version == 11
+    assert record.fields["n"] == 10 and record.fields["word"] == "x"
+    assert sorted(record.fields["log"]) == [i for i in range(12) if i not in (5, 7)]
+    # the list order is the commit order
+    by_version = sorted(good, key=lambda r: r.version)
+    order = [r.mutation.append["log"][1][0] for r in by_version if r.mutation is not None]
+    assert record.fields["log"] == order
+
+
+async def test_compare_and_swap_in_a_crowd_has_one_winner_per_version(store: Store) -> None:
+    await store.apply("cas", change(FieldOp("set", "owner", None)))
+    results = await asyncio.gather(
+        *(
+            store.apply("cas", change(FieldOp("set", "owner", i), expected_version=1))
+            for i in range(8)
+        )
+    )
+    winners = [i for i, r in enumerate(results) if r.status == "committed"]
+    assert len(winners) == 1
+    assert all(r.version == 2 for r in results)
+    assert {r.status for i, r in enumerate(results) if i not in winners} == {"conflict"}
+    record = await store.read("cas")
+    assert record is not None and record.fields == {"owner": winners[0]}
+
+
+async def test_mixed_sets_deletes_and_record_ops_in_one_crowd(store: Store) -> None:
+    await store.apply("mix", change(FieldOp("set", "d", {}), FieldOp("set", "gone", 1)))
+    results = await asyncio.gather(
+        store.apply("mix", change(FieldOp("record_set", "d", 1, "a"))),
+        store.apply("mix", change(FieldOp("record_set", "d", 2, "b"))),
+        store.apply("mix", change(FieldOp("record_delete", "d", None, "a"))),
+        store.apply("mix", change(FieldOp("set", "list", [1]))),
+        store.apply("mix", change(FieldOp("append", "list", 2))),
+        store.apply("mix", Change(FREE, replace={"d": {"z": 0}, "list": [9]})),
+        store.apply("mix", change(FieldOp("append", "list", 10))),
+        store.apply("mix", change(FieldOp("set", "n", 1), must_exist=True)),
+    )
+    assert [r.status for r in results] == ["committed"] * 8
+    assert [r.version for r in results] == list(range(2, 10))
+    record = await store.read("mix")
+    assert record is not None
+    assert record.fields == {"d": {"z": 0}, "list": [9, 10], "n": 1}
+
+
+def test_compose_is_the_same_as_writing_in_order() -> None:
+    first = Mutation(set={"a": [1]}, append={"b": ([], [1])})
+    second = Mutation(set={}, append={"a": ([], [2]), "b": ([], [2]), "c": ([0], [5])})
+    third = Mutation(set={"c": None}, delete=frozenset({"b"}), content="t")
+    fourth = Mutation(set={}, append={"c": ([], [6]), "b": ([7], [8])})
+    net = compose([first, second, third, fourth])
+    assert dict(net.set) == {"a": [1, 2], "c": [6], "b": [7, 8]}
+    assert net.delete == frozenset() and net.content == "t" and dict(net.append) == {}
+    assert compose([first, second]).append == {"b": ([], [1, 2]), "c": ([0], [5])}
+
+
+class Hits(BaseModel):
+    hits: int = 0
+    seen: list[int] = Field(default_factory=list)
+
+
+async def test_events_of_concurrent_runs_come_in_commit_order(store: Store) -> None:
+    @handler(name="hit", user_state=Hits)
+    async def hit(input: Any, ctx: Any) -> Any:
+        await ctx.user.inc_state(hits=1)
+
+    server = FlowServer(define_flow("hot", {"hit": hit}), store=store)
+    sessions = [(await server.run("hot", "hit", user_id="u")).session_id for _ in range(8)]
+    seen: list[int] = []
+    async with store.subscribe("user:u") as queue:
+
+        async def one(i: int) -> int:
+            result = await server.run("hot", "hit", user_id="u", session_id=sessions[i % 8])
+            (event,) = [e for e in result.events if e.type == "state_change"]
+            return int(event.data["version"])
+
+        versions = await asyncio.gather(*(one(i) for i in range(40)))
+        while len(seen) < 40:
+            message = await asyncio.wait_for(queue.get(), 10)
+            if message["type"] == "state_change":
+                seen.append(message["version"])
+    assert sorted(versions) == list(range(9, 49))
+    assert seen == list(range(9, 49))  # published in commit order
+    record = await store.read("user/u/state")
+    assert record is not None and record.fields["hits"] == 48
+
+
+@pytest.mark.postgres
+async def test_postgres_commits_a_crowd_in_fewer_statements(postgres_store_url: str) -> None:
+    store = open_store(postgres_store_url)
+    try:
+        await store.apply("hot", change(FieldOp("set", "n", 0)))
+        statements = 0
+        commit = store._commit  # type: ignore[attr-defined]
+
+        async def counting(job: Any) -> Any:
+            nonlocal statements
+            statements += 1
+            return await commit(job)
+
+        store._commit = counting  # type: ignore[attr-defined]
+        await asyncio.gather(
+            *(store.apply("hot", change(FieldOp("inc", "n", 1))) for _ in range(32))
+        )
+        record = await store.read("hot")
+        assert record is not None and record.fields == {"n": 32} and record.version == 33
+        assert statements < 32 / 2  # the first alone, the rest in groups
+    finally:
+        await store.aclose()
+
+
+def _hammer(url: str, tasks: int, each: int) -> None:
+    async def main() -> None:
+        store = open_store(url)
+        try:
+
+            async def worker() -> None:
+                for _ in range(each):
+                    await store.apply(
+                        "shared", change(FieldOp("inc", "n", 1), FieldOp("append", "log", 1))
+                    )
+
+            await asyncio.gather(*(worker() for _ in range(tasks)))
+        finally:
+            await store.aclose()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_two_processes_of_crowds_lose_nothing(kind: str, tmp_path: Path) -> None:
+    from .conftest import make_store_url
+
+    url = make_store_url(kind, tmp_path)
+    asyncio.run(_prime(url))
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_hammer, args=(url, 8, 40)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    record = asyncio.run(_read(url))
+    assert record is not None
+    assert record.fields["n"] == 640 and len(record.fields["log"]) == 640
+    assert record.version == 641
+
+
+async def _prime(url: str) -> None:
+    store = open_store(url)
+    try:
+        await store.apply("shared", change(FieldOp("set", "n", 0)))
+    finally:
+        await store.aclose()
+
+
+async def _read(url: str) -> Any:
+    store = open_store(url)
+    try:
+        return await store.read("shared")
+    finally:
+        await store.aclose()
