@@ -38,7 +38,8 @@ from pydantic import BaseModel, Field
 from flowstate import Context, FlowServer, define_flow, handler
 from flowstate.ops import Change, FieldOp
 from flowstate.schema import Schema
-from flowstate.scopes import ScopeBinding, scope_root
+from flowstate.layout import scope_root
+from flowstate.scopes import ScopeBinding
 from flowstate.stores import Store, open_store
 
 PG_URL = os.environ.get("FLOWSTATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -156,6 +157,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=0.5)
     parser.add_argument("--inner", type=int, default=300)
     parser.add_argument("--push-ops", type=int, default=200)
+    parser.add_argument("--push-only", action="store_true", help="only the push cells")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp())
     stores: dict[str, Store] = {}
@@ -173,7 +175,7 @@ async def main() -> None:
     rows: dict[str, dict[str, list[float]]] = {name: {} for name in stores}
     try:
         order = list(stores)
-        for r in range(args.rounds):
+        for r in range(0 if args.push_only else args.rounds):
             for name in order[r % len(order) :] + order[: r % len(order)]:
                 got = await cells(servers[name], stores[name], args.seconds)
                 for cell, value in got.items():
@@ -184,6 +186,12 @@ async def main() -> None:
         print("| store | cell | median | ratio (median of per-round) |")
         print("|---|---|---:|---|")
         for name, data in rows.items():
+            if args.push_only:
+                a = data["push onto 100,000 items, p50 µs"][0]
+                b = data["push onto 100 items, p50 µs"][0]
+                print(f"| {name} | push p50 µs: 100 items {b:,.0f}, 100,000 items {a:,.0f} "
+                      f"| {a / b:.2f} |")
+                continue
             inrun = data["in-run op"]
             one = data["run, 1 writer"]
             s1 = data["store inc, 1 writer"]

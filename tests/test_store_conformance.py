@@ -178,6 +178,45 @@ async def test_appending_keeps_the_stored_items_exactly(store: Store) -> None:
     assert list(got[3]) == ["z", "a"] and list(got[-1]) == ["y", "b"]
 
 
+async def test_many_pushes_read_back_in_order_through_every_path(store: Store) -> None:
+    if isinstance(store, SQLiteStore):
+        store.fold_after = 7  # cross several folds of pushed rows into the stored array
+    await store.apply("k", put("l", ["a"]))
+    expected = ["a"]
+    for i in range(30):
+        await store.apply("k", ops(FieldOp("append", "l", i), FieldOp("append", "m", -i)))
+        expected.append(i)
+        if i % 9 == 4:
+            assert (await fields_of(store, "k") or {})["l"] == expected
+    got = await store.read_many({"k": frozenset({"l"})})
+    assert got["k"] is not None and got["k"].fields == {"l": expected}
+    one = await store.read("k", frozenset({"m"}))
+    assert one is not None and one.fields == {"m": [-i for i in range(30)]}
+    # a set replaces the pushed items too; pushes go on from the new value
+    await store.apply("k", put("l", {"not": "a list"}))
+    with pytest.raises(StateValidationError, match="push_state needs a list field, found dict"):
+        await store.apply("k", ops(FieldOp("append", "l", 1)))
+    await store.apply("k", put("l", []))
+    await store.apply("k", ops(FieldOp("append", "l", "x")))
+    assert (await fields_of(store, "k") or {})["l"] == ["x"]
+    # a deleted field, a deleted record, a replaced record: no pushed item survives them
+    await store.apply("k", Change(FREE, replace={"m": [0]}))
+    assert await fields_of(store, "k") == {"m": [0]}
+    await store.apply("k", ops(FieldOp("append", "m", 1)))
+    deleted = await store.delete("k")
+    assert deleted is not None and deleted.fields == {"m": [0, 1]}
+    await store.apply("k", ops(FieldOp("append", "m", 2)))
+    assert await fields_of(store, "k") == {"m": [2]}
+    await store.apply("k", ops(FieldOp("append", "m", 3)))
+    await store.create("k", {"m": []}, replace=True)
+    assert await fields_of(store, "k") == {"m": []}
+    await store.apply("k/x", ops(FieldOp("append", "m", 1), FieldOp("append", "m", 2)))
+    assert await store.delete_prefix("k/") == 1
+    await store.apply("k/x", put("m", None))
+    await store.apply("k/x", ops(FieldOp("append", "m", 5)))
+    assert await fields_of(store, "k/x") == {"m": [5]}
+
+
 # --------------------------------------------------------------------------------- apply
 
 

@@ -20,7 +20,7 @@ from .resources import (
     ResourceRef,
     ResourceRegistry,
 )
-from .schema import Schema
+from .schema import Schema, copy_json
 from .state import Commit, RetryPolicy, StateCell, StateHandle
 from .stores.base import Guard, Record, Store
 
@@ -89,7 +89,9 @@ class ScopeBinding:
             "version": commit.version,
         }
         values = commit.cell.values
-        exposed = {f: values[f] for f in commit.fields if f in self.expose and f in values}
+        exposed = {
+            f: copy_json(values[f]) for f in commit.fields if f in self.expose and f in values
+        }
         if exposed:
             data["values"] = exposed
         await self.emit("state_change", data)

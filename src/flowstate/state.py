@@ -28,7 +28,7 @@ from .errors import (
     StateValidationError,
 )
 from .ops import UNCHANGED, Change, FieldOp, Mutation, _Sentinel
-from .schema import Schema
+from .schema import Schema, copy_json
 from .stores.base import Applied, Guard, Record, Store
 
 __all__ = ["Commit", "RetryPolicy", "StateCell", "StateHandle"]
@@ -224,7 +224,10 @@ class StateCell:
             if self.fields is not None and name not in self.fields:
                 continue  # not loaded (a push never loads the list): stays unloaded
             current = values.get(name)
-            values[name] = [*(current if isinstance(current, list) else base), *items]
+            if isinstance(current, list):  # the cell owns its lists: extend, do not copy
+                current.extend(copy_json(items))
+            else:
+                values[name] = [*base, *copy_json(items)]
         for name in mutation.delete:
             values.pop(name, None)
         self.values = self._visible(values) if mutation.delete else values

@@ -117,7 +117,11 @@ class MemoryStore(Store):
                 current = row.fields.get(name) if row else None
                 if current is not None and not isinstance(current, list):
                     raise append_target_error(name, type(current).__name__)
-                appended[name] = [*(base if current is None else current), *copy_json(items)]
+                if current is None:
+                    appended[name] = [*base, *copy_json(items)]
+            for name, (_, items) in mutation.append.items():
+                if name not in appended:  # extend in place: the stored list is ours alone
+                    row.fields[name].extend(copy_json(items))  # type: ignore[union-attr]
             if row is None:
                 row = _Row(0, {}, None, now)
                 self._insert(key, row)

@@ -32,7 +32,7 @@ __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _DDL = [
     """CREATE TABLE IF NOT EXISTS fs_records (
         key TEXT PRIMARY KEY,
@@ -48,6 +48,17 @@ _DDL = [
         PRIMARY KEY (key, name)
     ) WITHOUT ROWID""",
     "CREATE TABLE IF NOT EXISTS fs_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # Version 2: items pushed onto a stored list, one row per push (their JSON texts joined
+    # by commas), so a push writes a few bytes whatever the list's length. A read appends
+    # them, in seq order, to the field's stored array; every ``fold_after`` pushes they are folded
+    # into it, and a set or delete of the field removes them.
+    """CREATE TABLE IF NOT EXISTS fs_items (
+        key TEXT NOT NULL,
+        name TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        items TEXT NOT NULL,
+        PRIMARY KEY (key, name, seq)
+    ) WITHOUT ROWID""",
 ]
 
 
@@ -63,6 +74,12 @@ _JSON_TYPES = {
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _joined(array: str, items: str) -> str:
+    """A stored array's JSON text with pushed items' texts (comma-joined) appended."""
+    head = array.rstrip()[:-1].rstrip()
+    return f"{head}{items}]" if head.endswith("[") else f"{head},{items}]"
 
 
 class _Busy(Exception):
@@ -100,6 +117,8 @@ def _settle(job: _Job, ok: bool, value: Any) -> None:
 
 class SQLiteStore(Store):
     """Records in one SQLite file, safe for several processes on one machine."""
+
+    fold_after = 1024  # pushes kept as rows of fs_items before they join the stored array
 
     def __init__(
         self,
@@ -151,11 +170,19 @@ class SQLiteStore(Store):
         try:
             for ddl in _DDL:
                 conn.execute(ddl)
-            conn.execute(
-                "INSERT INTO fs_meta (name, value) VALUES ('schema_version', ?) "
-                "ON CONFLICT(name) DO NOTHING",
-                (str(SCHEMA_VERSION),),
-            )
+            row = conn.execute("SELECT value FROM fs_meta WHERE name = 'schema_version'").fetchone()
+            found = int(row[0]) if row else 0
+            if found > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path}: the flowstate tables are at schema version {found}, newer "
+                    f"than this flowstate ({SCHEMA_VERSION}); upgrade flowstate"
+                )
+            if found < SCHEMA_VERSION:  # 1 → 2: fs_items, created above
+                conn.execute(
+                    "INSERT INTO fs_meta (name, value) VALUES ('schema_version', ?) "
+                    "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                    (str(SCHEMA_VERSION),),
+                )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -313,6 +340,9 @@ class SQLiteStore(Store):
     ) -> dict[str, Any]:
         if names is None:
             rows = conn.execute("SELECT name, value FROM fs_fields WHERE key = ?", (key,))
+            pushed = conn.execute(
+                "SELECT name, items FROM fs_items WHERE key = ? ORDER BY name, seq", (key,)
+            )
         elif not names:
             return {}
         else:
@@ -321,31 +351,64 @@ class SQLiteStore(Store):
                 f"SELECT name, value FROM fs_fields WHERE key = ? AND name IN ({marks})",
                 (key, *names),
             )
-        return {name: json.loads(value) for name, value in rows}
+            pushed = conn.execute(
+                f"SELECT name, items FROM fs_items WHERE key = ? AND name IN ({marks}) "
+                "ORDER BY name, seq",
+                (key, *names),
+            )
+        texts = dict(rows.fetchall())
+        extra: dict[str, list[str]] = {}
+        for name, items in pushed:
+            extra.setdefault(name, []).append(items)
+        for name, parts in extra.items():
+            if name in texts:
+                texts[name] = _joined(texts[name], ",".join(parts))
+        return {name: json.loads(value) for name, value in texts.items()}
 
-    @staticmethod
     def _append(
-        conn: sqlite3.Connection, key: str, name: str, base: list[Any], items: list[Any]
+        self, conn: sqlite3.Connection, key: str, name: str, base: list[Any], items: list[Any]
     ) -> None:
-        """Append in SQL, so the stored list is neither loaded into Python nor re-encoded."""
+        """Append without reading or rewriting the stored list: one small row per push."""
         row = conn.execute(
-            "SELECT json_type(value) FROM fs_fields WHERE key = ? AND name = ?", (key, name)
+            "SELECT substr(value, 1, 1) FROM fs_fields WHERE key = ? AND name = ?", (key, name)
         ).fetchone()
-        if row is None or row[0] == "null":
+        if row is None or row[0] == "n":  # absent or null: store the whole list
             conn.execute(
                 "INSERT INTO fs_fields (key, name, value) VALUES (?, ?, ?) "
                 "ON CONFLICT(key, name) DO UPDATE SET value = excluded.value",
                 (key, name, _dumps([*base, *items])),
             )
+            conn.execute("DELETE FROM fs_items WHERE key = ? AND name = ?", (key, name))
             return
-        if row[0] != "array":
-            raise append_target_error(name, _JSON_TYPES.get(row[0], row[0]))
-        for item in items:
+        if row[0] != "[":
+            (kind,) = conn.execute(
+                "SELECT json_type(value) FROM fs_fields WHERE key = ? AND name = ?", (key, name)
+            ).fetchone()
+            raise append_target_error(name, _JSON_TYPES.get(kind, kind))
+        (seq,) = conn.execute(
+            "SELECT coalesce(max(seq), 0) + 1 FROM fs_items WHERE key = ? AND name = ?",
+            (key, name),
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO fs_items (key, name, seq, items) VALUES (?, ?, ?, ?)",
+            (key, name, seq, ",".join(_dumps(item) for item in items)),
+        )
+        if seq % self.fold_after == 0:  # fold the rows into the array (1 push in fold_after)
+            parts = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT items FROM fs_items WHERE key = ? AND name = ? ORDER BY seq",
+                    (key, name),
+                )
+            ]
+            (stored,) = conn.execute(
+                "SELECT value FROM fs_fields WHERE key = ? AND name = ?", (key, name)
+            ).fetchone()
             conn.execute(
-                "UPDATE fs_fields SET value = json_insert(value, '$[#]', json(?)) "
-                "WHERE key = ? AND name = ?",
-                (_dumps(item), key, name),
+                "UPDATE fs_fields SET value = ? WHERE key = ? AND name = ?",
+                (_joined(stored, ",".join(parts)), key, name),
             )
+            conn.execute("DELETE FROM fs_items WHERE key = ? AND name = ?", (key, name))
 
     def _read(
         self, conn: sqlite3.Connection, key: str, fields: frozenset[str] | None
@@ -412,6 +475,12 @@ class SQLiteStore(Store):
                     "ON CONFLICT(key, name) DO UPDATE SET value = excluded.value",
                     [(key, name, _dumps(value)) for name, value in mutation.set.items()],
                 )
+            dropped = [*mutation.set, *mutation.delete]
+            if dropped and row is not None:
+                conn.executemany(
+                    "DELETE FROM fs_items WHERE key = ? AND name = ?",
+                    [(key, name) for name in dropped],
+                )
             for name, (base, items) in mutation.append.items():
                 self._append(conn, key, name, base, items)
             if mutation.delete:
@@ -465,6 +534,7 @@ class SQLiteStore(Store):
                     return Created("exists", row[0])
                 previous = Record(key, row[0], self._load_fields(conn, key, None), *row[1:])
                 conn.execute("DELETE FROM fs_fields WHERE key = ?", (key,))
+                conn.execute("DELETE FROM fs_items WHERE key = ?", (key,))
                 conn.executemany(
                     "INSERT INTO fs_fields (key, name, value) VALUES (?, ?, ?)", encoded
                 )
@@ -495,6 +565,7 @@ class SQLiteStore(Store):
                     ]
                     for victim in victims:
                         conn.execute("DELETE FROM fs_fields WHERE key = ?", (victim,))
+                        conn.execute("DELETE FROM fs_items WHERE key = ?", (victim,))
                         conn.execute("DELETE FROM fs_records WHERE key = ?", (victim,))
                     evicted = victims
             conn.execute(
@@ -518,6 +589,7 @@ class SQLiteStore(Store):
                 return None
             record = Record(key, row[0], self._load_fields(conn, key, None), *row[1:])
             conn.execute("DELETE FROM fs_fields WHERE key = ?", (key,))
+            conn.execute("DELETE FROM fs_items WHERE key = ?", (key,))
             conn.execute("DELETE FROM fs_records WHERE key = ?", (key,))
             return record
 
@@ -528,6 +600,7 @@ class SQLiteStore(Store):
 
         def job(conn: sqlite3.Connection) -> int:
             conn.execute("DELETE FROM fs_fields WHERE key >= ? AND key < ?", bounds)
+            conn.execute("DELETE FROM fs_items WHERE key >= ? AND key < ?", bounds)
             sql = "DELETE FROM fs_records WHERE key >= ? AND key < ?"
             return conn.execute(sql, bounds).rowcount
 
