@@ -8,6 +8,7 @@ Pure logic, no I/O. A block declares a *partial* model with only the fields it u
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import types
 import typing
@@ -502,27 +503,45 @@ class Schema:
     def field_names(self) -> frozenset[str]:
         return frozenset(self.model.model_fields) if self.model else frozenset()
 
+    @cached_property
+    def _defaults(self) -> tuple[dict[str, JSON], frozenset[str]]:
+        """Fields' defaults in JSON form, computed once, and the fields whose default comes
+        from a factory function (called on every use: it may return a new value each time).
+        A plain default or a class as factory (``list``, ``dict``, a model) is fixed."""
+        fixed: dict[str, JSON] = {}
+        dynamic: set[str] = set()
+        if self.model is None:
+            return fixed, frozenset()
+        for name, info in self.model.model_fields.items():
+            if info.default is not PydanticUndefined:
+                value = info.default
+            elif isinstance(info.default_factory, type):
+                value = info.default_factory()
+            elif info.default_factory is not None:
+                dynamic.add(name)
+                continue
+            else:
+                continue
+            fixed[name] = self._adapters[name].dump_python(value, mode="json")
+        return fixed, frozenset(dynamic)
+
     def default(self, name: str) -> tuple[bool, JSON]:
         """(has_default, default in JSON form) for one field."""
-        if self.model is None:
-            return False, None
-        info = self.model.model_fields.get(name)
-        if info is None:
-            return False, None
-        if info.default is not PydanticUndefined:
-            value = info.default
-        elif info.default_factory is not None:
-            value = info.default_factory()  # type: ignore[call-arg]
-        else:
-            return False, None
-        return True, self._adapters[name].dump_python(value, mode="json")
+        fixed, dynamic = self._defaults
+        if name in fixed:
+            return True, copy_json(fixed[name])
+        if name in dynamic:
+            assert self.model is not None
+            factory = self.model.model_fields[name].default_factory
+            value = factory()  # type: ignore[call-arg,misc]
+            return True, self._adapters[name].dump_python(value, mode="json")
+        return False, None
 
     def defaults(self) -> dict[str, JSON]:
-        out = {}
-        for name in self.field_names:
-            has, value = self.default(name)
-            if has:
-                out[name] = value
+        fixed, dynamic = self._defaults
+        out: dict[str, JSON] = copy_json(fixed)
+        for name in dynamic:
+            out[name] = self.default(name)[1]
         return out
 
     def with_defaults(self, stored: Mapping[str, JSON]) -> dict[str, JSON]:
@@ -607,7 +626,8 @@ class Schema:
         target = model or self.model
         if target is None:
             return freeze(dict(values)) if frozen else copy_json(dict(values))
-        wanted = {k: v for k, v in values.items() if k in target.model_fields}
+        names = _field_names(target)
+        wanted = {k: v for k, v in values.items() if k in names}
         if not frozen:
             wanted = copy_json(wanted)
         try:
@@ -616,6 +636,11 @@ class Schema:
             # A required field that was never written: show what exists without inventing it.
             instance = target.model_construct(**wanted)
         return freeze(instance) if frozen else instance
+
+
+@functools.lru_cache(maxsize=1024)
+def _field_names(model: type[BaseModel]) -> frozenset[str]:
+    return frozenset(model.model_fields)
 
 
 def copy_json(value: JSON) -> JSON:

@@ -371,6 +371,8 @@ class FlowServer:
                 scope_root("user", run.user_id, isolated_kind=iso_user),
             ),
         }
+        # The request scope lives in the run's own fresh store: nothing to read.
+        bindings["request"].cell.accept(None)
         if run.project_id is not None:
             bindings["project"] = bind(
                 "project",
