@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from pydantic import BaseModel, Field
 
 from flowstate import Context, FlowServer, define_flow, handler
+from flowstate.layout import scope_root
 from flowstate.ops import Change, FieldOp
 from flowstate.schema import Schema
-from flowstate.layout import scope_root
 from flowstate.scopes import ScopeBinding
 from flowstate.stores import Store, open_store
 
