@@ -82,6 +82,27 @@ async def timed_loop(writers: int, seconds: float, op: Callable[[int], Awaitable
     return sum(done)
 
 
+async def backend_pids(store: Store) -> list[int]:
+    """The PostgreSQL backend pids of the store's pool (empty for other stores)."""
+    pool = getattr(store, "_pool", None)
+    if pool is None:
+        return []
+    holders = getattr(pool, "_holders", [])  # asyncpg internals: bench-only
+    return [h._con.get_server_pid() for h in holders if getattr(h, "_con", None) is not None]
+
+
+def proc_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by processes ``pids`` (from /proc)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 async def cells(server: FlowServer, store: Store, seconds: float) -> dict[str, float]:
     out: dict[str, float] = {}
     tag = uuid.uuid4().hex[:6]
@@ -100,13 +121,21 @@ async def cells(server: FlowServer, store: Store, seconds: float) -> dict[str, f
     sids = [
         (await server.run("bench", "bump", user_id=f"u{i}-{tag}")).session_id for i in range(8)
     ]
+    pids = await backend_pids(store)
+    server_cpu = proc_cpu(pids)
+    client_cpu = time.process_time()
     start = time.perf_counter()
     n = await timed_loop(
         8,
         seconds,
         lambda i: server.run("bench", "bump", user_id=f"u{i}-{tag}", session_id=sids[i]),
     )
-    out["runs, 8 writers / 8 users"] = n / (time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    out["runs, 8 writers / 8 users"] = n / wall
+    # where the time goes: this process's CPU, the database backends' CPU (its pool's)
+    out["8/8: client CPU ms/run"] = (time.process_time() - client_cpu) / n * 1e3
+    if pids:
+        out["8/8: server CPU ms/run"] = (proc_cpu(pids) - server_cpu) / n * 1e3
     # 8 writers on one user (8 sessions)
     shared = f"shared-{tag}"
     sids = [(await server.run("bench", "bump", user_id=shared)).session_id for i in range(8)]
@@ -210,7 +239,9 @@ async def main() -> None:
                     label, a, b = ratios[cell]
                     per = [x / y for x, y in zip(a, b, strict=True)]
                     ratio = f"{statistics.median(per):.2f} {label}"
-                if cell.startswith("lost"):
+                if cell.startswith("8/8"):
+                    print(f"| {name} | {cell} | {statistics.median(values):.3f} | |")
+                elif cell.startswith("lost"):
                     print(f"| {name} | {cell} | {sum(values):.0f} (sum) | |")
                 else:
                     print(f"| {name} | {cell} | {statistics.median(values):,.0f} | {ratio} |")
