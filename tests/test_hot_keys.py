@@ -227,3 +227,63 @@ async def _read(url: str) -> Any:
         return await store.read("shared")
     finally:
         await store.aclose()
+
+
+async def test_atomic_writes_share_the_turn_and_update_state_is_not_starved(store: Store) -> None:
+    from flowstate.layout import scope_root
+    from flowstate.scopes import ScopeBinding
+
+    class Count(BaseModel):
+        n: int = 0
+        m: int = 0
+
+    def handle() -> Any:
+        binding = ScopeBinding(store, "user", "u", scope_root("user", "u"), Schema(Count), {})
+        return binding.handle(Count)
+
+    async def incs() -> None:
+        h = handle()
+        for _ in range(10):
+            await h.inc_state(n=1)
+
+    async def updates() -> None:
+        h = handle()
+        for _ in range(5):
+            await h.update_state(lambda s: {"m": s.m + 1})
+
+    await asyncio.gather(*(incs() for _ in range(8)), *(updates() for _ in range(4)))
+    record = await store.read("user/u/state")
+    assert record is not None and record.fields == {"n": 80, "m": 20}
+    assert record.version == 100
+
+
+@pytest.mark.postgres
+async def test_concurrent_runs_on_one_record_are_committed_together(
+    postgres_store_url: str,
+) -> None:
+    store = open_store(postgres_store_url)
+    try:
+
+        @handler(name="hit", user_state=Hits)
+        async def hit(input: Any, ctx: Any) -> None:
+            await ctx.user.inc_state(hits=1)
+
+        server = FlowServer(define_flow("hot", {"hit": hit}), store=store)
+        sid = (await server.run("hot", "hit", user_id="u")).session_id
+        statements = 0
+        commit = store._commit  # type: ignore[attr-defined]
+
+        async def counting(job: Any) -> Any:
+            nonlocal statements
+            statements += 1
+            return await commit(job)
+
+        store._commit = counting  # type: ignore[attr-defined]
+        await asyncio.gather(
+            *(server.run("hot", "hit", user_id="u", session_id=sid) for _ in range(24))
+        )
+        record = await store.read("user/u/state")
+        assert record is not None and record.fields["hits"] == 25
+        assert statements < 24  # runs' writes of one record went out in groups
+    finally:
+        await store.aclose()

@@ -73,7 +73,7 @@ _HELD: ContextVar[frozenset[tuple[int, str]]] = ContextVar("flowstate_turns", de
 
 
 @contextlib.asynccontextmanager
-async def _turn(store: Store, key: str) -> AsyncIterator[None]:
+async def _turn(store: Store, key: str, *, shared: bool = False) -> AsyncIterator[None]:
     """Writers of one record in this process take turns: a read-resolve-write cycle
     (``update_state``'s compare-and-swap) is never overtaken by another writer of this process,
     so its retries are only for writers in other processes."""
@@ -82,7 +82,7 @@ async def _turn(store: Store, key: str) -> AsyncIterator[None]:
     if mark in held:
         yield
         return
-    async with store.turns.hold(key):
+    async with store.turns.hold(key, shared=shared):
         token = _HELD.set(held | {mark})
         try:
             yield
@@ -178,7 +178,9 @@ class StateCell:
     async def apply(self, change: Change) -> bool:
         """Apply a change through the store; update the cache; tell the listener."""
         self._fail_read_only()
-        async with _turn(self.store, self.key):
+        # Atomic operations share the turn: the store resolves each against the record as
+        # it is, and may commit concurrent ones together; update_state waits for them.
+        async with _turn(self.store, self.key, shared=True):
             try:
                 if (
                     self.initial_content is not None

@@ -158,54 +158,92 @@ class Broker:
 
 
 class KeyLocks:
-    """A queue per key in use, so writers of one key in this process take turns.
-
-    A key is held while it is in ``_waiters``; its deque holds the futures of those waiting.
-    Cheaper than an ``asyncio.Lock`` per key, which would be created and dropped per write.
+    """Turns per key in this process: *exclusive* (``update_state``'s read-modify-write) or
+    *shared* (atomic operations, which the store resolves itself, so concurrent ones may run —
+    and be committed — together). Waiters are served in arrival order, so a stream of atomic
+    writes cannot starve an ``update_state``, nor the reverse.
     """
 
     def __init__(self) -> None:
-        self._waiters: dict[str, collections.deque[asyncio.Future[None]]] = {}
+        self._keys: dict[str, _KeyState] = {}
 
-    def hold(self, key: str) -> _Turn:
-        return _Turn(self, key)
+    def hold(self, key: str, *, shared: bool = False) -> _Turn:
+        return _Turn(self, key, shared)
 
-    def _release(self, key: str) -> None:
-        waiters = self._waiters[key]
+    def _release(self, key: str, shared: bool) -> None:
+        state = self._keys[key]
+        if shared:
+            state.shared -= 1
+        else:
+            state.exclusive = False
+        self._wake(key)
+
+    def _wake(self, key: str) -> None:
+        state = self._keys.get(key)
+        if state is None:
+            return
+        waiters = state.waiters
         while waiters:
-            future = waiters.popleft()
-            if not future.done():
-                future.set_result(None)  # the key passes to that waiter
-                return
-        del self._waiters[key]
+            shared, future = waiters[0]
+            if future.done():  # cancelled while waiting
+                waiters.popleft()
+                continue
+            if state.exclusive or (not shared and state.shared):
+                break
+            waiters.popleft()
+            if shared:
+                state.shared += 1
+            else:
+                state.exclusive = True
+            future.set_result(None)  # the turn passes to that waiter
+            if not shared:
+                break
+        if not waiters and not state.exclusive and not state.shared:
+            del self._keys[key]
+
+
+class _KeyState:
+    __slots__ = ("exclusive", "shared", "waiters")
+
+    def __init__(self) -> None:
+        self.shared = 0
+        self.exclusive = False
+        self.waiters: collections.deque[tuple[bool, asyncio.Future[None]]] = collections.deque()
 
 
 class _Turn:
-    __slots__ = ("key", "locks")
+    __slots__ = ("key", "locks", "shared")
 
-    def __init__(self, locks: KeyLocks, key: str) -> None:
+    def __init__(self, locks: KeyLocks, key: str, shared: bool) -> None:
         self.locks = locks
         self.key = key
+        self.shared = shared
 
     async def __aenter__(self) -> None:
-        waiters = self.locks._waiters.get(self.key)
-        if waiters is None:
-            self.locks._waiters[self.key] = collections.deque()
+        state = self.locks._keys.get(self.key)
+        if state is None:
+            state = self.locks._keys[self.key] = _KeyState()
+        if not state.waiters and not state.exclusive and (self.shared or not state.shared):
+            if self.shared:
+                state.shared += 1
+            else:
+                state.exclusive = True
             return
         future = asyncio.get_running_loop().create_future()
-        waiters.append(future)
+        state.waiters.append((self.shared, future))
         try:
             await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
-                self.locks._release(self.key)  # handed the key, but leaving: pass it on
+                self.locks._release(self.key, self.shared)  # handed the turn, but leaving
             else:
                 with contextlib.suppress(ValueError):
-                    waiters.remove(future)
+                    state.waiters.remove((self.shared, future))
+                self.locks._wake(self.key)
             raise
 
     async def __aexit__(self, *exc: object) -> None:
-        self.locks._release(self.key)
+        self.locks._release(self.key, self.shared)
 
 
 class Store(ABC):
