@@ -447,10 +447,13 @@ class FlowServer:
         key = session_key(session_id)
         read = await load_bindings(self.store, run.bindings.values(), {key: None})
         existing = _session_info(session_id, read[key])
-        if existing is None:
+        if existing is None:  # created now (clearing what a dead session left): read again
             info = fresh = await self.create_session(
                 kind, user_id=user_id, project_id=project_id, session_id=session_id
             )
+            run = new_run(session_id, info.project_id, _incarnation(info))
+            await load_bindings(self.store, run.bindings.values())
+            return block, run, fresh
         else:
             if existing.user_id != user_id or existing.flow_kind != kind:
                 raise self._not_found(session_id)

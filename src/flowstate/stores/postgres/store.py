@@ -308,6 +308,7 @@ class PostgresStore(Store):
         self._cache.merge(key, loaded[0])
         return loaded[1]
 
+    @_reachable(retry=True)
     async def read_many(
         self, wanted: Mapping[str, frozenset[str] | None]
     ) -> dict[str, Record | None]:
