@@ -356,7 +356,7 @@ def _describe(errors: list[dict[str, Any]]) -> str:
 
 
 def client_error(exc: BaseException) -> tuple[str, str, Any]:
-    """``(code, message, details)`` of ``exc`` as a client may read it (SPEC §13).
+    """``(code, message, details)`` of ``exc`` as a client may read it.
 
     A :class:`FlowStateError` keeps its code; its message is ``public_message`` when set.
     A validation error of state (not of the client's own input) keeps ``loc``/``type`` and

@@ -1,4 +1,4 @@
-"""The input limits of SPEC §13, pinned in one place and checked in the pure layer. No I/O.
+"""The input limits, pinned in one place and checked in the pure layer. No I/O.
 
 Every backend stores what passes these checks, and the same checks run before anything reaches
 a store, so a value that one backend could not hold (a NUL that PostgreSQL refuses, an integer
@@ -21,7 +21,6 @@ __all__ = [
     "MAX_KEY_BYTES",
     "MAX_OUTPUT_DEPTH",
     "MIN_INT",
-    "check_id",
     "check_json",
     "check_key",
     "check_text",
@@ -173,12 +172,3 @@ def check_key(key: str, fail: Callable[[str], Exception]) -> None:
     problem = key_problem(key)
     if problem is not None:
         raise fail(problem)
-
-
-def check_id(value: str, what: str, fail: Callable[[str], Exception]) -> None:
-    """Raise ``fail(message)`` if an id (session, user, project) breaks a limit."""
-    if not value:
-        raise fail(f"{what} must be a non-empty string")
-    problem = key_problem(value, allow_slash=False)
-    if problem is not None:
-        raise fail(f"{what} is invalid: {problem}")

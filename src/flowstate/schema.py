@@ -656,7 +656,7 @@ _ANY_ADAPTER: TypeAdapter[Any] = TypeAdapter(Any)
 
 
 def check_finite(value: Any, loc: tuple[str | int, ...]) -> None:
-    """Reject a value that breaks the limits of SPEC §13 (:mod:`flowstate.limits`): NaN and
+    """Reject a value that breaks the input limits (:mod:`flowstate.limits`): NaN and
     infinities (JSON has no such numbers; storing them would silently turn them into ``null``),
     integers beyond ±(2**63 - 1), nesting deeper than 64 levels, NUL and lone surrogates."""
     problem = json_problem(value, loc)

@@ -267,7 +267,7 @@ class FlowServer:
         return True
 
     async def _purge_session(self, info: SessionInfo) -> None:
-        """Delete a session so that it stays deleted (SPEC §13).
+        """Delete a session so that it stays deleted.
 
         1. Tombstone the binding (a new ``createdAt``), guarded by the current incarnation:
            from then on every write of a run on this session fails in the store, atomically.
@@ -481,7 +481,7 @@ class FlowServer:
             wire_output = _output_json(output)
         except Exception as exc:
             # In-process code reads the detail; clients read what client_error allows (an
-            # internal error becomes an error id, logged with the detail: SPEC §13).
+            # internal error becomes an error id, logged with the detail).
             code, public, _ = client_error(exc)
             detail = str(exc) or type(exc).__name__
             message = f"{public}: {detail}" if code == "internal_error" else detail
