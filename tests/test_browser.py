@@ -45,6 +45,7 @@ if CHROMIUM is None or CHROMEDRIVER is None:
     _missing("headless Chromium is not installed (apt-get install -y chromium chromium-driver)")
 
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
@@ -81,7 +82,11 @@ def driver() -> Iterator[Any]:
 
 
 def wait_for(browser: Any, condition: Any, timeout: float = 15) -> Any:
-    return WebDriverWait(browser, timeout, poll_frequency=0.05).until(lambda b: condition(b))
+    # The page re-renders as events arrive: an element found a moment ago may be replaced
+    # before it is read, so a stale reference means "look again", not a failure.
+    return WebDriverWait(
+        browser, timeout, poll_frequency=0.05, ignored_exceptions=[StaleElementReferenceException]
+    ).until(lambda b: condition(b))
 
 
 def leaf(browser: Any, path: str) -> str | None:
