@@ -29,6 +29,7 @@ PAGES = [
     "client-data.md",
     "storage.md",
     "security.md",
+    "lifecycle.md",
 ]
 
 FENCE = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)

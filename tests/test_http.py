@@ -236,7 +236,7 @@ async def test_another_users_session_is_not_found_never_forbidden(lab: Lab) -> N
             "message": f'session "{alice}" not found',
         }
     listed = await lab.http.get("/api/flows/sessions", headers=BOB)
-    assert listed.json() == {"sessions": []}
+    assert listed.json() == {"sessions": [], "next": None}
     mine = await lab.http.get(f"{base}/state", headers=ALICE)
     assert mine.json()["clientData"]["session"] == {"count": 4}
 
@@ -317,6 +317,8 @@ def test_every_error_code_has_its_status() -> None:
         "auth_error": 401,
         "store_unavailable": 503,
         "request_failed": 400,  # PublicError's default; a block picks its own 4xx
+        "migration_error": 500,  # stored data the code cannot upgrade: the operator's problem
+        "schema_version_error": 500,  # stored data newer than the code (a rollback)
     }
     assert status_for("request_not_found") == 404 and status_for("anything_else") == 500
 
@@ -427,7 +429,8 @@ async def test_bad_request_bodies(
     assert error["code"] == code
     if loc is not None:
         assert error["details"][0]["loc"] == loc
-    assert (await lab.http.get("/api/flows/sessions", headers=ALICE)).json() == {"sessions": []}
+    listed = await lab.http.get("/api/flows/sessions", headers=ALICE)
+    assert listed.json() == {"sessions": [], "next": None}
 
 
 async def test_body_size_limit(lab: Lab) -> None:
@@ -505,7 +508,7 @@ async def test_sessions_create_list_get_delete(lab: Lab) -> None:
     listed = (await lab.http.get("/api/flows/sessions", headers=ALICE)).json()["sessions"]
     assert {s["sessionId"] for s in listed} == {"s-1", fresh.json()["sessionId"]}
     by_kind = await lab.http.get("/api/flows/sessions?kind=other", headers=ALICE)
-    assert by_kind.json() == {"sessions": []}
+    assert by_kind.json() == {"sessions": [], "next": None}
     assert (await lab.http.get("/api/flows/sessions/s-1", headers=ALICE)).json() == info
 
     run = await lab.run("bump", {"amount": 2}, sessionId="s-1")

@@ -727,3 +727,128 @@ def test_sqlite_no_lost_writes_across_two_processes(tmp_path: Path) -> None:
         assert sorted(record.fields["log"]) == ["p1"] * PROCESS_INCS + ["p2"] * PROCESS_INCS
 
     asyncio.run(check())
+
+
+# ------------------------------------------------------------------ bulk records (maintenance)
+
+
+async def test_export_records_returns_whole_records_in_key_order(store: Store) -> None:
+    await store.apply("a/3", ops(FieldOp("set", "v", 1)))
+    await store.apply("a/1", ops(FieldOp("set", "n", 1), FieldOp("set", "s", "é")))
+    await store.apply("a/1", inc())
+    await store.apply("a/2", ops(FieldOp("set", "f", 1.5), content="text"))
+    await store.create("b/1", {"x": [1, {"y": None}]}, "c")
+    await store.create("a", {"outside": True})
+    records = await store.export_records("a/")
+    assert [r.key for r in records] == ["a/1", "a/2", "a/3"]
+    one = records[0]
+    assert (one.version, dict(one.fields), one.content) == (2, {"n": 2, "s": "é"}, None)
+    assert one == await store.read("a/1")
+    assert records[1].content == "text" and dict(records[1].fields) == {"f": 1.5}
+    assert [r.key for r in await store.export_records("a/", after="a/1", limit=1)] == ["a/2"]
+    assert await store.export_records("a/", after="a/3") == []
+    assert [r.key for r in await store.export_records()] == ["a", "a/1", "a/2", "a/3", "b/1"]
+    assert await store.export_records("zz/") == []
+
+
+async def test_import_records_writes_them_exactly_and_replaces(store: Store) -> None:
+    from flowstate.stores import Record
+
+    await store.apply("k/old", ops(FieldOp("set", "stale", 1), FieldOp("set", "keep", 0)))
+    records = [
+        Record("k/old", 7, {"keep": 1, "new": [1, 2]}, "body", 1_000, 2_000),
+        Record("k/new", 3, {"big": 2**62, "u": "\U0001f600", "nul": "a\x00b"}, None, 5, 6),
+        Record("k/empty", 1, {}, None, 10, 10),
+    ]
+    assert await store.import_records(records) == 3
+    for record in records:
+        assert await store.read(record.key) == record
+    assert [r.key for r in await store.export_records("k/")] == ["k/empty", "k/new", "k/old"]
+    # the store keeps working on imported records: versions continue from what was imported
+    applied = await store.apply("k/old", inc("n"))
+    assert applied.status == "committed" and applied.version == 8
+    conflict = await store.apply("k/new", inc(expected_version=2))
+    assert conflict.status == "conflict" and conflict.version == 3
+    assert await store.import_records([]) == 0
+
+
+async def test_delete_keys_deletes_whole_records(store: Store) -> None:
+    for key in ("d/1", "d/2", "d/3"):
+        await store.apply(key, ops(FieldOp("set", "n", 1), FieldOp("set", "m", 2)))
+    assert await store.delete_keys(["d/1", "d/3", "d/missing", "d/1"]) == 2
+    assert await store.read("d/1") is None and await store.read("d/3") is None
+    assert await store.scan("d/") == ["d/2"]
+    created = await store.create("d/1", {"fresh": True})
+    assert created.status == "created"
+    assert (await store.read("d/1")) is not None
+    assert dict((await store.read("d/1")).fields) == {"fresh": True}  # type: ignore[union-attr]
+
+
+async def test_delete_prefixes_deletes_every_range(store: Store) -> None:
+    for key in ("p/a/1", "p/a/2", "p/ab/1", "p/b/1", "p/c/1", "q/a/1"):
+        await store.apply(key, ops(FieldOp("set", "n", 1)))
+    assert await store.delete_prefixes(["p/a/", "p/c/", "p/none/", "p/a/"]) == 3
+    assert await store.scan("") == ["p/ab/1", "p/b/1", "q/a/1"]
+    assert await store.delete_prefixes([]) == 0
+    await store.apply("p/a/1", ops(FieldOp("set", "m", 2)))
+    assert dict((await store.read("p/a/1")).fields) == {"m": 2}  # type: ignore[union-attr]
+
+
+async def test_swap_records_replaces_only_records_at_their_expected_version(store: Store) -> None:
+    from flowstate.stores import Record
+
+    await store.apply("s/a", ops(FieldOp("set", "old", 1), FieldOp("set", "gone", 2)))
+    await store.apply("s/b", ops(FieldOp("set", "old", 1)))
+    await store.apply("s/b", inc("n"))  # s/b moved on to version 2
+    a = await store.read("s/a")
+    assert a is not None
+    swaps = [
+        Record("s/a", 2, {"new": [1]}, "text", a.created_at, 123),
+        Record("s/b", 2, {"new": [2]}, None, 1, 1),
+        Record("s/missing", 2, {"new": [3]}, None, 1, 1),
+    ]
+    assert await store.swap_records(swaps, [1, 1, 1]) == ["s/a"]
+    assert await store.read("s/a") == swaps[0]
+    b = await store.read("s/b")
+    assert b is not None and b.version == 2 and dict(b.fields) == {"old": 1, "n": 1}
+    assert await store.read("s/missing") is None
+    after = await store.apply("s/a", inc("n"))
+    assert after.status == "committed" and after.version == 3
+    assert await store.swap_records([], []) == []
+
+
+async def test_bulk_operations_see_and_clear_pushed_items(store: Store) -> None:
+    """Pushed items not yet folded into their array (SQLite keeps them as rows of their own)
+    are part of the record for export (and so copy), and go with it on import, swap, deletes."""
+    from flowstate.stores import Record
+
+    for key in ("b/1", "b/2", "c/1", "d/1"):
+        await store.apply(key, ops(FieldOp("set", "l", [0])))
+        for i in range(1, 6):
+            await store.apply(key, ops(FieldOp("append", "l", i)))
+    exported = await store.export_records("b/")
+    assert [r.fields["l"] for r in exported] == [[0, 1, 2, 3, 4, 5]] * 2
+    assert exported == [await store.read("b/1"), await store.read("b/2")]
+    assert [r.fields["l"] for r in await store.export_records("", after="b/2")] == [
+        [0, 1, 2, 3, 4, 5]
+    ] * 2
+
+    # import replaces the whole record: no earlier pushed item reappears; pushes go on
+    assert await store.import_records([Record("b/1", 9, {"l": [9]}, None, 1, 2)]) == 1
+    assert (await store.read("b/1")).fields == {"l": [9]}  # type: ignore[union-attr]
+    await store.apply("b/1", ops(FieldOp("append", "l", 10)))
+    assert (await store.read("b/1")).fields == {"l": [9, 10]}  # type: ignore[union-attr]
+
+    version = (await store.read("b/2")).version  # type: ignore[union-attr]
+    swapped = Record("b/2", version + 1, {"l": ["s"]}, None, 1, 2)
+    assert await store.swap_records([swapped], [version]) == ["b/2"]
+    assert (await store.read("b/2")).fields == {"l": ["s"]}  # type: ignore[union-attr]
+
+    assert await store.delete_keys(["c/1"]) == 1
+    assert (await store.create("c/1", {"l": [7]})).status == "created"
+    assert (await store.read("c/1")).fields == {"l": [7]}  # type: ignore[union-attr]
+
+    assert await store.delete_prefixes(["d/"]) == 1
+    assert (await store.create("d/1", {"l": []})).status == "created"
+    await store.apply("d/1", ops(FieldOp("append", "l", "x")))
+    assert (await store.read("d/1")).fields == {"l": ["x"]}  # type: ignore[union-attr]

@@ -25,12 +25,14 @@ __all__ = [
     "FlowStateError",
     "FlowStateWarning",
     "KeyPatternError",
+    "MigrationError",
     "ProjectNotFoundError",
     "PublicError",
     "ResourceAlreadyExistsError",
     "ResourceNotFoundError",
     "ResourceReadOnlyError",
     "SchemaConflictError",
+    "SchemaVersionError",
     "SessionNotFoundError",
     "StateValidationError",
     "StoreUnavailableError",
@@ -236,6 +238,43 @@ class StoreUnavailableError(FlowStateError):
     status = 503
 
 
+class MigrationError(FlowStateError):
+    """A stored record could not be upgraded to the code's schema version.
+
+    Its migration chain raised, or its result does not validate against the current model
+    (``errors`` in Pydantic's shape names the field). The record is left as it was stored.
+    """
+
+    code = "migration_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        key: str,
+        from_version: int,
+        to_version: int,
+        errors: Sequence[dict[str, Any]] = (),
+    ) -> None:
+        super().__init__(message)
+        self.key = key
+        self.from_version = from_version
+        self.to_version = to_version
+        self.errors = [dict(e) for e in errors]
+
+
+class SchemaVersionError(FlowStateError):
+    """A stored record was written by newer code (a rollback): refused, never overwritten."""
+
+    code = "schema_version_error"
+
+    def __init__(self, message: str, *, key: str, stored_version: int, code_version: int) -> None:
+        super().__init__(message)
+        self.key = key
+        self.stored_version = stored_version
+        self.code_version = code_version
+
+
 def status_for(code: str) -> int:
     """The HTTP status of an error ``code``: its class's ``status``; for a code no class has,
     the naming convention (``*_not_found`` → 404, ``*_already_exists`` → 409), else 500."""
@@ -394,4 +433,3 @@ def client_error(exc: BaseException) -> tuple[str, str, Any]:
     except AttributeError:  # an exception type with __slots__: it just gets a new id
         pass
     return result
-

@@ -10,12 +10,14 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
 
 from .blocks import STATE_SCOPES, Block
 from .errors import ActionNotFoundError, DefinitionError, SchemaConflictError
+from .migrations import Migration, SchemaLineage
 from .resources import AnyResourceDefinition, ResourceCollectionDefinition, ResourceDefinition
 from .schema import Declaration, Schema, merge_declarations
 from .state import RetryPolicy
@@ -92,6 +94,12 @@ class ScopeConfig:
     client: ClientConfig | Mapping[str, Any] | None = None
     client_data: Mapping[str, Callable[[Any], Any]] | None = None
     retry: RetryPolicy | None = None
+    schema_version: int = 1
+    """The version of the state schema; records written at older versions are upgraded."""
+    migrations: Mapping[int, Migration] = field(default_factory=dict)
+    """``migrations[k]`` upgrades stored fields from version ``k-1`` to ``k`` (pure)."""
+    ttl: timedelta | None = None
+    """Session scope only: sessions idle longer than this expire (see docs/lifecycle.md)."""
 
     @classmethod
     def coerce(cls, value: Any, where: str) -> ScopeConfig:
@@ -100,7 +108,16 @@ class ScopeConfig:
         if isinstance(value, ScopeConfig):
             return value
         if isinstance(value, Mapping):
-            allowed = ("state", "resources", "client", "client_data", "retry")
+            allowed = (
+                "state",
+                "resources",
+                "client",
+                "client_data",
+                "retry",
+                "schema_version",
+                "migrations",
+                "ttl",
+            )
             for key in value:
                 if key in allowed:
                     continue
@@ -143,6 +160,8 @@ class ScopeSpec:
     resources: Mapping[str, AnyResourceDefinition]
     client: ClientConfig
     retry: RetryPolicy
+    lineage: SchemaLineage = field(default_factory=SchemaLineage)
+    ttl: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -358,7 +377,29 @@ def define_flow(
                 )
         if config.retry is not None and not isinstance(config.retry, RetryPolicy):
             raise DefinitionError(f"{where}: retry must be a RetryPolicy, got {config.retry!r}")
-        scopes[scope] = ScopeSpec(schema, resources, client, config.retry or RetryPolicy())
+        lineage = SchemaLineage.of(config.schema_version, config.migrations, where)
+        if lineage.versioned and scope == "request":
+            raise DefinitionError(
+                f"{where}: schema_version applies to stored state; request state lives for "
+                "one run and has nothing to migrate"
+            )
+        ttl = config.ttl
+        if ttl is not None:
+            if scope != "session":
+                raise DefinitionError(
+                    f"{where}: ttl applies to the session scope only (sessions idle longer "
+                    f"than ttl expire); {scope} state does not expire"
+                )
+            if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
+                raise DefinitionError(f"{where}: ttl must be a positive timedelta, got {ttl!r}")
+        scopes[scope] = ScopeSpec(
+            schema,
+            resources,
+            client,
+            config.retry or RetryPolicy(),
+            lineage,
+            ttl,
+        )
     return Flow(
         kind,
         actions,

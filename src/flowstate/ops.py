@@ -20,6 +20,7 @@ from typing import Any, Final, Literal
 
 from .errors import StateValidationError
 from .limits import text_problem
+from .migrations import SCHEMA_FIELD, SchemaLineage, split_schema_version
 from .schema import Schema
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Change",
     "FieldOp",
     "Mutation",
+    "NeedsUpgrade",
     "apply_field_op",
     "compose",
     "same_json",
@@ -163,10 +165,24 @@ class Mutation:
     content: str | _Sentinel | None = UNCHANGED
     before: Mapping[str, JSON] = field(default_factory=dict)
     append: Mapping[str, tuple[list[JSON], list[JSON]]] = field(default_factory=dict)
+    quiet: frozenset[str] = frozenset()
+    """Fields written only to bring the record to the current schema version (not changes
+    the operation made to the state as its readers saw it)."""
 
     @property
     def changed_fields(self) -> list[str]:
-        return sorted({*self.set, *self.delete, *self.append})
+        return sorted({*self.set, *self.delete, *self.append} - self.quiet - {SCHEMA_FIELD})
+
+
+class NeedsUpgrade(Exception):
+    """Raised by :meth:`Change.resolve`: the record is at an older schema version.
+
+    Nothing is written; the caller re-reads the record and writes with ``upgrade=True``.
+    """
+
+    def __init__(self, stored_version: int) -> None:
+        super().__init__(f"record at schema version {stored_version} needs an upgrade")
+        self.stored_version = stored_version
 
 
 @dataclass(frozen=True)
@@ -189,13 +205,22 @@ class Change:
     must_exist: bool = False
     operation: str = "patch"
     initial_content: str | None = None
+    lineage: SchemaLineage | None = None
+    """The schema version the result is written at (and migrations, for ``upgrade``)."""
+    upgrade: bool = False
+    """Migrate the stored fields to ``lineage.version`` first and write them back with the
+    result; needs ``expected_version`` (0 = the record must not exist yet)."""
+    key: str = ""
+    """The record key, for error messages."""
+    shared: bool = False
+    """The record may hold other flows' fields (shared user/project state)."""
 
     @cached_property
     def needed_fields(self) -> frozenset[str] | None:
         """Fields the store must load for :meth:`resolve`; None means all of them."""
-        if self.replace is not None or self.schema.full_validation:
+        if self.replace is not None or self.schema.full_validation or self.upgrade:
             return None
-        return frozenset(op.field for op in self.ops)
+        return frozenset(op.field for op in self.ops) | {SCHEMA_FIELD}
 
     @cached_property
     def lazy_appends(self) -> frozenset[str]:
@@ -204,7 +229,7 @@ class Change:
         A store that can append in place loads ``needed_fields - lazy_appends`` and calls
         ``resolve(..., lazy_appends=True)``, so a push costs the same on a list of any length.
         """
-        if self.replace is not None or self.schema.full_validation:
+        if self.replace is not None or self.schema.full_validation or self.upgrade:
             return frozenset()
         appended = {op.field for op in self.ops if op.kind == "append"}
         other = {op.field for op in self.ops if op.kind != "append"}
@@ -217,7 +242,11 @@ class Change:
         *,
         lazy_appends: bool = False,
     ) -> Mutation | None:
-        """Compute the mutation from the stored fields (only ``needed_fields`` need be given)."""
+        """Compute the mutation from the stored fields (only ``needed_fields`` need be given).
+
+        Raises :class:`NeedsUpgrade` when the record is at an older schema version (unless
+        ``upgrade``), :class:`~flowstate.SchemaVersionError` when it is newer.
+        """
         mutation = self._resolve(stored, content, lazy_appends=lazy_appends)
         if (
             mutation is not None
@@ -235,9 +264,74 @@ class Change:
         *,
         lazy_appends: bool,
     ) -> Mutation | None:
+        stored, stored_version = split_schema_version(stored)
+        lineage = self.lineage or _UNVERSIONED
+        if self.upgrade:
+            return self._resolve_upgrade(stored, stored_version, lineage, content)
+        lineage.check_not_newer(self.key, stored_version)
+        if stored_version < lineage.version:
+            raise NeedsUpgrade(stored_version)
+        return self._resolve_current(stored, content, lazy_appends=lazy_appends)
+
+    def _resolve_upgrade(
+        self,
+        stored: Mapping[str, JSON],
+        stored_version: int,
+        lineage: SchemaLineage,
+        content: str | _Sentinel | None,
+    ) -> Mutation | None:
+        if self.expected_version is None:
+            raise ValueError("an upgrading change needs expected_version")  # pragma: no cover
+        if self.expected_version == 0:  # a new record: nothing to migrate
+            base: dict[str, JSON] = {}
+        else:
+            base = lineage.upgrade(self.key, stored, stored_version, self.schema, self.shared)
+        inner = Change(
+            self.schema,
+            ops=self.ops,
+            replace=self.replace,
+            content=self.content,
+            operation=self.operation,
+        )
+        mutation = inner._resolve_current(base, content)
+        if mutation is None:
+            # A no-op writes nothing, not even the upgrade; a bare upgrade (no operation:
+            # ``flowstate db migrate-state``) writes the upgrade alone.
+            bare = not self.ops and self.replace is None and self.content is UNCHANGED
+            if not bare or self.expected_version == 0 or stored_version == lineage.version:
+                return None
+            mutation = Mutation(set={})
+        final = dict(base)
+        final.update(mutation.set)
+        for name in mutation.delete:
+            final.pop(name, None)
+        sets = {k: v for k, v in final.items() if k not in stored or not same_json(stored[k], v)}
+        deletes = frozenset(k for k in stored if k not in final)
+        if lineage.versioned and (self.expected_version == 0 or stored_version != lineage.version):
+            sets[SCHEMA_FIELD] = lineage.version
+        quiet = frozenset((set(sets) | deletes) - set(mutation.set) - mutation.delete)
+        return Mutation(
+            set=sets,
+            delete=deletes,
+            content=mutation.content,
+            before=mutation.before,
+            quiet=quiet,
+        )
+
+    def _resolve_current(
+        self,
+        stored: Mapping[str, JSON],
+        content: str | _Sentinel | None = UNCHANGED,
+        *,
+        lazy_appends: bool = False,
+    ) -> Mutation | None:
         schema = self.schema
         if isinstance(self.content, str):
             _check_content(self.content)
+        if any(op.field == SCHEMA_FIELD for op in self.ops) or (
+            self.replace is not None and SCHEMA_FIELD in self.replace
+        ):
+            raise _reserved_error()
         if lazy_appends and self.lazy_appends:
             return self._resolve_lazy(stored, content)
         if self.replace is not None:
@@ -316,7 +410,7 @@ class Change:
         )
         base = None
         if rest.ops or rest.content is not UNCHANGED:
-            base = rest.resolve(stored, content)
+            base = rest._resolve_current(stored, content)
         if base is None:
             return Mutation(set={}, append=append)
         return Mutation(
@@ -363,3 +457,13 @@ def compose(mutations: Sequence[Mutation]) -> Mutation:
         if mutation.content is not UNCHANGED:
             content = mutation.content
     return Mutation(set=sets, delete=frozenset(deletes), content=content, append=append)
+
+
+_UNVERSIONED = SchemaLineage()
+
+
+def _reserved_error() -> StateValidationError:
+    message = f'field "{SCHEMA_FIELD}" is reserved (the schema version a record was written at)'
+    return StateValidationError(
+        message, errors=[{"loc": [SCHEMA_FIELD], "msg": message, "type": "reserved_field"}]
+    )

@@ -7,11 +7,14 @@ contend. A collection stores its instances under its own key namespace; keys are
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from pydantic import BaseModel
@@ -27,7 +30,9 @@ from .errors import (
 )
 from .keys import KeyPattern
 from .limits import MAX_KEY_BYTES, key_problem, text_problem
+from .migrations import SCHEMA_FIELD, Migration, SchemaLineage
 from .schema import Schema
+from .sessions import is_expired
 from .state import Commit, StateCell, StateHandle, content_change
 from .stores.base import Cap
 
@@ -106,10 +111,23 @@ class ResourceDefinition:
     writable: bool = True
     render: Callable[[Any, str | None], str | Awaitable[str]] | None = None
     client: ResourceClient | None = None
+    lineage: SchemaLineage = field(default_factory=SchemaLineage)
     schema: Schema = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "schema", Schema.of(self.state))
+
+    @property
+    def schema_version(self) -> int:
+        return self.lineage.version
+
+
+def _max_age(value: Any, where: str) -> timedelta | None:
+    if value is None:
+        return None
+    if not isinstance(value, timedelta) or value <= timedelta(0):
+        raise DefinitionError(f"{where}: max_age must be a positive timedelta, got {value!r}")
+    return value
 
 
 def define_resource(
@@ -119,14 +137,20 @@ def define_resource(
     writable: bool = True,
     render: Callable[[Any, str | None], str | Awaitable[str]] | None = None,
     client: ResourceClient | Mapping[str, Any] | None = None,
+    schema_version: int = 1,
+    migrations: Mapping[int, Migration] | None = None,
 ) -> ResourceDefinition:
-    """Define a resource: a state model, initial text ``content``, and client visibility."""
+    """Define a resource: a state model, initial text ``content``, and client visibility.
+
+    ``schema_version``/``migrations`` version the stored state (see docs/lifecycle.md).
+    """
     model = _state_model(state, "resource")
     if content is not None and not isinstance(content, str):
         raise DefinitionError(f"resource content must be a string, got {type(content).__name__}")
     if content is not None and (problem := text_problem(content)) is not None:
         raise DefinitionError(f"resource content: {problem[0]}")
-    return ResourceDefinition(model, content, writable, render, _client(client))
+    lineage = SchemaLineage.of(schema_version, migrations, "resource")
+    return ResourceDefinition(model, content, writable, render, _client(client), lineage)
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,10 +166,16 @@ class ResourceCollectionDefinition:
     on_instance_updated: Callable[[str, Any, Any, HookContext], None] | None = None
     on_instance_deleted: Callable[[str, HookContext], None] | None = None
     client: ResourceClient | None = None
+    lineage: SchemaLineage = field(default_factory=SchemaLineage)
+    max_age: timedelta | None = None
     schema: Schema = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "schema", Schema.of(self.state))
+
+    @property
+    def schema_version(self) -> int:
+        return self.lineage.version
 
 
 def _check_hook(pattern: str, name: str, hook: Any) -> None:
@@ -183,9 +213,19 @@ def define_resource_collection(
     on_instance_updated: Callable[[str, Any, Any, HookContext], None] | None = None,
     on_instance_deleted: Callable[[str, HookContext], None] | None = None,
     client: ResourceClient | Mapping[str, Any] | None = None,
+    schema_version: int = 1,
+    migrations: Mapping[int, Migration] | None = None,
+    max_age: timedelta | None = None,
 ) -> ResourceCollectionDefinition:
-    """Define a resource collection (see docs/collections.md for patterns, caps and hooks)."""
+    """Define a resource collection (see docs/collections.md for patterns, caps and hooks).
+
+    ``schema_version``/``migrations`` version the instances' stored state; instances not
+    written for ``max_age`` expire (see docs/lifecycle.md).
+    """
     parsed = KeyPattern.parse(pattern)
+    where = f'collection "{pattern}"'
+    lineage = SchemaLineage.of(schema_version, migrations, where)
+    age = _max_age(max_age, where)
     if eviction not in ("none", "lru", "oldest"):
         raise DefinitionError(
             f'collection "{pattern}": eviction must be "none", "lru" or "oldest", got {eviction!r}'
@@ -217,6 +257,8 @@ def define_resource_collection(
         on_instance_updated,
         on_instance_deleted,
         _client(client),
+        lineage,
+        age,
     )
 
 
@@ -335,6 +377,8 @@ class CollectionRef:
             listener=self._on_commit,
             guard=self._binding.guard,
             public_label=self._public_label(storage_key),
+            lineage=definition.lineage,
+            shared=self._binding.shared,
         )
         return ResourceRef(cell, name=self.name, key=storage_key)
 
@@ -351,6 +395,10 @@ class CollectionRef:
             self._call_hook(
                 self.definition.on_instance_updated, key, self._view(new), self._view(prev)
             )
+
+    def _expired(self, last_written_ns: int) -> bool:
+        """An instance untouched for ``max_age`` is gone, as if deleted (gc frees it)."""
+        return is_expired(last_written_ns, self.definition.max_age, time.time_ns())
 
     def resolve_key(self, key: str | Mapping[str, object]) -> str:
         """The storage key for a user key (see :meth:`KeyPattern.resolve`)."""
@@ -376,9 +424,18 @@ class CollectionRef:
             ) from None
         d = self.definition
         cap = Cap(self._root, d.max_instances, d.eviction) if d.max_instances else None
+        stored = {**values, SCHEMA_FIELD: d.lineage.version} if d.lineage.versioned else values
         created = await self._binding.store.create(
-            self._root + storage_key, values, replace=replace, cap=cap, guard=self._binding.guard
+            self._root + storage_key, stored, replace=replace, cap=cap, guard=self._binding.guard
         )
+        if created.status == "exists" and d.max_age is not None:
+            existing = await self._binding.store.read(self._root + storage_key)
+            if existing is None or self._expired(existing.accessed_at):  # gone: take its place
+                created = await self._binding.store.create(
+                    self._root + storage_key, stored, replace=True, cap=cap
+                )
+                if created.status == "replaced":
+                    created = dataclasses.replace(created, status="created", previous=None)
         if created.status == "exists":
             exists = ResourceAlreadyExistsError(
                 f'resource "{storage_key}" already exists in {label}; use get_or_create() or '
@@ -396,9 +453,11 @@ class CollectionRef:
             self._call_hook(d.on_instance_deleted, victim_key)
         ref = self._ref(storage_key)
         ref._cell._set(values, created.version, None)
+        ref._cell.stored_schema_version = d.lineage.version
         if created.status == "replaced":
             await self._emit_change(storage_key, "updated")
             prev = created.previous.fields if created.previous else {}
+            prev = {k: v for k, v in prev.items() if k != SCHEMA_FIELD}
             self._call_hook(
                 d.on_instance_updated,
                 storage_key,
@@ -421,10 +480,10 @@ class CollectionRef:
         """Like :meth:`get_optional`, but not an access for LRU (listings, client views)."""
         storage_key = self.resolve_key(key)
         record = await self._binding.store.read(self._root + storage_key)
-        if record is None:
+        if record is None or self._expired(record.accessed_at):
             return None
         ref = self._ref(storage_key)
-        ref._cell._set(record.fields, record.version, record.content)
+        ref._cell.absorb(record)
         return ref
 
     async def get(self, key: str | Mapping[str, object]) -> ResourceRef:

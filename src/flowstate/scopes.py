@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from typing_extensions import TypeVar as TypeVarDefault
 
 from .layout import collection_root, resource_key, state_key
+from .migrations import SchemaLineage
 from .resources import (
     AnyResourceDefinition,
     ResourceDefinition,
@@ -48,6 +49,8 @@ class ScopeBinding:
         emit: Emit | None = None,
         guard: Guard | None = None,
         fields: frozenset[str] | None = None,
+        lineage: SchemaLineage | None = None,
+        shared: bool = False,
     ) -> None:
         self.store = store
         self.guard = guard
@@ -60,6 +63,7 @@ class ScopeBinding:
         self.retry = retry or RetryPolicy()
         self.expose = expose
         self._emit = emit
+        self.shared = shared
         self.cell = StateCell(
             store,
             state_key(root),
@@ -70,6 +74,8 @@ class ScopeBinding:
             listener=self._on_state_commit,
             guard=guard,
             fields=fields,
+            lineage=lineage,
+            shared=shared,
         )
         self.registry = ResourceRegistry(self)
         self._static: dict[str, ResourceRef] = {}
@@ -130,6 +136,8 @@ class ScopeBinding:
                 initial_content=definition.content,
                 listener=on_commit,
                 guard=self.guard,
+                lineage=definition.lineage,
+                shared=self.shared,
             )
             ref = ResourceRef(cell, name=name, key=name, render=definition.render)
             self._static[name] = ref
@@ -151,13 +159,13 @@ class ScopeBinding:
 
     def wanted(self) -> dict[str, frozenset[str] | None]:
         """What :meth:`load` would read and has not yet: record key → fields (None: all)."""
-        return {cell.key: cell.fields for cell in self._cells() if not cell.loaded}
+        return {cell.key: cell.read_fields for cell in self._cells() if not cell.loaded}
 
     def accept(self, records: Mapping[str, Record | None]) -> None:
         """Take the records of :meth:`wanted` read elsewhere (one ``read_many`` for a run)."""
         for cell in self._cells():
             if not cell.loaded and cell.key in records:
-                cell.accept(records[cell.key])
+                cell.absorb(records[cell.key])
 
     async def load(self) -> None:
         """Load the state record and the static resources (collections load on demand)."""

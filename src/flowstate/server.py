@@ -10,6 +10,7 @@ import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 from .access import Identity
@@ -46,7 +47,9 @@ from .resources import AnyResourceDefinition, CollectionRef, ResourceCollectionD
 from .runtime import Run, execute_block
 from .schema import Schema
 from .scopes import ScopeBinding, load_bindings
+from .sessions import is_expired, merge_metadata
 from .sharing import check_shared_scopes
+from .state import StateCell, StateHandle
 from .stores import Record, Store, open_store
 from .stores.base import Guard
 from .values import Event, RunResult, SessionInfo
@@ -119,7 +122,15 @@ def _session_info(session_id: str, record: Record | None) -> SessionInfo | None:
     f = record.fields
     if f.get("deleted"):  # a tombstone: the session is being (or was half) deleted
         return None
-    return SessionInfo(session_id, f["userId"], f["flowKind"], f.get("projectId"), f["createdAt"])
+    metadata = f.get("metadata")
+    return SessionInfo(
+        session_id,
+        f["userId"],
+        f["flowKind"],
+        f.get("projectId"),
+        f["createdAt"],
+        dict(metadata) if isinstance(metadata, dict) else {},
+    )
 
 
 class FlowServer:
@@ -182,10 +193,26 @@ class FlowServer:
 
     # ------------------------------------------------------------------ sessions
 
-    async def _read_session(self, session_id: str) -> SessionInfo | None:
+    def _ttl(self, kind: str) -> timedelta | None:
+        flow = self.flows.get(kind)
+        return None if flow is None else flow.scopes["session"].ttl
+
+    async def _read_session(
+        self, session_id: str, *, include_expired: bool = False
+    ) -> SessionInfo | None:
+        """The session's binding; an expired session reads as absent (as if deleted)."""
         if not isinstance(session_id, str) or key_problem(session_id, allow_slash=False):
             return None  # an id that cannot be stored cannot exist
-        return _session_info(session_id, await self.store.read(session_key(session_id)))
+        record = await self.store.read(session_key(session_id))
+        info = _session_info(session_id, record)
+        if info is None or record is None:
+            return None
+        if not include_expired and self._expired(info, record.accessed_at):
+            return None
+        return info
+
+    def _expired(self, info: SessionInfo, last_active_ns: int) -> bool:
+        return is_expired(last_active_ns, self._ttl(info.flow_kind), time.time_ns())
 
     def _not_found(self, session_id: str) -> SessionNotFoundError:
         return SessionNotFoundError(f'session "{session_id}" not found')
@@ -214,7 +241,7 @@ class FlowServer:
             check_id(project_id, "project_id")
         session_id = check_id(session_id or uuid.uuid4().hex, "session_id")
         info = SessionInfo(session_id, user_id, kind, project_id, time.time())
-        fields = {k: v for k, v in info.to_wire().items() if k != "sessionId"}
+        fields = {k: v for k, v in info.to_wire().items() if k not in ("sessionId", "metadata")}
         key = session_key(session_id)
         for _ in range(10):
             created = await self.store.create(key, fields)
@@ -231,8 +258,13 @@ class FlowServer:
                 if (await self.store.apply(key, change)).status == "committed":
                     break
                 continue
-            existing = await self._read_session(session_id)
-            if existing is None or (existing.user_id, existing.flow_kind) != (user_id, kind):
+            existing = _session_info(session_id, record)
+            assert existing is not None  # neither absent nor a tombstone
+            if self._expired(existing, record.accessed_at):
+                # An expired session is a deleted one: delete what is left, take the id.
+                await self._purge_session(existing)
+                continue
+            if (existing.user_id, existing.flow_kind) != (user_id, kind):
                 raise self._not_found(session_id)
             if project_id is not None and existing.project_id != project_id:
                 raise self._not_found(session_id)
@@ -245,20 +277,88 @@ class FlowServer:
         )
         return info
 
-    async def list_sessions(self, *, user_id: str, kind: str | None = None) -> list[SessionInfo]:
-        """The user's sessions (optionally of one flow kind), oldest key first."""
-        out = []
-        for key in await self.store.scan(user_sessions_prefix(user_id)):
-            session_id = parse_key(key).item
-            assert session_id is not None
-            info = await self._read_session(session_id)
-            if (
-                info is not None
-                and info.user_id == user_id
-                and (kind is None or info.flow_kind == kind)
-            ):
+    async def list_sessions(
+        self,
+        *,
+        user_id: str,
+        kind: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> list[SessionInfo]:
+        """The user's sessions (optionally of one flow kind), by session id.
+
+        ``after`` continues after that session id, ``limit`` caps how many are returned (see
+        :meth:`list_sessions_page` for pages with a continuation id).
+        """
+        sessions, _ = await self.list_sessions_page(
+            user_id=user_id, kind=kind, limit=limit, after=after
+        )
+        return sessions
+
+    async def list_sessions_page(
+        self,
+        *,
+        user_id: str,
+        kind: str | None = None,
+        limit: int | None = 100,
+        after: str | None = None,
+    ) -> tuple[list[SessionInfo], str | None]:
+        """One page of the user's sessions and the ``after`` of the next page (None: last).
+
+        Expired sessions and other kinds are skipped; the cost grows with the sessions
+        scanned (the user's own index), never with other users' sessions.
+        """
+        if limit is not None and limit < 1:
+            raise DefinitionError(f"limit must be at least 1, got {limit}")
+        index = user_sessions_prefix(user_id)
+        cursor = None if after is None else user_session_key(user_id, after)
+        out: list[SessionInfo] = []
+        batch = 100 if limit is None else max(limit + 1, 16)
+        while True:
+            keys = await self.store.scan(index, after=cursor, limit=batch)
+            for key in keys:
+                cursor = key
+                session_id = parse_key(key).item
+                info = None if session_id is None else await self._read_session(session_id)
+                if info is None or info.user_id != user_id:
+                    continue
+                if kind is not None and info.flow_kind != kind:
+                    continue
+                if limit is not None and len(out) == limit:
+                    return out, out[-1].session_id
                 out.append(info)
-        return out
+            if len(keys) < batch:
+                return out, None
+
+    async def set_session_metadata(
+        self, session_id: str, patch: Mapping[str, Any], *, user_id: str
+    ) -> SessionInfo:
+        """Shallow-merge ``patch`` into the session's metadata (a None value deletes a key).
+
+        Metadata is a small JSON object (at most 4096 bytes, keys up to 64 characters) for
+        finding sessions: a title, tags. A bad patch raises :class:`StateValidationError`
+        and nothing is written; another user's session is not found.
+        """
+        info = await self.get_session(session_id, user_id=user_id)
+        merge_metadata(info.metadata, patch)  # fail early, before any write
+        cell = StateCell(
+            self.store,
+            session_key(info.session_id),
+            Schema.of(None),
+            label=f'session "{session_id}"',
+            scope="session",
+            must_exist=True,
+        )
+
+        def change(values: dict[str, Any]) -> dict[str, Any]:
+            return {"metadata": merge_metadata(values.get("metadata") or {}, patch)}
+
+        try:
+            await StateHandle(cell).update_state(change)
+        except ResourceNotFoundError:
+            raise self._not_found(session_id) from None
+        metadata = cell.values.get("metadata") or {}
+        return dataclasses.replace(info, metadata=dict(metadata))
 
     async def delete_session(self, session_id: str, *, user_id: str) -> bool:
         """Delete a session of this user with all its state and resources."""
@@ -337,6 +437,9 @@ class FlowServer:
             scope: str, store: Store, scope_id: str, root: str, guard: Guard | None = None
         ) -> ScopeBinding:
             spec = flow.scopes[scope]
+            shared = (scope == "user" and not flow.isolate_user_state) or (
+                scope == "project" and not flow.isolate_project_state
+            )
             return ScopeBinding(
                 store,
                 scope,
@@ -349,6 +452,8 @@ class FlowServer:
                 emit=emit,
                 guard=guard,
                 fields=None if plan is None else plan.get(scope),
+                lineage=spec.lineage,
+                shared=shared,
             )
 
         iso_user = flow.kind if flow.isolate_user_state else None
@@ -372,7 +477,7 @@ class FlowServer:
             ),
         }
         # The request scope lives in the run's own fresh store: nothing to read.
-        bindings["request"].cell.accept(None)
+        bindings["request"].cell.absorb(None)
         if run.project_id is not None:
             bindings["project"] = bind(
                 "project",
@@ -446,7 +551,10 @@ class FlowServer:
         run = new_run(session_id, project_id, None)
         key = session_key(session_id)
         read = await load_bindings(self.store, run.bindings.values(), {key: None})
-        existing = _session_info(session_id, read[key])
+        record = read[key]
+        existing = _session_info(session_id, record)
+        if existing is not None and record is not None and self._expired(existing, record.accessed_at):
+            existing = None  # an expired session is a deleted one: create_session takes the id
         if existing is None:  # created now (clearing what a dead session left): read again
             info = fresh = await self.create_session(
                 kind, user_id=user_id, project_id=project_id, session_id=session_id
@@ -460,6 +568,8 @@ class FlowServer:
             if project_id is not None and existing.project_id != project_id:
                 raise self._not_found(session_id)
             info = existing
+            if flow.scopes["session"].ttl is not None:
+                await self.store.touch(key)  # activity
         if info.project_id != run.project_id:  # the session's project: read its records too
             run = new_run(session_id, info.project_id, _incarnation(info))
             await load_bindings(self.store, run.bindings.values())

@@ -141,6 +141,17 @@ def _raise(scope: str, a: Flow, b: Flow, problem: Incompatibility) -> None:
     )
 
 
+def _check_versions(scope: str, a: Flow, b: Flow, what: str, va: int, vb: int) -> None:
+    """Flows sharing a record must agree on the schema version it is written at."""
+    if va != vb:
+        _raise(
+            scope,
+            a,
+            b,
+            Incompatibility("schema-version", what, f"schema_version={va}", f"schema_version={vb}"),
+        )
+
+
 def _kind_name(definition: AnyResourceDefinition) -> str:
     if isinstance(definition, ResourceCollectionDefinition):
         return f'collection "{definition.pattern.pattern}"'
@@ -162,6 +173,7 @@ def _compare_resource(
     problem = _first_conflict(ra.schema, rb.schema, f"{path}.")
     if problem is not None:
         _raise(scope, a, b, problem)
+    _check_versions(scope, a, b, path, ra.lineage.version, rb.lineage.version)
     out = _differences(ra.schema, rb.schema, a.kind, b.kind, f"{path}.")
     if isinstance(ra, ResourceCollectionDefinition) and isinstance(
         rb, ResourceCollectionDefinition
@@ -201,6 +213,8 @@ def check_shared_scopes(flows: Sequence[Flow]) -> SharingReport:
                 problem = _first_conflict(sa.schema, sb.schema)
                 if problem is not None:
                     _raise(scope, a, b, problem)
+                if sa.schema.model is not None and sb.schema.model is not None:
+                    _check_versions(scope, a, b, "state", sa.lineage.version, sb.lineage.version)
                 differences = _differences(sa.schema, sb.schema, a.kind, b.kind, "")
                 for name in sorted(set(sa.resources) | set(sb.resources)):
                     ra, rb = sa.resources.get(name), sb.resources.get(name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -25,9 +26,11 @@ from .errors import (
     FlowStateError,
     ResourceNotFoundError,
     ResourceReadOnlyError,
+    SchemaVersionError,
     StateValidationError,
 )
-from .ops import UNCHANGED, Change, FieldOp, Mutation, _Sentinel
+from .migrations import SCHEMA_FIELD, SchemaLineage, split_schema_version
+from .ops import UNCHANGED, Change, FieldOp, Mutation, NeedsUpgrade, _Sentinel
 from .schema import Schema, copy_json
 from .stores.base import Applied, Guard, Record, Store
 
@@ -109,6 +112,8 @@ class StateCell:
         guard: Guard | None = None,
         public_label: str | None = None,
         fields: frozenset[str] | None = None,
+        lineage: SchemaLineage | None = None,
+        shared: bool = False,
     ) -> None:
         self.store = store
         self.guard = guard
@@ -125,12 +130,18 @@ class StateCell:
         self.listener = listener
         # The fields this cell reads (None: all). A run reads only those its blocks declare,
         # so a large field no block of the action uses is never loaded.
-        self.fields = fields
+        self.lineage = lineage if lineage is not None and lineage.versioned else None
+        # A record that may need migrating is read whole (a migration sees every field).
+        self.fields = fields if self.lineage is None else None
         self.values: dict[str, Any] = self._visible({})
         self.version = 0
         self.content: str | None = initial_content
         self.generation = 0
         self.loaded = False
+        self.shared = shared
+        # The schema version of the record as last read (records read before an upgrade
+        # are migrated in memory; the write-back happens with the next write).
+        self.stored_schema_version = 1
 
     def _visible(self, stored: Mapping[str, Any]) -> dict[str, Any]:
         values = self.schema.with_defaults(stored)
@@ -145,19 +156,42 @@ class StateCell:
         self.generation += 1
         self.loaded = True
 
-    async def load(self) -> None:
-        """Read the record (a never-written record reads as the schema defaults)."""
-        self.accept(await self.store.read(self.key, self.fields))
+    def absorb(self, record: Record | None) -> None:
+        """Take a record as read from the store: split off its schema version and upgrade it.
 
-    def accept(self, record: Record | None) -> None:
-        """Take ``record`` (read with :attr:`fields`, None if absent) as the current state."""
+        Raises :class:`~flowstate.SchemaVersionError` for a record newer than the code and
+        :class:`~flowstate.MigrationError` for one that cannot be upgraded.
+        """
         if record is None:
             if self.must_exist:
                 raise self._public(ResourceNotFoundError(f"{self.label} no longer exists"))
+            self.stored_schema_version = 1
             self._set({}, 0, self.initial_content)
-        else:
-            content = record.content if record.version else self.initial_content
-            self._set(record.fields, record.version, content)
+            return
+        fields, stored_version = split_schema_version(record.fields)
+        lineage = self.lineage or _UNVERSIONED
+        if stored_version != lineage.version:
+            fields = lineage.upgrade(self.key, fields, stored_version, self.schema, self.shared)
+        self.stored_schema_version = stored_version
+        content = record.content if record.version else self.initial_content
+        self._set(fields, record.version, content)
+
+    async def load(self) -> None:
+        """Read the record (a never-written record reads as the schema defaults)."""
+        self.absorb(await self.store.read(self.key, self.read_fields))
+
+    @property
+    def read_fields(self) -> frozenset[str] | None:
+        """The fields to read from the store: :attr:`fields` plus the record's schema
+        version (so a record newer than the code is refused on a partial read too)."""
+        return None if self.fields is None else self.fields | {SCHEMA_FIELD}
+
+    @property
+    def outdated(self) -> bool:
+        """Whether the next write must upgrade the record (or stamp a new one's version)."""
+        if self.lineage is None:
+            return False
+        return self.version == 0 or self.stored_schema_version != self.lineage.version
 
     async def ensure_loaded(self) -> None:
         if not self.loaded:
@@ -175,35 +209,87 @@ class StateCell:
             exc.public_message = exc.message.replace(self.label, self.public_label)
         return exc
 
+    def _versioned(self, change: Change, **kw: Any) -> Change:
+        return dataclasses.replace(
+            change, lineage=self.lineage, key=self.key, shared=self.shared, **kw
+        )
+
+    async def _store_apply(self, change: Change) -> Applied:
+        try:
+            return await self.store.apply(self.key, change, guard=self.guard)
+        except StateValidationError as exc:
+            raise exc.with_scope(self.scope, self.label, self.public_label) from None
+        except SchemaVersionError as exc:
+            if exc.key:
+                raise
+            raise (self.lineage or _UNVERSIONED).not_newer_error(
+                self.key, exc.stored_version
+            ) from None
+
     async def apply(self, change: Change) -> bool:
         """Apply a change through the store; update the cache; tell the listener."""
         self._fail_read_only()
-        # Atomic operations share the turn: the store resolves each against the record as
-        # it is, and may commit concurrent ones together; update_state waits for them.
-        async with _turn(self.store, self.key, shared=True):
-            try:
-                if (
-                    self.initial_content is not None
-                    and self.version == 0
-                    and change.content is UNCHANGED
-                    and change.expected_version is None
-                ):
-                    # Maybe the record's first write: create it with the declared content. The
-                    # compare-and-swap on version 0 makes sure the record really is new; if it
-                    # is not, the change applies as it is.
-                    first = replace(
-                        change, expected_version=0, initial_content=self.initial_content
-                    )
-                    result = await self.store.apply(self.key, first, guard=self.guard)
-                    if result.status != "conflict":
-                        change = first
-                    else:
-                        result = await self.store.apply(self.key, change, guard=self.guard)
-                else:
-                    result = await self.store.apply(self.key, change, guard=self.guard)
-            except StateValidationError as exc:
-                raise exc.with_scope(self.scope, self.label, self.public_label) from None
-        return await self._settle(result, change)
+        if self.lineage is None:  # version 1: never upgrades (a newer record is refused)
+            # Atomic operations share the turn: the store resolves each against the record
+            # as it is, and may commit concurrent ones together; update_state waits for them.
+            async with _turn(self.store, self.key, shared=True):
+                result, change = await self._write_unversioned(change)
+            return await self._settle(result, change)
+        # A versioned record's write may upgrade it by compare-and-swap: take the turn alone.
+        async with _turn(self.store, self.key):
+            return await self._apply_versioned(self._versioned(change))
+
+    async def _write_unversioned(self, change: Change) -> tuple[Applied, Change]:
+        if (
+            self.initial_content is not None
+            and self.version == 0
+            and change.content is UNCHANGED
+            and change.expected_version is None
+        ):
+            # Maybe the record's first write: create it with the declared content. The
+            # compare-and-swap on version 0 makes sure the record really is new; if it is not,
+            # the change applies as it is.
+            first = replace(change, expected_version=0, initial_content=self.initial_content)
+            result = await self._store_apply(first)
+            if result.status != "conflict":
+                return result, first
+        return await self._store_apply(change), change
+
+    async def _apply_versioned(self, change: Change) -> bool:
+        """Apply ``change``, upgrading an older record in the same commit (compare-and-swap).
+
+        The fast path is the plain atomic write, guarded by the stored schema version. When
+        the record is older (or new), re-read it and write the upgrade together with the
+        change, conditional on the version read: a concurrent write makes it go again.
+        """
+        policy = self.retry
+        for attempt in range(1, policy.max_attempts + 1):
+            if attempt > 1:
+                await asyncio.sleep(policy.delay(attempt - 1))
+            if not (self.loaded and self.outdated):
+                try:
+                    return await self._settle(await self._store_apply(change), change)
+                except NeedsUpgrade:
+                    pass
+            await self.load()
+            if not self.outdated:
+                continue
+            upgrade = self._versioned(
+                change,
+                expected_version=self.version,
+                upgrade=True,
+                initial_content=self.initial_content if self.version == 0 else None,
+            )
+            result = await self._store_apply(upgrade)
+            if result.status != "conflict":
+                return await self._settle(result, upgrade)
+            self.loaded = False
+        raise ConcurrentModificationError(
+            f"{self.label}: the write upgrading the record to schema version "
+            f"{self.lineage.version if self.lineage else 1} lost {policy.max_attempts} "
+            "compare-and-swap races in a row; retry later",
+            attempts=policy.max_attempts,
+        )
 
     async def _settle(self, result: Applied, change: Change) -> bool:
         if result.status == "missing":
@@ -216,12 +302,15 @@ class StateCell:
             return False
         mutation = result.mutation
         assert mutation is not None
+        if SCHEMA_FIELD in mutation.set:
+            self.stored_schema_version = int(mutation.set[SCHEMA_FIELD])
         # Someone else may have written in between (the version jumped). This commit is
         # still reported first, with this cell's values plus what it wrote, so that events of
         # one record go out in commit order; then the cell takes the record again.
         moved = result.version != self.version + 1 or not self.loaded
         values = dict(self.values)
         values.update(mutation.set)
+        values.pop(SCHEMA_FIELD, None)
         for name, (base, items) in mutation.append.items():
             if self.fields is not None and name not in self.fields:
                 continue  # not loaded (a push never loads the list): stays unloaded
@@ -276,11 +365,16 @@ class StateCell:
                 must_exist=self.must_exist,
                 operation=operation,
                 initial_content=self.initial_content if expected == 0 else None,
+                lineage=self.lineage,
+                upgrade=self.outdated,
+                key=self.key,
+                shared=self.shared,
             )
             try:
-                result = await self.store.apply(self.key, change, guard=self.guard)
-            except StateValidationError as exc:
-                raise exc.with_scope(self.scope, self.label, self.public_label) from None
+                result = await self._store_apply(change)
+            except NeedsUpgrade:  # upgraded view, older record: re-read, go again
+                self.loaded = False
+                continue
             if result.status != "conflict":
                 return await self._settle(result, change)
         gave_up = ConcurrentModificationError(
@@ -290,6 +384,9 @@ class StateCell:
             attempts=policy.max_attempts,
         )
         raise self._public(gave_up)
+
+
+_UNVERSIONED = SchemaLineage()
 
 
 def _fields(

@@ -53,6 +53,8 @@ class SessionInfo:
     flow_kind: str
     project_id: str | None
     created_at: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """A small JSON object the application sets (title, tags …), for finding sessions."""
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -61,4 +63,5 @@ class SessionInfo:
             "flowKind": self.flow_kind,
             "projectId": self.project_id,
             "createdAt": self.created_at,
+            "metadata": dict(self.metadata),
         }

@@ -30,3 +30,6 @@ main.add_command(_db)
 from ._codegen import codegen as _codegen  # noqa: E402
 
 main.add_command(_codegen)
+from ._lifecycle import register as _register_lifecycle  # noqa: E402
+
+_register_lifecycle(main, _db)

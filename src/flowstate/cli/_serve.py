@@ -205,6 +205,7 @@ def _serve(
     open_browser: bool,
     log_level: str,
     limits: Limits,
+    gc_every: float | None = None,
 ) -> None:
     from ..http import create_app
 
@@ -220,7 +221,7 @@ def _serve(
         if isinstance(exc, click.ClickException):
             raise
         raise _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    app = create_app(server, auth=auth, close_server=True)
+    app = create_app(server, auth=auth, close_server=True, gc_every=gc_every)
     store_url = _redact_url(server.store.url or type(server.store).__name__)
     url = f"http://{_display_host(host)}:{port}/"
     # The page reads ?token= once and drops it from the address bar; the access log redacts it.
@@ -362,13 +363,22 @@ def _warn_token_flag(token: str | None) -> None:
 @_store_option
 @_serving_options
 @click.option("--user", default="local", show_default=True, help="User id of a generated token.")
-def serve(target: str, store_url: str | None, user: str, **options: Any) -> None:
+@click.option(
+    "--gc-every",
+    default=None,
+    metavar="DURATION",
+    help="Remove expired sessions and instances in the background this often (e.g. 5m, 1h).",
+)
+def serve(
+    target: str, store_url: str | None, user: str, gc_every: str | None, **options: Any
+) -> None:
     """Serve the FlowServer TARGET (module:attribute) over HTTP.
 
     Tokens come from $FLOWSTATE_TOKENS (token:user or token:user:project1+project2, comma
     separated), --tokens-file, or the app's own auth; with none, a token is generated and
     printed, for user --user, member of project --project.
     """
+    every = None if gc_every is None else parse_duration(gc_every, "--gc-every")
     limits = _limits(options)
     _warn_token_flag(options["token"])
     _serve(
@@ -382,7 +392,27 @@ def serve(target: str, store_url: str | None, user: str, **options: Any) -> None
         open_browser=False,
         log_level=options["log_level"],
         limits=limits,
+        gc_every=every,
     )
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str, what: str) -> float:
+    """Seconds in ``30s``, ``5m``, ``1h``, ``2d``, ``500ms`` or a bare number of seconds."""
+    value = text.strip().lower()
+    unit = next((u for u in ("ms", "s", "m", "h", "d") if value.endswith(u)), "")
+    number = value[: len(value) - len(unit)] if unit else value
+    try:
+        seconds = float(number) * _UNITS.get(unit, 1.0)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise click.BadParameter(
+            f"{text!r} is not a positive duration (like 30s, 5m, 1h, 2d)", param_hint=what
+        )
+    return seconds
 
 
 @click.command()

@@ -201,6 +201,7 @@ def _session(wire: Mapping[str, Any]) -> SessionInfo:
         wire["flowKind"],
         wire.get("projectId"),
         wire["createdAt"],
+        dict(wire.get("metadata") or {}),
     )
 
 
@@ -418,9 +419,32 @@ class AsyncClient:
         return _session(await self._call("GET", f"/sessions/{_seg(session_id)}"))
 
     async def list_sessions(self, kind: str | None = None) -> list[SessionInfo]:
-        params = {} if kind is None else {"kind": kind}
+        """Every session of yours (optionally of one flow kind), following the pages."""
+        out: list[SessionInfo] = []
+        after: str | None = None
+        while True:
+            page, after = await self.list_sessions_page(kind, limit=1000, after=after)
+            out.extend(page)
+            if after is None:
+                return out
+
+    async def list_sessions_page(
+        self, kind: str | None = None, *, limit: int = 100, after: str | None = None
+    ) -> tuple[list[SessionInfo], str | None]:
+        """One page of your sessions and the ``after`` of the next page (None: the last)."""
+        params: dict[str, Any] = {"limit": limit}
+        if kind is not None:
+            params["kind"] = kind
+        if after is not None:
+            params["after"] = after
         data = await self._call("GET", "/sessions", params=params)
-        return [_session(s) for s in data["sessions"]]
+        return [_session(s) for s in data["sessions"]], data.get("next")
+
+    async def set_session_metadata(self, session_id: str, patch: Mapping[str, Any]) -> SessionInfo:
+        """Shallow-merge ``patch`` into a session's metadata (None deletes a key)."""
+        return _session(
+            await self._call("PATCH", f"/sessions/{_seg(session_id)}/metadata", body=dict(patch))
+        )
 
     async def delete_session(self, session_id: str) -> bool:
         data = await self._call("DELETE", f"/sessions/{_seg(session_id)}")
@@ -709,6 +733,14 @@ class Client:
 
     def list_sessions(self, kind: str | None = None) -> list[SessionInfo]:
         return self._loop.call(self._async.list_sessions(kind))
+
+    def list_sessions_page(
+        self, kind: str | None = None, *, limit: int = 100, after: str | None = None
+    ) -> tuple[list[SessionInfo], str | None]:
+        return self._loop.call(self._async.list_sessions_page(kind, limit=limit, after=after))
+
+    def set_session_metadata(self, session_id: str, patch: Mapping[str, Any]) -> SessionInfo:
+        return self._loop.call(self._async.set_session_metadata(session_id, patch))
 
     def delete_session(self, session_id: str) -> bool:
         return self._loop.call(self._async.delete_session(session_id))

@@ -47,6 +47,7 @@ from ._errors import (
     error_payload,
     error_response,
     parse_body,
+    parse_json,
     read_body,
     status_for,
 )
@@ -139,10 +140,12 @@ class SessionOut(BaseModel):
     flowKind: str
     projectId: str | None
     createdAt: float
+    metadata: dict[str, Any] = {}
 
 
 class SessionList(BaseModel):
     sessions: list[SessionOut]
+    next: str | None = None
 
 
 class Deleted(BaseModel):
@@ -166,8 +169,7 @@ def _parse_last_event_id(value: str | None, request_id: str) -> int:
         raise HTTPError(
             400,
             "invalid_last_event_id",
-            f"Last-Event-ID must look like {request_id}:<seq> for this stream, "
-            f"got {value[:80]!r}",
+            f"Last-Event-ID must look like {request_id}:<seq> for this stream, got {value[:80]!r}",
         )
     return int(seq)
 
@@ -503,12 +505,46 @@ async def create_session(kind: str, request: Request, caller: Caller) -> Respons
     return JSONResponse(info.to_wire(), status_code=201)
 
 
-@router.get("/sessions", summary="Your sessions", response_model=SessionList)
+@router.get(
+    "/sessions",
+    summary="Your sessions, one page at a time (by session id; next is the after of the next)",
+    response_model=SessionList,
+)
 async def list_sessions(
-    request: Request, caller: Caller, kind: Annotated[str | None, Query()] = None
+    request: Request,
+    caller: Caller,
+    kind: Annotated[str | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: Annotated[str | None, Query()] = None,
 ) -> dict[str, Any]:
-    sessions = await _api(request).server.list_sessions(user_id=caller.user_id, kind=kind)
-    return {"sessions": [s.to_wire() for s in sessions if access.can_reach_session(caller, s)]}
+    sessions, next_id = await _api(request).server.list_sessions_page(
+        user_id=caller.user_id, kind=kind, limit=limit, after=after
+    )
+    return {
+        "sessions": [s.to_wire() for s in sessions if access.can_reach_session(caller, s)],
+        "next": next_id,
+    }
+
+
+@router.patch(
+    "/sessions/{session_id}/metadata",
+    summary="Merge into the session's metadata (a JSON object; null deletes a key)",
+    response_model=SessionOut,
+)
+async def patch_session_metadata(
+    session_id: str, request: Request, info: ReachableSession
+) -> dict[str, Any]:
+    api = _api(request)
+    patch = parse_json(await read_body(request, api.max_body_bytes))
+    if not isinstance(patch, dict):
+        raise HTTPError(
+            422,
+            "validation_error",
+            "request body: session metadata must be a JSON object, e.g. "
+            '{"title": "Trip", "tags": ["travel"]}; a null value deletes a key',
+        )
+    updated = await api.server.set_session_metadata(session_id, patch, user_id=info.user_id)
+    return updated.to_wire()
 
 
 @router.get("/sessions/{session_id}", summary="One of your sessions", response_model=SessionOut)
@@ -759,6 +795,27 @@ def _install_openapi(app: FastAPI, components: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------- the app
 
 
+async def _collect(api: _Api, every: float) -> None:
+    """Background retention: every ``every`` seconds, expired data goes (errors are logged)."""
+    from ..lifecycle import collect_garbage
+
+    while True:
+        await asyncio.sleep(every)
+        api.logs.prune()  # finished request logs past keep_seconds
+        try:
+            report = await collect_garbage(api.server)
+        except Exception:
+            log.exception("background gc failed; trying again in %g s", every)
+            continue
+        if report.records:
+            log.info(
+                "gc: removed %d expired sessions and %d expired instances (%d records)",
+                report.sessions,
+                report.instances,
+                report.records,
+            )
+
+
 def create_app(
     server: FlowServer,
     *,
@@ -771,6 +828,7 @@ def create_app(
     ping_seconds: float = 15.0,
     close_server: bool = False,
     web: bool = True,
+    gc_every: float | None = None,
 ) -> FastAPI:
     """The ASGI app serving ``server``.
 
@@ -780,7 +838,11 @@ def create_app(
     all runs' buffers together hold at most ``request_log_bytes`` (64 MiB by default; the
     oldest finished runs are dropped first).
     ``close_server`` closes the server when the app shuts down; ``web`` serves the page at /.
+    ``gc_every`` (seconds) collects expired data in the background that often (see
+    :func:`flowstate.lifecycle.collect_garbage`), between requests' store calls.
     """
+    if gc_every is not None and gc_every <= 0:
+        raise ValueError(f"gc_every must be > 0 seconds, got {gc_every}")
     for name, value in (
         ("max_body_bytes", max_body_bytes),
         ("events_per_request", events_per_request),
@@ -809,7 +871,11 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        collector = None if gc_every is None else asyncio.create_task(_collect(api, gc_every))
         yield
+        if collector is not None:
+            collector.cancel()
+            await asyncio.gather(collector, return_exceptions=True)
         await api.shutdown()
         if close_server:
             await server.aclose()

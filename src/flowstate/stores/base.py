@@ -19,7 +19,7 @@ import collections
 import contextlib
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -348,6 +348,67 @@ class Store(ABC):
     @abstractmethod
     async def count(self, prefix: str) -> int:
         """How many keys start with ``prefix``."""
+
+    # Bulk access to whole records, for maintenance (backups, copies between stores, schema
+    # migrations, retention). Not used on the request path.
+
+    async def export_records(
+        self, prefix: str = "", *, after: str | None = None, limit: int = 500
+    ) -> list[Record]:
+        """Whole records under ``prefix`` in key order, strictly after ``after``, at most ``limit``.
+
+        Every field (including the reserved schema-version field), the content, the version
+        and both timestamps, as stored. The default reads the keys one by one; backends
+        override it with one range query per batch.
+        """
+        out: list[Record] = []
+        for key in await self.scan(prefix, after=after, limit=limit):
+            record = await self.read(key)
+            if record is not None:
+                out.append(record)
+        return out
+
+    @abstractmethod
+    async def import_records(self, records: Sequence[Record]) -> int:
+        """Write whole records exactly as given, replacing records of the same keys.
+
+        Version, fields, content and both timestamps are kept (no validation, no version
+        bump: this restores what :meth:`export_records` returned, possibly from another
+        backend). One batch commits together. Returns how many records were written.
+        """
+
+    @abstractmethod
+    async def swap_records(
+        self, records: Sequence[Record], expected_versions: Sequence[int]
+    ) -> list[str]:
+        """Replace whole records, each only if still at its expected version; keys written.
+
+        ``records[i]`` (its version, every field, content, timestamps) replaces the stored
+        record of its key when that record exists at ``expected_versions[i]``; others are left
+        alone (a concurrent write: the caller reads again). One batch commits together. Used
+        for bulk upgrades (``flowstate db migrate-state``), which keep ``accessed_at``.
+        """
+
+    async def delete_keys(self, keys: Sequence[str]) -> int:
+        """Delete these records (all their fields); return how many existed.
+
+        The default deletes one by one; backends delete a batch in one transaction.
+        """
+        n = 0
+        for key in keys:
+            if await self.delete(key) is not None:
+                n += 1
+        return n
+
+    async def delete_prefixes(self, prefixes: Sequence[str]) -> int:
+        """:meth:`delete_prefix` for many prefixes; return how many records were deleted.
+
+        The default deletes prefix by prefix; backends delete a batch in one transaction.
+        """
+        n = 0
+        for prefix in prefixes:
+            n += await self.delete_prefix(prefix)
+        return n
 
     async def aclose(self) -> None:  # noqa: B027 - optional for backends with nothing to free
         """Release connections and threads. Idempotent."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,6 +207,53 @@ class MemoryStore(Store):
     ) -> list[str]:
         with self._lock:
             return self._scan(prefix, after, limit)
+
+    async def export_records(
+        self, prefix: str = "", *, after: str | None = None, limit: int = 500
+    ) -> list[Record]:
+        with self._lock:
+            return [self._record(k, self._rows[k], None) for k in self._scan(prefix, after, limit)]
+
+    async def import_records(self, records: Sequence[Record]) -> int:
+        rows = [
+            (
+                r.key,
+                _Row(r.version, copy_json(dict(r.fields)), r.content, r.created_at, r.accessed_at),
+            )
+            for r in records
+        ]
+        with self._lock:
+            for key, row in rows:
+                self._insert(key, row)
+        return len(rows)
+
+    async def swap_records(
+        self, records: Sequence[Record], expected_versions: Sequence[int]
+    ) -> list[str]:
+        written: list[str] = []
+        with self._lock:
+            for r, expected in zip(records, expected_versions, strict=True):
+                row = self._rows.get(r.key)
+                if row is not None and row.version == expected:
+                    fields = copy_json(dict(r.fields))
+                    self._rows[r.key] = _Row(
+                        r.version, fields, r.content, r.created_at, r.accessed_at
+                    )
+                    written.append(r.key)
+        return written
+
+    async def delete_keys(self, keys: Sequence[str]) -> int:
+        with self._lock:
+            return sum(1 for key in keys if self._remove(key) is not None)
+
+    async def delete_prefixes(self, prefixes: Sequence[str]) -> int:
+        with self._lock:
+            n = 0
+            for prefix in prefixes:
+                for key in self._scan(prefix, None, None):
+                    self._remove(key)
+                    n += 1
+            return n
 
     async def count(self, prefix: str) -> int:
         with self._lock:

@@ -21,7 +21,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -629,6 +629,120 @@ class SQLiteStore(Store):
             return [k for (k,) in conn.execute(sql, params)]
 
         return await self._submit(job, write=False)
+
+    async def export_records(
+        self, prefix: str = "", *, after: str | None = None, limit: int = 500
+    ) -> list[Record]:
+        lo = after if after is not None and after >= prefix else None
+        sql = (
+            "SELECT key, version, content, created_at, accessed_at FROM fs_records "
+            "WHERE key < ? AND " + ("key > ?" if lo is not None else "key >= ?") + " "
+            "ORDER BY key LIMIT ?"
+        )
+        params = (prefix_end(prefix), lo if lo is not None else prefix, max(limit, 0))
+
+        def job(conn: sqlite3.Connection) -> list[Record]:
+            rows = conn.execute(sql, params).fetchall()
+            if not rows:
+                return []
+            texts: dict[str, dict[str, str]] = {row[0]: {} for row in rows}
+            span = (rows[0][0], rows[-1][0])
+            # The batch is a contiguous key range: one range scan fetches all its fields, and
+            # one more the pushed items not yet folded into their arrays (joined as read does).
+            for key, name, value in conn.execute(
+                "SELECT key, name, value FROM fs_fields WHERE key >= ? AND key <= ? "
+                "ORDER BY key, name",
+                span,
+            ):
+                if key in texts:
+                    texts[key][name] = value
+            pushed: dict[tuple[str, str], list[str]] = {}
+            for key, name, items in conn.execute(
+                "SELECT key, name, items FROM fs_items WHERE key >= ? AND key <= ? "
+                "ORDER BY key, name, seq",
+                span,
+            ):
+                pushed.setdefault((key, name), []).append(items)
+            for (key, name), parts in pushed.items():
+                if key in texts and name in texts[key]:
+                    texts[key][name] = _joined(texts[key][name], ",".join(parts))
+            return [
+                Record(k, v, {n: json.loads(t) for n, t in texts[k].items()}, c, ca, aa)
+                for k, v, c, ca, aa in rows
+            ]
+
+        return await self._submit(job)
+
+    async def import_records(self, records: Sequence[Record]) -> int:
+        latest = list({r.key: r for r in records}.values())  # the last of one key wins
+        rows = [(r.key, r.version, r.content, r.created_at, r.accessed_at) for r in latest]
+        values = [(r.key, n, _dumps(v)) for r in latest for n, v in r.fields.items()]
+        keys = [(r.key,) for r in latest]
+
+        def job(conn: sqlite3.Connection) -> int:
+            conn.executemany("DELETE FROM fs_fields WHERE key = ?", keys)
+            conn.executemany("DELETE FROM fs_items WHERE key = ?", keys)
+            conn.executemany(
+                "INSERT INTO fs_records (key, version, content, created_at, accessed_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                "version = excluded.version, content = excluded.content, "
+                "created_at = excluded.created_at, accessed_at = excluded.accessed_at",
+                rows,
+            )
+            conn.executemany("INSERT INTO fs_fields (key, name, value) VALUES (?, ?, ?)", values)
+            return len(rows)
+
+        return await self._submit(job)
+
+    async def swap_records(
+        self, records: Sequence[Record], expected_versions: Sequence[int]
+    ) -> list[str]:
+        pairs = list(zip(records, expected_versions, strict=True))
+
+        def job(conn: sqlite3.Connection) -> list[str]:
+            written: list[str] = []
+            for r, expected in pairs:
+                cursor = conn.execute(
+                    "UPDATE fs_records SET version = ?, content = ?, created_at = ?, "
+                    "accessed_at = ? WHERE key = ? AND version = ?",
+                    (r.version, r.content, r.created_at, r.accessed_at, r.key, expected),
+                )
+                if cursor.rowcount != 1:
+                    continue
+                conn.execute("DELETE FROM fs_fields WHERE key = ?", (r.key,))
+                conn.execute("DELETE FROM fs_items WHERE key = ?", (r.key,))
+                conn.executemany(
+                    "INSERT INTO fs_fields (key, name, value) VALUES (?, ?, ?)",
+                    [(r.key, n, _dumps(v)) for n, v in r.fields.items()],
+                )
+                written.append(r.key)
+            return written
+
+        return await self._submit(job)
+
+    async def delete_keys(self, keys: Sequence[str]) -> int:
+        params = [(k,) for k in dict.fromkeys(keys)]
+
+        def job(conn: sqlite3.Connection) -> int:
+            conn.executemany("DELETE FROM fs_fields WHERE key = ?", params)
+            conn.executemany("DELETE FROM fs_items WHERE key = ?", params)
+            before = conn.total_changes
+            conn.executemany("DELETE FROM fs_records WHERE key = ?", params)
+            return conn.total_changes - before
+
+        return await self._submit(job)
+
+    async def delete_prefixes(self, prefixes: Sequence[str]) -> int:
+        bounds = [(p, prefix_end(p)) for p in dict.fromkeys(prefixes)]
+
+        def job(conn: sqlite3.Connection) -> int:
+            conn.executemany("DELETE FROM fs_fields WHERE key >= ? AND key < ?", bounds)
+            conn.executemany("DELETE FROM fs_items WHERE key >= ? AND key < ?", bounds)
+            before = conn.total_changes
+            conn.executemany("DELETE FROM fs_records WHERE key >= ? AND key < ?", bounds)
+            return conn.total_changes - before
+
+        return await self._submit(job)
 
     async def count(self, prefix: str) -> int:
         def job(conn: sqlite3.Connection) -> int:

@@ -10,7 +10,7 @@ import functools
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
@@ -874,6 +874,185 @@ class PostgresStore(Store):
             sql += " LIMIT $3"
             args.append(max(limit, 0))
         return [r[0] for r in await pool.fetch(sql, *args)]
+
+    @_reachable(retry=True)
+    async def export_records(
+        self, prefix: str = "", *, after: str | None = None, limit: int = 500
+    ) -> list[Record]:
+        pool = await self._get_pool()
+        lo = after if after is not None and after >= prefix else None
+        sql = (
+            "SELECT key, version, content, created_at, accessed_at FROM fs_records "
+            "WHERE key < $1 AND " + ("key > $2" if lo is not None else "key >= $2") + " "
+            "ORDER BY key LIMIT $3"
+        )
+        async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+            rows = await conn.fetch(
+                sql, prefix_end(prefix), lo if lo is not None else prefix, max(limit, 0)
+            )
+            if not rows:
+                return []
+            fields: dict[str, dict[str, Any]] = {row[0]: {} for row in rows}
+            # One snapshot for both statements; the batch is a contiguous key range.
+            for key, name, value in await conn.fetch(
+                "SELECT key, name, value FROM fs_fields WHERE key >= $1 AND key <= $2 "
+                "ORDER BY key, name",
+                rows[0][0],
+                rows[-1][0],
+            ):
+                if key in fields:
+                    fields[key][name] = json.loads(value)
+        return [Record(r[0], r[1], fields[r[0]], r[2], r[3], r[4]) for r in rows]
+
+    @_reachable()
+    async def import_records(self, records: Sequence[Record]) -> int:
+        if not records:
+            return 0
+        latest = {r.key: r for r in records}  # the last of one key wins, as one by one
+        keys = list(latest)
+        names: list[str] = []
+        owners: list[str] = []
+        values: list[str] = []
+        for r in latest.values():
+            for name, value in r.fields.items():
+                owners.append(r.key)
+                names.append(name)
+                values.append(dumps(value, name))
+
+        async def txn(conn: Connection) -> int:
+            await conn.execute("DELETE FROM fs_fields WHERE key = ANY($1::text[])", keys)
+            await conn.execute(
+                "INSERT INTO fs_records (key, version, content, created_at, accessed_at) "
+                "SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], "
+                "$5::bigint[]) ON CONFLICT (key) DO UPDATE SET version = excluded.version, "
+                "content = excluded.content, created_at = excluded.created_at, "
+                "accessed_at = excluded.accessed_at, gen = nextval('fs_record_gen')",
+                keys,
+                [latest[k].version for k in keys],
+                [latest[k].content for k in keys],
+                [latest[k].created_at for k in keys],
+                [latest[k].accessed_at for k in keys],
+            )
+            await conn.execute(
+                "INSERT INTO fs_fields (key, name, value) "
+                "SELECT * FROM unnest($1::text[], $2::text[], $3::json[])",
+                owners,
+                names,
+                values,
+            )
+            return len(keys)
+
+        try:
+            return await self._transact(txn)
+        finally:
+            for key in keys:
+                self._cache.drop(key)
+
+    @_reachable()
+    async def swap_records(
+        self, records: Sequence[Record], expected_versions: Sequence[int]
+    ) -> list[str]:
+        latest = {r.key: (r, e) for r, e in zip(records, expected_versions, strict=True)}
+        keys = sorted(latest)  # rows are locked in key order, as batches do
+        if not keys:
+            return []
+
+        async def txn(conn: Connection) -> list[str]:
+            rows = await conn.fetch(
+                "UPDATE fs_records r SET version = u.version, content = u.content, "
+                "created_at = u.created_at, accessed_at = u.accessed_at, "
+                "gen = nextval('fs_record_gen') "
+                "FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[], "
+                "$6::bigint[]) AS u(key, expected, version, content, created_at, accessed_at) "
+                "WHERE r.key = u.key AND r.version = u.expected RETURNING r.key",
+                keys,
+                [latest[k][1] for k in keys],
+                [latest[k][0].version for k in keys],
+                [latest[k][0].content for k in keys],
+                [latest[k][0].created_at for k in keys],
+                [latest[k][0].accessed_at for k in keys],
+            )
+            written = sorted(row[0] for row in rows)
+            if not written:
+                return []
+            owners: list[str] = []
+            names: list[str] = []
+            values: list[str] = []
+            for key in written:
+                for name, value in latest[key][0].fields.items():
+                    owners.append(key)
+                    names.append(name)
+                    values.append(dumps(value, name))
+            # The record rows are locked by this transaction: no writer touches their fields.
+            await conn.execute("DELETE FROM fs_fields WHERE key = ANY($1::text[])", written)
+            await conn.execute(
+                "INSERT INTO fs_fields (key, name, value) "
+                "SELECT * FROM unnest($1::text[], $2::text[], $3::json[])",
+                owners,
+                names,
+                values,
+            )
+            return written
+
+        try:
+            return await self._transact(txn)
+        finally:
+            for key in keys:
+                self._cache.drop(key)
+
+    @_reachable()
+    async def delete_keys(self, keys: Sequence[str]) -> int:
+        unique = sorted(set(keys))  # rows are locked in key order, as batches do
+
+        async def txn(conn: Connection) -> int:
+            # Records first (waiting for their writers), then, in a new statement (a fresh
+            # snapshot), every field row of these keys left without a record.
+            status = await conn.execute(
+                "DELETE FROM fs_records WHERE key = ANY($1::text[])", unique
+            )
+            await conn.execute(
+                "DELETE FROM fs_fields f WHERE f.key = ANY($1::text[]) "
+                "AND NOT EXISTS (SELECT 1 FROM fs_records r WHERE r.key = f.key)",
+                unique,
+            )
+            return int(status.rsplit(" ", 1)[1])
+
+        try:
+            return await self._transact(txn)
+        finally:
+            for key in unique:
+                self._cache.drop(key)
+
+    @_reachable()
+    async def delete_prefixes(self, prefixes: Sequence[str]) -> int:
+        unique = sorted(set(prefixes))
+        if not unique:
+            return 0
+        his = [prefix_end(p) for p in unique]
+
+        async def txn(conn: Connection) -> int:
+            # As fs_delete_prefix, for many ranges in one statement each: records first
+            # (waiting for their writers), then field rows of the ranges left without one.
+            status = await conn.execute(
+                "DELETE FROM fs_records r USING unnest($1::text[], $2::text[]) AS p(lo, hi) "
+                'WHERE r.key >= p.lo COLLATE "C" AND r.key < p.hi COLLATE "C"',
+                unique,
+                his,
+            )
+            await conn.execute(
+                "DELETE FROM fs_fields f USING unnest($1::text[], $2::text[]) AS p(lo, hi) "
+                'WHERE f.key >= p.lo COLLATE "C" AND f.key < p.hi COLLATE "C" '
+                "AND NOT EXISTS (SELECT 1 FROM fs_records r WHERE r.key = f.key)",
+                unique,
+                his,
+            )
+            return int(status.rsplit(" ", 1)[1])
+
+        try:
+            return await self._transact(txn)
+        finally:
+            for prefix in unique:
+                self._cache.drop_prefix(prefix)
 
     @_reachable(retry=True)
     async def count(self, prefix: str) -> int:
