@@ -222,6 +222,13 @@ def session_route(suffix: str, method: str = "GET") -> Case:
     return case
 
 
+def session_metadata(w: World, actor: str) -> list[Probe]:
+    url = f"/api/flows/sessions/{w.session}/metadata"
+    if actor == "owner":
+        return [Probe("PATCH", url, {"title": "mine"})]
+    return [refused("PATCH", url, {"title": "taken"}, code=NO_SESSION)]
+
+
 def session_stream(w: World, actor: str) -> list[Probe]:
     url = f"/api/flows/sessions/{w.session}/stream"
     if actor == "owner":
@@ -322,6 +329,7 @@ CASES: dict[tuple[str, str], Case] = {
     ("DELETE", "/api/flows/sessions/{session_id}"): session_route("", "DELETE"),
     ("GET", "/api/flows/sessions/{session_id}/state"): session_route("/state"),
     ("GET", "/api/flows/sessions/{session_id}/stream"): session_stream,
+    ("PATCH", "/api/flows/sessions/{session_id}/metadata"): session_metadata,
     ("GET", "/api/flows/sessions/{session_id}/resources/{name}"): resource_route,
     ("GET", "/api/flows/sessions/{session_id}/resources/{name}/content"): content_route,
     ("GET", "/api/flows/users/me/stream"): user_stream,
