@@ -28,7 +28,7 @@ from .migrations import SCHEMA_FIELD, SchemaLineage, split_schema_version
 from .ops import Change, FieldOp
 from .resources import ResourceCollectionDefinition
 from .schema import Schema
-from .server import _FREE, FlowServer, _incarnation, _session_info
+from .server import _FREE, FlowServer, _binding_info, _incarnation
 from .sessions import is_expired
 from .stores.base import Record
 from .transfer import Progress, iter_records
@@ -360,12 +360,12 @@ async def collect_garbage(
             for record in records:
                 session_id = unquote(record.key[len(SESSIONS) :])
                 if record.fields.get("deleted"):  # a deletion cut short: finish it
-                    expired.append(_session_info(session_id, record))
+                    expired.append(_binding_info(session_id, record))
                     continue
                 flow = server.flows.get(record.fields.get("flowKind", ""))
                 ttl = None if flow is None else flow.scopes["session"].ttl
                 if is_expired(record.accessed_at, ttl, now):
-                    expired.append(_session_info(session_id, record))
+                    expired.append(_binding_info(session_id, record))
             if expired:
                 await purge(expired)
             report.last_key = records[-1].key

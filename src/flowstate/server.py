@@ -117,11 +117,15 @@ def _output_json(output: Any) -> Any:
 
 
 def _session_info(session_id: str, record: Record | None) -> SessionInfo | None:
-    if record is None:
+    """The session a binding record describes; None when absent or a tombstone."""
+    if record is None or record.fields.get("deleted"):  # a tombstone: being (or half) deleted
         return None
+    return _binding_info(session_id, record)
+
+
+def _binding_info(session_id: str, record: Record) -> SessionInfo:
+    """The session a binding record (a tombstone too) describes."""
     f = record.fields
-    if f.get("deleted"):  # a tombstone: the session is being (or was half) deleted
-        return None
     metadata = f.get("metadata")
     return SessionInfo(
         session_id,
@@ -553,8 +557,9 @@ class FlowServer:
         read = await load_bindings(self.store, run.bindings.values(), {key: None})
         record = read[key]
         existing = _session_info(session_id, record)
-        if existing is not None and record is not None and self._expired(existing, record.accessed_at):
-            existing = None  # an expired session is a deleted one: create_session takes the id
+        if existing is not None and record is not None:
+            if self._expired(existing, record.accessed_at):
+                existing = None  # an expired session is a deleted one: create_session takes the id
         if existing is None:  # created now (clearing what a dead session left): read again
             info = fresh = await self.create_session(
                 kind, user_id=user_id, project_id=project_id, session_id=session_id
