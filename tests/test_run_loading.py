@@ -23,6 +23,7 @@ from flowstate import (
     define_resource,
     handler,
 )
+from flowstate.migrations import SCHEMA_FIELD
 from flowstate.stores import Record, Store
 
 
@@ -127,8 +128,8 @@ async def test_a_run_on_an_existing_session_is_one_read_and_one_write(setup: Any
     sid = first.session_id
     assert wanted == {
         f"_sessions/{sid}": None,
-        f"session/{sid}/state": frozenset({"n"}),
-        "user/ann/state": frozenset({"theme"}),
+        f"session/{sid}/state": frozenset({"n", SCHEMA_FIELD}),
+        "user/ann/state": frozenset({"theme", SCHEMA_FIELD}),
         # static resources of the scope: every block may reach them through ctx
         f"session/{sid}/r/notes": None,
     }
@@ -144,7 +145,7 @@ async def test_a_field_no_block_of_the_action_declares_is_never_loaded(setup: An
     result = await server.run("chat", "note", "last", user_id="ann", session_id=sid)
     assert result.output == 5
     assert calls.names() == ["read_many", "apply", "apply"]
-    assert calls.reads()[0][f"session/{sid}/state"] == frozenset({"n"})
+    assert calls.reads()[0][f"session/{sid}/state"] == frozenset({"n", SCHEMA_FIELD})
     # the pushes landed, in order, and an action that declares the list reads all of it
     assert (await server.run("chat", "read_log", user_id="ann", session_id=sid)).output == 4
     record = await store.read(f"session/{sid}/state")
@@ -163,7 +164,8 @@ async def test_a_block_that_declares_nothing_sees_the_whole_combined_state(setup
     calls.calls.clear()
     out = await server.run("chat", "everything", user_id="ann", session_id=first.session_id)
     assert out.output == ["log", "n"]
-    assert calls.reads()[0][f"session/{first.session_id}/state"] == frozenset({"log", "n"})
+    read = calls.reads()[0][f"session/{first.session_id}/state"]
+    assert read == frozenset({"log", "n", SCHEMA_FIELD})
 
 
 async def test_static_resources_are_read_in_the_same_round_trip(setup: Any) -> None:
