@@ -1,5 +1,6 @@
 """The per-process write cache: what this process last saw of records (validated on use,
-never trusted), mutations encoded as JSON text, and per-key turns for writers."""
+never trusted) and mutations encoded as JSON text. Writers' per-key turns live in
+:class:`flowstate.stores.base.KeyLocks`."""
 
 from __future__ import annotations
 
