@@ -346,6 +346,36 @@ async def test_migrate_state_keeps_last_access_and_loses_no_concurrent_write(sto
     assert untouched is not None and untouched.version == 2
 
 
+async def test_migrate_state_never_writes_an_upgrade_over_a_record_created_again(
+    store: Store,
+) -> None:
+    """A record deleted and created again between migrate-state's read and its swap is back at
+    version 1, as read: its creation time tells it apart, so the upgrade of the old record is
+    not written over the new one (which is upgraded on its own)."""
+    old = FlowServer([old_flow()], store=store)
+    await old.run("app", "write", {"name": "n0", "age": "0"}, user_id="u0", session_id="s0")
+    key = "session/s0/c/items/items/x"
+    first = await store.read(key)
+    assert first is not None and first.version == 1
+    server = FlowServer([new_flow()], store=store)
+    real_swap = store.swap_records
+
+    async def racing_swap(records: Any, expected: Any) -> list[str]:
+        store.swap_records = real_swap  # type: ignore[method-assign]
+        assert await store.delete(key) is not None
+        await asyncio.sleep(0.002)
+        assert (await store.create(key, {"name": "reborn", "age": "7"})).version == 1
+        return await real_swap(records, expected)
+
+    store.swap_records = racing_swap  # type: ignore[method-assign]
+    report = await migrate_state(server, batch=100)
+    store.swap_records = real_swap  # type: ignore[method-assign]
+    assert report.failed == [] and report.upgraded == 4
+    reborn = await store.read(key)
+    assert reborn is not None and reborn.created_at != first.created_at
+    assert reborn.fields == {"full_name": "reborn", "age": 7, SCHEMA_FIELD: 3}
+
+
 async def test_gc_finishes_a_deletion_cut_short_and_spares_a_new_incarnation(store: Store) -> None:
     flow = define_flow(
         "app",
@@ -369,23 +399,23 @@ async def test_gc_finishes_a_deletion_cut_short_and_spares_a_new_incarnation(sto
     )
     assert (await store.apply("_sessions/cut", tomb)).status == "committed"
     later = time.time_ns() + 2 * 3600 * 10**9
-    real_apply = store.apply
+    real_swap = store.swap_records
     taken_over = False
 
-    async def racing_apply(key: str, change: Any, **kw: Any) -> Any:
+    async def racing_swap(records: Any, versions: Any) -> Any:
         nonlocal taken_over
-        if key == "_sessions/old" and not taken_over:
-            # between gc's read and its tombstone, a run deletes the expired session and
+        if "_sessions/old" in [r.key for r in records] and not taken_over:
+            # between gc's read and its tombstones, a run deletes the expired session and
             # starts a new one with the same id (a new incarnation)
             taken_over = True
-            store.apply = real_apply  # type: ignore[method-assign]
+            store.swap_records = real_swap  # type: ignore[method-assign]
             await server.delete_session("old", user_id="alice")
             await server.run("app", "touch", None, user_id="alice", session_id="old")
-        return await real_apply(key, change, **kw)
+        return await real_swap(records, versions)
 
-    store.apply = racing_apply  # type: ignore[method-assign]
+    store.swap_records = racing_swap  # type: ignore[method-assign]
     report = await collect_garbage(server, now_ns=later)
-    store.apply = real_apply  # type: ignore[method-assign]
+    store.swap_records = real_swap  # type: ignore[method-assign]
     assert taken_over and report.sessions == 1
     assert await store.count("session/cut/") == 0 and await store.read("_sessions/cut") is None
     assert await store.read("_sessions/old") is not None  # the new incarnation is left alone

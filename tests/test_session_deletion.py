@@ -9,6 +9,8 @@ id and starts empty. The deleting server may be another store instance on the sa
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -38,7 +40,9 @@ class Doc(BaseModel):
     text: str = ""
 
 
-def lab(gate: dict[str, asyncio.Event], outcome: dict[str, Any]) -> Any:
+def lab(
+    gate: dict[str, asyncio.Event], outcome: dict[str, Any], ttl: timedelta | None = None
+) -> Any:
     async def slow(input: Any, ctx: Any) -> str:
         await ctx.session.patch_state(visible=1, secret="alice-only")
         await ctx.session.resources.notes.create("a", {"text": "alice"})
@@ -83,6 +87,7 @@ def lab(gate: dict[str, asyncio.Event], outcome: dict[str, Any]) -> Any:
                 "plan": define_resource(state=Doc),
             },
             client=ClientConfig(expose=["visible"]),
+            ttl=ttl,
         ),
     )
 
@@ -133,6 +138,103 @@ async def test_a_run_in_flight_cannot_write_into_its_deleted_session(
         await store.aclose()
         if other_store is not store:
             await other_store.aclose()
+
+
+@pytest.mark.parametrize("collector", ["same", "other"])
+async def test_gc_in_batches_stops_runs_in_flight_and_spares_sessions_written_meanwhile(
+    store_url: str, collector: str
+) -> None:
+    """``flowstate gc`` removes expired sessions a batch at a time (one compare-and-swap of
+    the bindings, then the data, then the tombstones): a run in flight on one of them fails
+    with SessionNotFoundError and writes nothing; a session whose binding changed since gc
+    read it is left alone; a new session that takes an id over a tombstone keeps it."""
+    from flowstate.lifecycle import collect_garbage
+
+    gate = {"written": asyncio.Event(), "go": asyncio.Event()}
+    gate["go"].set()
+    outcome: dict[str, Any] = {}
+    flow = lab(gate, outcome, ttl=timedelta(hours=1))
+    store = open_store(store_url)
+    gc_store = store if collector == "same" or store_url == "memory://" else open_store(store_url)
+    alice = FlowServer([flow], store=store)
+    gc_server = FlowServer([flow], store=gc_store)
+    fillers = [f"e{i}" for i in range(7)] + ["m"]
+    try:
+        for sid in fillers:
+            await alice.run("lab", "slow", user_id="alice", session_id=sid)
+        assert set(outcome.values()) == {"committed"}
+        outcome.clear()
+        gate["written"], gate["go"] = asyncio.Event(), asyncio.Event()
+        run = asyncio.create_task(alice.run("lab", "slow", user_id="alice", session_id="s"))
+        await asyncio.wait_for(gate["written"].wait(), 10)
+
+        swapped: list[list[str]] = []
+        real_swap, real_delete_keys = gc_store.swap_records, gc_store.delete_keys
+
+        async def racing_swap(records: Any, versions: Any) -> Any:
+            keys = [r.key for r in records]
+            swapped.append(keys)
+            if "_sessions/m" in keys:  # written after gc read it: left alone
+                await alice.set_session_metadata("m", {"title": "kept"}, user_id="alice")
+            return await real_swap(records, versions)
+
+        async def racing_delete_keys(keys: Any) -> Any:
+            if "_user_sessions/alice/e4" in keys:  # bob takes e4 over its tombstone
+                await alice.create_session("lab", user_id="bob", session_id="e4")
+            return await real_delete_keys(keys)
+
+        gc_store.swap_records = racing_swap  # type: ignore[method-assign]
+        gc_store.delete_keys = racing_delete_keys  # type: ignore[method-assign]
+        later = time.time_ns() + 2 * 3600 * 10**9
+        try:
+            report = await collect_garbage(gc_server, now_ns=later, batch=3)
+        finally:
+            gc_store.swap_records = real_swap  # type: ignore[method-assign]
+            gc_store.delete_keys = real_delete_keys  # type: ignore[method-assign]
+        # batches of 3 bindings: e0-e2, e3-e5, e6 m s
+        assert swapped == [
+            ["_sessions/e0", "_sessions/e1", "_sessions/e2"],
+            ["_sessions/e3", "_sessions/e4", "_sessions/e5"],
+            ["_sessions/e6", "_sessions/m", "_sessions/s"],
+        ]
+        assert report.sessions == 8  # e0-e6 and s; not m
+
+        gate["go"].set()
+        assert await asyncio.wait_for(run, 20) is not None
+        assert set(outcome) == {"state", "inc", "update", "create", "resource", "content"}
+        for name, result in outcome.items():
+            assert isinstance(result, SessionNotFoundError), (name, result)
+            assert 'session "s" not found' in str(result)
+        for st in (store, gc_store):
+            assert await st.scan("session/s/") == []
+            for sid in fillers[:-1]:
+                assert await st.scan(f"session/{sid}/") == []
+        with pytest.raises(SessionNotFoundError):
+            await alice.get_session("s", user_id="alice")
+        # m, written meanwhile, is whole
+        m = await alice.get_session("m", user_id="alice")
+        assert m.metadata == {"title": "kept"}
+        assert (await alice.run("lab", "peek", user_id="alice", session_id="m")).output[
+            "state"
+        ] == {"visible": 7, "secret": "after delete"}
+        # bob's e4 survived the removal of alice's tombstone; alice has only m left
+        assert (await alice.get_session("e4", user_id="bob")).user_id == "bob"
+        assert [i.session_id for i in await alice.list_sessions(user_id="bob")] == ["e4"]
+        assert [i.session_id for i in await alice.list_sessions(user_id="alice")] == ["m"]
+        # bob takes s too: it starts empty
+        peek = await alice.run("lab", "peek", user_id="bob", session_id="s")
+        assert peek.output["state"] == {"visible": 0, "secret": ""}
+        assert peek.output["notes"] == [] and peek.output["content"] is None
+        # the next gc finds m (and bob's sessions) expired too
+        again = await collect_garbage(gc_server, now_ns=later + 3600 * 10**9)
+        assert again.sessions == 3
+        assert await store.count("_sessions/") == 0 and await store.count("session/") == 0
+    finally:
+        await alice.aclose()
+        await gc_server.aclose()
+        await store.aclose()
+        if gc_store is not store:
+            await gc_store.aclose()
 
 
 async def test_an_interrupted_deletion_reads_as_deleted_and_the_id_starts_empty(

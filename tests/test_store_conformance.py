@@ -817,6 +817,97 @@ async def test_swap_records_replaces_only_records_at_their_expected_version(stor
     assert await store.swap_records([], []) == []
 
 
+async def test_delete_records_deletes_only_records_unchanged_since_read(store: Store) -> None:
+    from flowstate.stores import Record
+
+    await store.apply("x/1", ops(FieldOp("set", "a", 1), FieldOp("set", "b", [1])))
+    await store.apply("x/2", ops(FieldOp("set", "a", 2)))
+    await store.apply("x/3", ops(FieldOp("set", "l", [0])))
+    for i in range(1, 4):  # pushes not folded yet (SQLite: rows of their own)
+        await store.apply("x/3", ops(FieldOp("append", "l", i)))
+    await store.apply("x/4", ops(FieldOp("set", "a", 4)))
+    await store.apply("y/1", ops(FieldOp("set", "a", 1)))
+    read = {r.key: r for r in await store.export_records("")}
+    await store.apply("x/2", inc("n"))  # x/2 moves on to version 2
+    # x/4 is deleted and created again: version 1 again, but not the record read
+    await store.delete("x/4")
+    await asyncio.sleep(0.002)
+    await store.apply("x/4", ops(FieldOp("set", "a", "new")))
+    assert (await store.read("x/4")).version == 1  # type: ignore[union-attr]
+    missing = Record("x/missing", 1, {}, None, 1, 1)
+    stale_y = Record("y/1", 2, {}, None, read["y/1"].created_at, 0)
+
+    keys = ["x/3", "x/1", "x/2", "x/4", "x/1"]
+    deleted = await store.delete_records([*(read[k] for k in keys), missing, stale_y])
+    assert deleted == ["x/1", "x/3"]
+    assert await store.scan("") == ["x/2", "x/4", "y/1"]
+    assert await fields_of(store, "x/2") == {"a": 2, "n": 1}
+    assert await fields_of(store, "x/4") == {"a": "new"}
+    assert await fields_of(store, "y/1") == {"a": 1}
+    # a deleted record is gone whole: created again, no field or pushed item reappears
+    assert (await store.create("x/1", {"fresh": True})).version == 1
+    assert await fields_of(store, "x/1") == {"fresh": True}
+    await store.apply("x/3", ops(FieldOp("append", "l", "z")))
+    assert await fields_of(store, "x/3") == {"l": ["z"]}
+    # the same for swap_records: the record created again is not swapped
+    x4 = Record("x/4", 2, {"swapped": True}, None, read["x/4"].created_at, 0)
+    assert await store.swap_records([x4], [1]) == []
+    assert await fields_of(store, "x/4") == {"a": "new"}
+    # a key given twice is deleted when either matches; nothing given, nothing done
+    x2 = await store.read("x/2")
+    assert x2 is not None
+    assert await store.delete_records([read["x/2"], x2]) == ["x/2"]
+    assert await store.delete_records([]) == []
+
+    # Another connection to the same store (another process): the delete is seen there, and
+    # what it cached of the record does not come back.
+    if not store.url.startswith("memory"):
+        other = open_store(store.url)
+        try:
+            await other.apply("c/1", inc("n"))
+            assert await fields_of(other, "c/1") == {"n": 1}
+            c1 = await store.read("c/1")
+            assert c1 is not None
+            assert await store.delete_records([c1]) == ["c/1"]
+            assert await other.read("c/1") is None
+            applied = await other.apply("c/1", inc("n"))
+            assert applied.status == "committed" and applied.version == 1
+            assert await fields_of(store, "c/1") == {"n": 1}
+        finally:
+            await other.aclose()
+
+
+async def test_a_guard_on_a_record_deleted_by_delete_records_fails(store: Store) -> None:
+    """What ``flowstate gc`` relies on: once a binding is deleted (or swapped) in bulk, a
+    write guarded by it fails and writes nothing."""
+    from flowstate.stores import Record
+    from flowstate.stores.base import Guard
+
+    def gone() -> Exception:
+        return LookupError("binding gone")
+
+    await store.create("b/s1", {"createdAt": 1.5})
+    await store.create("b/s2", {"createdAt": 2.5})
+    guard1 = Guard("b/s1", "createdAt", 1.5, gone)
+    guard2 = Guard("b/s2", "createdAt", 2.5, gone)
+    assert (await store.apply("d/s1", inc(), guard=guard1)).status == "committed"
+    tomb = Record("b/s2", 2, {"createdAt": -2.5, "deleted": True}, None, 1, 1)
+    assert await store.swap_records([tomb], [1]) == []  # not the record read: created at 1
+    s1, s2 = await store.read("b/s1"), await store.read("b/s2")
+    assert s1 is not None and s2 is not None
+    tomb = Record("b/s2", 2, {"createdAt": -2.5, "deleted": True}, None, s2.created_at, 1)
+    assert await store.swap_records([tomb], [1]) == ["b/s2"]
+    assert await store.delete_records([s1]) == ["b/s1"]
+    for key, guard in (("d/s1", guard1), ("d/s2", guard2)):
+        with pytest.raises(LookupError, match="binding gone"):
+            await store.apply(key, inc(), guard=guard)
+        with pytest.raises(LookupError, match="binding gone"):
+            await store.create(key + "/new", {"n": 1}, guard=guard)
+    assert await fields_of(store, "d/s1") == {"n": 1}
+    assert await store.read("d/s2") is None and await store.scan("d/s1/") == []
+    assert await store.scan("d/s2") == []
+
+
 async def test_bulk_operations_see_and_clear_pushed_items(store: Store) -> None:
     """Pushed items not yet folded into their array (SQLite keeps them as rows of their own)
     are part of the record for export (and so copy), and go with it on import, swap, deletes."""
@@ -839,8 +930,10 @@ async def test_bulk_operations_see_and_clear_pushed_items(store: Store) -> None:
     await store.apply("b/1", ops(FieldOp("append", "l", 10)))
     assert (await store.read("b/1")).fields == {"l": [9, 10]}  # type: ignore[union-attr]
 
-    version = (await store.read("b/2")).version  # type: ignore[union-attr]
-    swapped = Record("b/2", version + 1, {"l": ["s"]}, None, 1, 2)
+    b2 = await store.read("b/2")
+    assert b2 is not None
+    version = b2.version
+    swapped = Record("b/2", version + 1, {"l": ["s"]}, None, b2.created_at, 2)
     assert await store.swap_records([swapped], [version]) == ["b/2"]
     assert (await store.read("b/2")).fields == {"l": ["s"]}  # type: ignore[union-attr]
 

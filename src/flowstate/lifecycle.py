@@ -15,24 +15,22 @@ agree on schema versions: the startup check).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from .errors import MigrationError, SchemaVersionError, SessionNotFoundError
+from .errors import MigrationError, SchemaVersionError
 from .flow import Flow
 from .layout import SESSIONS, parse_key, scope_root, session_key, user_session_key
 from .migrations import SCHEMA_FIELD, SchemaLineage, split_schema_version
-from .ops import Change, FieldOp
+from .ops import Change
 from .resources import ResourceCollectionDefinition
 from .schema import Schema
-from .server import _FREE, FlowServer, _binding_info, _incarnation
+from .server import FlowServer
 from .sessions import is_expired
 from .stores.base import Record
 from .transfer import Progress, iter_records
-from .values import SessionInfo
 
 __all__ = [
     "GcReport",
@@ -310,45 +308,50 @@ async def collect_garbage(
     report = GcReport()
     store = server.store
 
-    semaphore = asyncio.Semaphore(CONCURRENCY)
+    async def purge(bindings: list[Record]) -> None:
+        """Remove a batch of expired sessions the way ``FlowServer.delete_session`` removes
+        one, a batch per transaction (see docs/lifecycle.md):
 
-    async def tombstone(info: SessionInfo) -> SessionInfo | None:
-        """Step 1 of deleting a session (as ``FlowServer.delete_session`` does): replace the
-        binding by a tombstone, guarded by the incarnation read, so no run of it can write any
-        more and a run that took the id over meanwhile is left alone (None)."""
-        stamp = -time.time()
-        ops = (FieldOp("set", "deleted", True), FieldOp("set", "createdAt", stamp))
-        async with semaphore:
-            try:
-                await store.apply(
-                    session_key(info.session_id),
-                    Change(_FREE, ops=ops),
-                    guard=_incarnation(info),
-                )
-            except SessionNotFoundError:
-                return None
-        return dataclasses.replace(info, created_at=stamp)
+        1. Tombstone the bindings (``deleted``, a new ``createdAt``) with one compare-and-swap
+           each on the version read: a binding written meanwhile (metadata, a new session of
+           the id) is left alone. From then on every write of a run on these sessions fails
+           in the store, atomically (their guard names the old ``createdAt``).
+        2. Delete their state, resources and collections, and their index entries.
+        3. Delete the tombstones, each only if still at the version written in step 1 (never
+           a new session of the id that replaced a tombstone meanwhile).
 
-    async def drop_tombstone(info: SessionInfo) -> int:
-        async with semaphore:
-            try:
-                gone = await store.delete(session_key(info.session_id), guard=_incarnation(info))
-            except SessionNotFoundError:  # taken over meanwhile: keep it
-                return 0
-        return 0 if gone is None else 1
-
-    async def purge(expired: list[SessionInfo]) -> None:
-        """Remove a batch of sessions: tombstones, then data and index entries (one
-        transaction each), tombstones last. A run cut short leaves tombstones, which read as
-        no session; the next gc, or a new session of the id, finishes the deletion."""
-        marked = [i for i in await asyncio.gather(*map(tombstone, expired)) if i is not None]
+        A run cut short leaves tombstones, which read as no session; the next gc, or a new
+        session of the id, finishes the deletion.
+        """
+        stamp = -time.time()  # never a creation time
+        live = [r for r in bindings if not r.fields.get("deleted")]
+        tombstones = [
+            Record(
+                r.key,
+                r.version + 1,
+                {**r.fields, "deleted": True, "createdAt": stamp},
+                r.content,
+                r.created_at,
+                r.accessed_at,
+            )
+            for r in live
+        ]
+        written = set(await store.swap_records(tombstones, [r.version for r in live]))
+        # Tombstones already there (a deletion cut short) are finished as they are.
+        marked = [t for t in tombstones if t.key in written]
+        marked += [r for r in bindings if r.fields.get("deleted")]
         if not marked:
             return
-        removed = await store.delete_prefixes([scope_root("session", i.session_id) for i in marked])
+        session_ids = [unquote(t.key[len(SESSIONS) :]) for t in marked]
+        removed = await store.delete_prefixes([scope_root("session", s) for s in session_ids])
         removed += await store.delete_keys(
-            [user_session_key(i.user_id, i.session_id) for i in marked]
+            [
+                user_session_key(t.fields["userId"], s)
+                for t, s in zip(marked, session_ids, strict=True)
+                if isinstance(t.fields.get("userId"), str)
+            ]
         )
-        removed += sum(await asyncio.gather(*map(drop_tombstone, marked)))
+        removed += len(await store.delete_records(marked))
         report.records += removed
         report.sessions += len(marked)
 
@@ -358,14 +361,13 @@ async def collect_garbage(
         async for records in iter_records(store, SESSIONS, batch=batch):
             expired = []
             for record in records:
-                session_id = unquote(record.key[len(SESSIONS) :])
                 if record.fields.get("deleted"):  # a deletion cut short: finish it
-                    expired.append(_binding_info(session_id, record))
+                    expired.append(record)
                     continue
                 flow = server.flows.get(record.fields.get("flowKind", ""))
                 ttl = None if flow is None else flow.scopes["session"].ttl
                 if is_expired(record.accessed_at, ttl, now):
-                    expired.append(_binding_info(session_id, record))
+                    expired.append(record)
             if expired:
                 await purge(expired)
             report.last_key = records[-1].key

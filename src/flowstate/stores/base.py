@@ -384,9 +384,25 @@ class Store(ABC):
         """Replace whole records, each only if still at its expected version; keys written.
 
         ``records[i]`` (its version, every field, content, timestamps) replaces the stored
-        record of its key when that record exists at ``expected_versions[i]``; others are left
-        alone (a concurrent write: the caller reads again). One batch commits together. Used
-        for bulk upgrades (``flowstate db migrate-state``), which keep ``accessed_at``.
+        record of its key when that record exists at ``expected_versions[i]`` and was created
+        at ``records[i].created_at`` (the record read: one deleted and created again starts
+        over at version 1, and only its creation time tells it apart); others are left alone
+        (a concurrent write: the caller reads again). One batch commits together. Used for
+        bulk upgrades (``flowstate db migrate-state``), which keep ``accessed_at``, and for
+        the tombstones of ``flowstate gc``.
+        """
+
+    @abstractmethod
+    async def delete_records(self, records: Sequence[Record]) -> list[str]:
+        """Delete records, each only if unchanged since read; the keys deleted, sorted.
+
+        The stored record of ``records[i].key`` (all its fields and content) is deleted when
+        it is at ``records[i].version`` and was created at ``records[i].created_at`` (as for
+        :meth:`swap_records`, so that a record deleted and created again is not taken for
+        the one read); others are left alone (written, replaced or deleted meanwhile). A key
+        given twice is deleted if either matches. One batch commits together. The
+        compare-and-delete of :meth:`swap_records`: ``flowstate gc`` removes the tombstones
+        it wrote with it, never a binding that a new session of the id wrote meanwhile.
         """
 
     async def delete_keys(self, keys: Sequence[str]) -> int:

@@ -234,13 +234,23 @@ class MemoryStore(Store):
         with self._lock:
             for r, expected in zip(records, expected_versions, strict=True):
                 row = self._rows.get(r.key)
-                if row is not None and row.version == expected:
+                if row is not None and (row.version, row.created_at) == (expected, r.created_at):
                     fields = copy_json(dict(r.fields))
                     self._rows[r.key] = _Row(
                         r.version, fields, r.content, r.created_at, r.accessed_at
                     )
                     written.append(r.key)
         return written
+
+    async def delete_records(self, records: Sequence[Record]) -> list[str]:
+        deleted: set[str] = set()
+        with self._lock:
+            for r in records:
+                row = self._rows.get(r.key)
+                if row is not None and (row.version, row.created_at) == (r.version, r.created_at):
+                    self._remove(r.key)
+                    deleted.add(r.key)
+        return sorted(deleted)
 
     async def delete_keys(self, keys: Sequence[str]) -> int:
         with self._lock:

@@ -704,8 +704,16 @@ class SQLiteStore(Store):
             for r, expected in pairs:
                 cursor = conn.execute(
                     "UPDATE fs_records SET version = ?, content = ?, created_at = ?, "
-                    "accessed_at = ? WHERE key = ? AND version = ?",
-                    (r.version, r.content, r.created_at, r.accessed_at, r.key, expected),
+                    "accessed_at = ? WHERE key = ? AND version = ? AND created_at = ?",
+                    (
+                        r.version,
+                        r.content,
+                        r.created_at,
+                        r.accessed_at,
+                        r.key,
+                        expected,
+                        r.created_at,
+                    ),
                 )
                 if cursor.rowcount != 1:
                     continue
@@ -717,6 +725,25 @@ class SQLiteStore(Store):
                 )
                 written.append(r.key)
             return written
+
+        return await self._submit(job)
+
+    async def delete_records(self, records: Sequence[Record]) -> list[str]:
+        wanted = [(r.key, r.version, r.created_at) for r in records]
+
+        def job(conn: sqlite3.Connection) -> list[str]:
+            deleted: set[str] = set()
+            for key, version, created_at in wanted:
+                cursor = conn.execute(
+                    "DELETE FROM fs_records WHERE key = ? AND version = ? AND created_at = ?",
+                    (key, version, created_at),
+                )
+                if cursor.rowcount != 1:
+                    continue
+                conn.execute("DELETE FROM fs_fields WHERE key = ?", (key,))
+                conn.execute("DELETE FROM fs_items WHERE key = ?", (key,))
+                deleted.add(key)
+            return sorted(deleted)
 
         return await self._submit(job)
 

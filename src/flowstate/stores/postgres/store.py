@@ -964,7 +964,8 @@ class PostgresStore(Store):
                 "gen = nextval('fs_record_gen') "
                 "FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[], "
                 "$6::bigint[]) AS u(key, expected, version, content, created_at, accessed_at) "
-                "WHERE r.key = u.key AND r.version = u.expected RETURNING r.key",
+                "WHERE r.key = u.key AND r.version = u.expected "
+                "AND r.created_at = u.created_at RETURNING r.key",
                 keys,
                 [latest[k][1] for k in keys],
                 [latest[k][0].version for k in keys],
@@ -998,6 +999,39 @@ class PostgresStore(Store):
             return await self._transact(txn)
         finally:
             for key in keys:
+                self._cache.drop(key)
+
+    @_reachable()
+    async def delete_records(self, records: Sequence[Record]) -> list[str]:
+        wanted = sorted((r.key, r.version, r.created_at) for r in records)  # key order
+        if not wanted:
+            return []
+
+        async def txn(conn: Connection) -> list[str]:
+            # Version and creation time are checked on the locked record row itself, so a
+            # writer that commits first (waited for) is seen; then, in a new statement (a
+            # fresh snapshot), the field rows of the records deleted.
+            rows = await conn.fetch(
+                "DELETE FROM fs_records r USING unnest($1::text[], $2::bigint[], $3::bigint[]) "
+                "AS u(key, version, created_at) WHERE r.key = u.key AND r.version = u.version "
+                "AND r.created_at = u.created_at RETURNING r.key",
+                [w[0] for w in wanted],
+                [w[1] for w in wanted],
+                [w[2] for w in wanted],
+            )
+            deleted = sorted({row[0] for row in rows})
+            if deleted:
+                await conn.execute(
+                    "DELETE FROM fs_fields f WHERE f.key = ANY($1::text[]) "
+                    "AND NOT EXISTS (SELECT 1 FROM fs_records r WHERE r.key = f.key)",
+                    deleted,
+                )
+            return deleted
+
+        try:
+            return await self._transact(txn)
+        finally:
+            for key, _, _ in wanted:
                 self._cache.drop(key)
 
     @_reachable()
