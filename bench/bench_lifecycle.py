@@ -1,6 +1,7 @@
 """Bulk lifecycle operations at scale: migrate-state, gc and copy, time and peak memory.
 
     python bench/bench_lifecycle.py [--records 1000000] [--backend sqlite|postgres|both]
+                                    [--only migrate|gc|export|copy]
                                     [--url postgresql://postgres@127.0.0.1:5432/test]
                                     [--dir /tmp/flowstate-bench]
 
@@ -13,7 +14,10 @@ its peak RSS (``ru_maxrss``) is its own, not the data generation's. Steps, per b
 - ``gc``: N sessions (binding, user index entry, state record: 3 N records) idle past their
   flow's ttl, removed by ``flowstate.lifecycle.collect_garbage``.
 - ``copy``: the N migrated records copied SQLite → PostgreSQL (``both`` only) and
-  verified (count + checksum of both stores).
+  verified (count + checksum of both stores). ``--only copy``: N freshly generated user
+  records (1 in 100 with pushes not yet folded into their list) copied SQLite → PostgreSQL.
+- ``export`` (``--only export``): the same N records written as a dump
+  (``flowstate.transfer.export_dump``, what ``flowstate db export`` runs) to a file.
 
 Next to each, the raw-driver floor in the same run: the same number of rows read in key
 order in batches of 500 (``SELECT`` of ``fs_records`` joined by range to ``fs_fields``) —
@@ -39,6 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from flowstate import FlowServer, ScopeConfig, define_flow, handler  # noqa: E402
+from flowstate.ops import Change, FieldOp  # noqa: E402
+from flowstate.schema import Schema  # noqa: E402
 from flowstate.stores import Record, open_store  # noqa: E402
 
 BATCH = 5000
@@ -97,7 +103,7 @@ async def generate(url: str, what: str, n: int) -> None:
             batch: list[Record] = []
             for i in range(start, min(n, start + BATCH)):
                 uid = f"u{i:08d}"
-                if what == "users":
+                if what in ("users", "dump"):
                     batch.append(
                         Record(f"user/{uid}/state", 1, {"name": f"n{i}", "n": i}, None, now, now)
                     )
@@ -119,6 +125,15 @@ async def generate(url: str, what: str, n: int) -> None:
                         Record(f"session/{sid}/state", 3, {"name": "x", "n": i}, None, old, old)
                     )
             await store.import_records(batch)
+        if what == "dump":
+            # 1 in 100 records has a list with pushes not yet folded into it (SQLite keeps
+            # them as rows of fs_items): export and copy must reassemble them.
+            free = Schema(None)
+            for i in range(0, n, 100):
+                key = f"user/u{i:08d}/state"
+                await store.apply(key, Change(free, ops=(FieldOp("set", "log", [0]),)))
+                for j in range(1, 4):
+                    await store.apply(key, Change(free, ops=(FieldOp("append", "log", j),)))
     finally:
         await store.aclose()
 
@@ -186,7 +201,7 @@ async def floor_scan(url: str, prefix: str) -> int:
 
 async def step(name: str, url: str, extra: str) -> dict[str, Any]:
     from flowstate.lifecycle import collect_garbage, migrate_state
-    from flowstate.transfer import copy_records, digest
+    from flowstate.transfer import copy_records, digest, export_dump
 
     start = time.perf_counter()
     out: dict[str, Any] = {}
@@ -208,6 +223,13 @@ async def step(name: str, url: str, extra: str) -> dict[str, Any]:
         out = {"copied": copied, "verified": same, "copy_s": round(copy_done - start, 1)}
         await source.aclose()
         await target.aclose()
+    elif name == "export":
+        store = open_store(url)
+        with open(extra, "w", encoding="utf-8") as dump:
+            result = await export_dump(store, dump)
+        await store.aclose()
+        out = {"exported": result.count, "dump_mb": round(os.path.getsize(extra) / 2**20, 1)}
+        os.unlink(extra)
     elif name == "floor":
         out = {"rows": await floor_scan(url, extra)}
     out["seconds"] = round(time.perf_counter() - start, 1)
@@ -240,6 +262,41 @@ async def drop_schema(base: str, schema: str) -> None:
         await conn.close()
 
 
+def dump_steps(
+    args: argparse.Namespace, n: int, work: Path, backends: list[str], cleanup: list[str]
+) -> None:
+    """``--only export`` (each backend) or ``--only copy`` (SQLite → PostgreSQL)."""
+    if args.only == "copy":
+        backends = ["sqlite"]
+    for backend in backends:
+        if backend == "sqlite":
+            path = work / f"dump-{uuid.uuid4().hex[:6]}.db"
+            url = f"sqlite:///{path}"
+        else:
+            url, schema = pg_url(args.url)
+            cleanup.append(schema)
+        t = time.perf_counter()
+        asyncio.run(generate(url, "dump", n))
+        gen_s = time.perf_counter() - t
+        floor = run_step("floor", url, "")
+        if args.only == "export":
+            op = run_step("export", url, str(work / f"dump-{uuid.uuid4().hex[:6]}.jsonl"))
+            took, label = op["seconds"], f"{backend:8} export       "
+        else:
+            target, schema = pg_url(args.url)
+            cleanup.append(schema)
+            op = run_step("copy", url, target)
+            took, label = op["copy_s"], "sqlite→pg copy        "
+        ratio = took / max(floor["seconds"], 0.001)
+        print(
+            f"{label} {json.dumps(op)}  floor scan {floor['seconds']} s "
+            f"({floor['rows']} rows)  ratio {ratio:.1f}x  (generated in {gen_s:.0f} s)",
+            flush=True,
+        )
+        if backend == "sqlite":
+            path.unlink(missing_ok=True)
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "step":
         name, url, extra = sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else ""
@@ -256,7 +313,10 @@ def main() -> None:
     )
     parser.add_argument("--dir", default="/tmp/flowstate-bench")
     parser.add_argument(
-        "--only", choices=["migrate", "gc"], default=None, help="Run one of the two steps."
+        "--only",
+        choices=["migrate", "gc", "export", "copy"],
+        default=None,
+        help="Run one step (copy: SQLite to PostgreSQL, whatever --backend says).",
     )
     args = parser.parse_args()
     n = args.records
@@ -266,6 +326,9 @@ def main() -> None:
     print(f"# bulk lifecycle, {n} records, python {sys.version.split()[0]}", flush=True)
     cleanup: list[str] = []
     try:
+        if args.only in ("export", "copy"):
+            dump_steps(args, n, work, backends, cleanup)
+            return
         sqlite_users = None
         for backend in backends:
             kinds = {"migrate": ["users"], "gc": ["sessions"], None: ["users", "sessions"]}
