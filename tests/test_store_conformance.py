@@ -316,15 +316,17 @@ async def test_noop_keeps_the_version_and_touch_marks_access(store: Store) -> No
     after = await store.read("k")
     assert before is not None and after is not None
     assert after.version == 1 and after.accessed_at == before.accessed_at
-    touched = await store.apply("k", put("a", 1), touch=True)
-    assert touched.status == "noop"
+    again = await store.apply("k", put("a", 1))
+    assert again.status == "noop"
+    await store.touch("k")
     last = await store.read("k")
     assert last is not None and last.version == 1 and last.accessed_at > before.accessed_at
 
 
 async def test_noop_on_a_missing_record_creates_nothing(store: Store) -> None:
-    result = await store.apply("k", Change(FREE, replace={}), touch=True)
+    result = await store.apply("k", Change(FREE, replace={}))
     assert (result.status, result.version) == ("noop", 0)
+    await store.touch("k")
     assert await store.read("k") is None
 
 
@@ -577,9 +579,10 @@ async def test_cap_lru_evicts_the_least_recently_accessed(store: Store) -> None:
     await store.apply("c/c", inc())  # a write counts as an access
     second = await store.create("c/e", {}, cap=cap)
     assert second.evicted == ("c/a",)
-    await store.apply("c/d", inc(), touch=True)
+    await store.apply("c/d", inc())
     await store.apply("c/e", put("n", 0))
-    await store.apply("c/e", put("n", 0), touch=True)  # noop + touch is an access
+    assert (await store.apply("c/e", put("n", 0))).status == "noop"
+    await store.touch("c/e")  # an access without a change
     third = await store.create("c/f", {}, cap=cap)
     assert third.evicted == ("c/c",)
     assert await store.scan("c/") == ["c/d", "c/e", "c/f"]

@@ -226,8 +226,8 @@ class Change:
     def lazy_appends(self) -> frozenset[str]:
         """Fields only appended to, whose items validate alone: no need to load the list.
 
-        A store that can append in place loads ``needed_fields - lazy_appends`` and calls
-        ``resolve(..., lazy_appends=True)``, so a push costs the same on a list of any length.
+        :meth:`resolve` returns their items in :attr:`Mutation.append`, for the store to
+        append in place, so a push costs the same on a list of any length.
         """
         if self.replace is not None or self.schema.full_validation or self.upgrade:
             return frozenset()
@@ -235,19 +235,23 @@ class Change:
         other = {op.field for op in self.ops if op.kind != "append"}
         return frozenset(f for f in appended - other if self.schema.appendable(f))
 
+    @cached_property
+    def load_fields(self) -> frozenset[str] | None:
+        """Fields a store must load before :meth:`resolve`: :attr:`needed_fields` but the
+        lists only appended to (:attr:`lazy_appends`); None means all of them."""
+        needed = self.needed_fields
+        return None if needed is None else needed - self.lazy_appends
+
     def resolve(
-        self,
-        stored: Mapping[str, JSON],
-        content: str | _Sentinel | None = UNCHANGED,
-        *,
-        lazy_appends: bool = False,
+        self, stored: Mapping[str, JSON], content: str | _Sentinel | None = UNCHANGED
     ) -> Mutation | None:
-        """Compute the mutation from the stored fields (only ``needed_fields`` need be given).
+        """Compute the mutation from the stored fields (only :attr:`load_fields` need be
+        given; lists only appended to come back as :attr:`Mutation.append`).
 
         Raises :class:`NeedsUpgrade` when the record is at an older schema version (unless
         ``upgrade``), :class:`~flowstate.SchemaVersionError` when it is newer.
         """
-        mutation = self._resolve(stored, content, lazy_appends=lazy_appends)
+        mutation = self._resolve(stored, content)
         if (
             mutation is not None
             and self.initial_content is not None
@@ -258,11 +262,7 @@ class Change:
         return mutation
 
     def _resolve(
-        self,
-        stored: Mapping[str, JSON],
-        content: str | _Sentinel | None,
-        *,
-        lazy_appends: bool,
+        self, stored: Mapping[str, JSON], content: str | _Sentinel | None
     ) -> Mutation | None:
         stored, stored_version = split_schema_version(stored)
         lineage = self.lineage or _UNVERSIONED
@@ -271,7 +271,7 @@ class Change:
         lineage.check_not_newer(self.key, stored_version)
         if stored_version < lineage.version:
             raise NeedsUpgrade(stored_version)
-        return self._resolve_current(stored, content, lazy_appends=lazy_appends)
+        return self._resolve_current(stored, content, lazy=True)
 
     def _resolve_upgrade(
         self,
@@ -323,8 +323,10 @@ class Change:
         stored: Mapping[str, JSON],
         content: str | _Sentinel | None = UNCHANGED,
         *,
-        lazy_appends: bool = False,
+        lazy: bool = False,
     ) -> Mutation | None:
+        """The mutation against current-version ``stored``; ``lazy``: appends to
+        :attr:`lazy_appends` come back as :attr:`Mutation.append` (else resolved on the list)."""
         schema = self.schema
         if isinstance(self.content, str):
             _check_content(self.content)
@@ -332,7 +334,7 @@ class Change:
             self.replace is not None and SCHEMA_FIELD in self.replace
         ):
             raise _reserved_error()
-        if lazy_appends and self.lazy_appends:
+        if lazy and self.lazy_appends:
             return self._resolve_lazy(stored, content)
         if self.replace is not None:
             new = schema.validate_state(self.replace)

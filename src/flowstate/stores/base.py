@@ -23,17 +23,20 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..ops import Change, Mutation
+from ..ops import UNCHANGED, Change, Mutation
 
 __all__ = [
     "Applied",
     "Broker",
     "Cap",
     "Created",
+    "Creation",
     "Guard",
     "KeyLocks",
+    "PubSub",
     "Record",
     "Store",
+    "plan_commit",
     "prefix_end",
 ]
 
@@ -116,6 +119,30 @@ class Cap:
     max_instances: int
     eviction: Literal["none", "lru", "oldest"]
 
+    @property
+    def order(self) -> Literal["accessed_at", "created_at"]:
+        """The timestamp that picks the victims (smallest first; ties by key)."""
+        return "accessed_at" if self.eviction == "lru" else "created_at"
+
+    def to_evict(self, count: int) -> int | None:
+        """How many of the ``count`` records under ``prefix`` a new one evicts; None: it
+        does not fit (the cap is reached and eviction is ``none``)."""
+        excess = count - self.max_instances + 1
+        if excess <= 0:
+            return 0
+        return None if self.eviction == "none" else excess
+
+
+@dataclass(frozen=True, slots=True)
+class Creation:
+    """A :meth:`Store.create` call, as handed to a backend's :meth:`Store._create`."""
+
+    fields: Mapping[str, JSON]
+    content: str | None = None
+    replace: bool = False
+    cap: Cap | None = None
+    guard: Guard | None = None
+
 
 @dataclass(frozen=True, slots=True)
 class Created:
@@ -155,6 +182,33 @@ class Broker:
             self._queues[topic].discard(queue)
             if not self._queues[topic]:
                 del self._queues[topic]
+
+
+def plan_commit(
+    change: Change,
+    version: int | None,
+    load: Callable[[frozenset[str] | None], tuple[Mapping[str, JSON], str | None]],
+) -> Applied | Mutation:
+    """The commit protocol, once for every backend: what :meth:`Store.apply` does with
+    ``change`` against the record at ``version`` (None: there is no record).
+
+    In this order: ``must_exist`` and no record → ``missing``; ``expected_version`` given and
+    different → ``conflict``; ``change.resolve`` (its exceptions propagate) on what
+    ``load(change.load_fields)`` returns — the stored fields and content, called only for an
+    existing record that gets this far — and a None result → ``noop``. Otherwise the mutation
+    for the backend to write at ``version + 1``. Pure: a backend may plan against a cached
+    copy, as long as what it writes is planned against the version it replaces.
+    """
+    if version is None and change.must_exist:
+        return Applied("missing", 0)
+    current = version or 0
+    if change.expected_version is not None and change.expected_version != current:
+        return Applied("conflict", current)
+    stored, content = ({}, None) if version is None else load(change.load_fields)
+    mutation = change.resolve(stored, UNCHANGED if change.content is UNCHANGED else content)
+    if mutation is None:
+        return Applied("noop", current)
+    return mutation
 
 
 class KeyLocks:
@@ -246,8 +300,30 @@ class _Turn:
         self.locks._release(self.key, self.shared)
 
 
-class Store(ABC):
-    """A flowstate storage backend.
+class PubSub:
+    """Live messages by topic, the other half of a store: ``publish`` and ``subscribe``.
+
+    This implementation delivers to subscribers in this process (through :class:`Broker`),
+    which is all a store used by one process needs. A backend shared by several processes
+    implements both to carry messages between them (``PostgresStore``: LISTEN/NOTIFY).
+    """
+
+    def __init__(self) -> None:
+        self.broker = Broker()
+
+    async def publish(self, topic: str, message: JSON) -> None:
+        """Deliver ``message`` to every current subscriber of ``topic``."""
+        self.broker.publish_local(topic, message)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, topic: str) -> AsyncIterator[asyncio.Queue[JSON]]:
+        """Receive the messages published to ``topic`` from now on, through a queue."""
+        async with self.broker.listen(topic) as queue:
+            yield queue
+
+
+class Store(PubSub, ABC):
+    """A flowstate storage backend: the storage contract below, plus :class:`PubSub`.
 
     Implement the abstract methods; everything above (scopes, resources, collections) is built
     on them. ``tests/test_store_conformance.py`` is the executable contract.
@@ -256,7 +332,7 @@ class Store(ABC):
     url: str = ""
 
     def __init__(self) -> None:
-        self.broker = Broker()
+        super().__init__()
         self.turns = KeyLocks()
         """Writers of one key in this process take turns here (see ``StateCell``)."""
 
@@ -281,27 +357,25 @@ class Store(ABC):
         return {key: await self.read(key, fields) for key, fields in wanted.items()}
 
     @abstractmethod
-    async def apply(
-        self, key: str, change: Change, *, touch: bool = False, guard: Guard | None = None
-    ) -> Applied:
+    async def apply(self, key: str, change: Change, *, guard: Guard | None = None) -> Applied:
         """Resolve ``change`` against the record and write the result, atomically.
 
-        ``resolve`` is pure, so a backend may call it more than once (e.g. first against a
-        cached copy); what it writes must be the result resolved against the version it
-        replaces, so that no other commit is ever lost.
+        Under the record's write lock, :func:`plan_commit` decides (``missing``, ``conflict``,
+        ``noop``, or a mutation), loading the version, the fields in ``change.load_fields``
+        (all when None) and, unless ``change.content`` is UNCHANGED, the content; a missing
+        record has version 0 and no fields. A mutation is written: its sets and deletes, its
+        appends onto the stored lists without loading them (a stored non-list raises
+        :func:`~flowstate.ops.append_target_error`), the version bumped (creating the record
+        at version 1 with ``created_at`` = now), ``accessed_at`` = now, commit →
+        ``committed``. A noop changes nothing (not ``accessed_at``: :meth:`touch` does). With
+        ``guard``, a write (not a noop) first checks the guard in the same transaction (see
+        :class:`Guard`).
 
-        Under the record's write lock: load the version, the fields in
-        ``change.needed_fields`` (all when None) and, unless ``change.content`` is UNCHANGED,
-        the content. A missing record has version 0 and no fields. Then, in this order:
-        ``must_exist`` and no record → ``missing``; ``expected_version`` given and different
-        → ``conflict``; ``change.resolve(fields, content)`` (exceptions propagate, nothing is
-        written); None → ``noop``; otherwise write the mutation, bump the version (creating the
-        record at version 1 with ``created_at`` = now), set ``accessed_at`` = now, commit →
-        ``committed``. ``touch`` also sets ``accessed_at`` on a noop. With ``guard``, a write
-        (not a noop) first checks the guard in the same transaction (see :class:`Guard`).
+        The plan is pure, so a backend may make it more than once (e.g. first against a
+        cached copy); what it writes must be planned against the version it replaces, so that
+        no other commit is ever lost.
         """
 
-    @abstractmethod
     async def create(
         self,
         key: str,
@@ -317,9 +391,15 @@ class Store(ABC):
         An existing record without ``replace`` → ``exists``, nothing written. With ``cap``,
         creating a *new* key while ``cap.max_instances`` records exist under ``cap.prefix``
         evicts (``lru``: smallest ``accessed_at``; ``oldest``: smallest ``created_at``; ties
-        by key) or returns ``full`` (``none``). Count, eviction and insert commit together, so
-        the cap holds under concurrent creates. ``previous`` is the replaced record.
+        by key; see :meth:`Cap.to_evict`) or returns ``full`` (``none``). Count, eviction and
+        insert commit together, so the cap holds under concurrent creates. ``previous`` is the
+        replaced record. With ``guard``, checked first in the same transaction.
         """
+        return await self._create(key, Creation(fields, content, replace, cap, guard))
+
+    @abstractmethod
+    async def _create(self, key: str, new: Creation) -> Created:
+        """:meth:`create`, as the backend does it."""
 
     @abstractmethod
     async def delete(self, key: str, *, guard: Guard | None = None) -> Record | None:
@@ -426,21 +506,8 @@ class Store(ABC):
             n += await self.delete_prefix(prefix)
         return n
 
-    async def aclose(self) -> None:  # noqa: B027 - optional for backends with nothing to free
+    async def aclose(self) -> None:
         """Release connections and threads. Idempotent."""
-
-    # Live events. Single-process backends fan out in memory; a backend shared by several
-    # processes (PostgreSQL) overrides both to carry messages between them.
-
-    async def publish(self, topic: str, message: JSON) -> None:
-        """Deliver ``message`` to every current subscriber of ``topic``."""
-        self.broker.publish_local(topic, message)
-
-    @contextlib.asynccontextmanager
-    async def subscribe(self, topic: str) -> AsyncIterator[asyncio.Queue[JSON]]:
-        """Receive the messages published to ``topic`` from now on, through a queue."""
-        async with self.broker.listen(topic) as queue:
-            yield queue
 
     async def __aenter__(self) -> Store:
         return self

@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..ops import MISSING, UNCHANGED, Change, append_target_error, same_json
+from ..ops import MISSING, Change, append_target_error, same_json
 from ..schema import copy_json
-from .base import Applied, Cap, Created, Guard, Record, Store, prefix_end
+from .base import Applied, Created, Creation, Guard, Record, Store, plan_commit, prefix_end
 
 __all__ = ["MemoryStore"]
 
@@ -53,6 +53,12 @@ class MemoryStore(Store):
             key, row.version, copy_json(chosen), row.content, row.created_at, row.accessed_at
         )
 
+    def _stored(
+        self, key: str, names: frozenset[str] | None
+    ) -> tuple[Mapping[str, Any], str | None]:
+        row = self._rows[key]
+        return self._record(key, row, names).fields, row.content
+
     def _insert(self, key: str, row: _Row) -> None:
         if key not in self._rows:
             bisect.insort(self._keys, key)
@@ -86,32 +92,16 @@ class MemoryStore(Store):
         if row is None or not same_json(row.fields.get(guard.name, MISSING), guard.value):
             raise guard.gone()
 
-    async def apply(
-        self, key: str, change: Change, *, touch: bool = False, guard: Guard | None = None
-    ) -> Applied:
+    async def apply(self, key: str, change: Change, *, guard: Guard | None = None) -> Applied:
         with self._lock:
             self._check(guard)
             row = self._rows.get(key)
-            if row is None and change.must_exist:
-                return Applied("missing", 0)
-            version = row.version if row else 0
-            if change.expected_version is not None and change.expected_version != version:
-                return Applied("conflict", version)
-            needed = change.needed_fields
-            if needed is not None:
-                needed = needed - change.lazy_appends
-            stored = self._record(key, row, needed).fields if row else {}
-            content = row.content if row else None
-            mutation = change.resolve(
-                stored,
-                content if change.content is not UNCHANGED else UNCHANGED,
-                lazy_appends=True,
-            )
+            version = None if row is None else row.version
+            planned = plan_commit(change, version, lambda names: self._stored(key, names))
+            if isinstance(planned, Applied):
+                return planned
+            mutation = planned
             now = self._now()
-            if mutation is None:
-                if touch and row is not None:
-                    row.accessed_at = now
-                return Applied("noop", version)
             appended: dict[str, Any] = {}
             for name, (base, items) in mutation.append.items():
                 current = row.fields.get(name) if row else None
@@ -135,41 +125,33 @@ class MemoryStore(Store):
             row.accessed_at = now
             return Applied("committed", row.version, mutation)
 
-    async def create(
-        self,
-        key: str,
-        fields: Mapping[str, Any],
-        content: str | None = None,
-        *,
-        replace: bool = False,
-        cap: Cap | None = None,
-        guard: Guard | None = None,
-    ) -> Created:
+    async def _create(self, key: str, new: Creation) -> Created:
         with self._lock:
-            self._check(guard)
+            self._check(new.guard)
             existing = self._rows.get(key)
             now = self._now()
             if existing is not None:
-                if not replace:
+                if not new.replace:
                     return Created("exists", existing.version)
                 previous = self._record(key, existing, None)
-                existing.fields = copy_json(dict(fields))
-                existing.content = content
+                existing.fields = copy_json(dict(new.fields))
+                existing.content = new.content
                 existing.version += 1
                 existing.accessed_at = now
                 return Created("replaced", existing.version, previous=previous)
             evicted: list[str] = []
+            cap = new.cap
             if cap is not None:
                 members = self._scan(cap.prefix, None, None)
-                if len(members) >= cap.max_instances:
-                    if cap.eviction == "none":
-                        return Created("full", 0)
-                    attr = "accessed_at" if cap.eviction == "lru" else "created_at"
-                    ordered = sorted(members, key=lambda k: (getattr(self._rows[k], attr), k))
-                    for victim in ordered[: len(members) - cap.max_instances + 1]:
-                        self._remove(victim)
-                        evicted.append(victim)
-            self._insert(key, _Row(1, copy_json(dict(fields)), content, now, now))
+                excess = cap.to_evict(len(members))
+                if excess is None:
+                    return Created("full", 0)
+                order = cap.order
+                ordered = sorted(members, key=lambda k: (getattr(self._rows[k], order), k))
+                for victim in ordered[:excess]:
+                    self._remove(victim)
+                    evicted.append(victim)
+            self._insert(key, _Row(1, copy_json(dict(new.fields)), new.content, now, now))
             return Created("created", 1, tuple(evicted))
 
     async def delete(self, key: str, *, guard: Guard | None = None) -> Record | None:

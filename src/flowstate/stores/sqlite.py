@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..ops import UNCHANGED, Change, append_target_error, same_json
-from .base import Applied, Cap, Created, Guard, Record, Store, prefix_end
+from .base import Applied, Created, Creation, Guard, Record, Store, plan_commit, prefix_end
 
 __all__ = ["SQLiteStore"]
 
@@ -61,6 +61,9 @@ _DDL = [
     ) WITHOUT ROWID""",
 ]
 
+
+_BY_KEY = "key = ?"
+_IN_RANGE = "key >= ? AND key < ?"
 
 _JSON_TYPES = {
     "integer": "int",
@@ -445,30 +448,20 @@ class SQLiteStore(Store):
         if row is None or not same_json(json.loads(row[0]), guard.value):
             raise guard.gone()
 
-    async def apply(
-        self, key: str, change: Change, *, touch: bool = False, guard: Guard | None = None
-    ) -> Applied:
+    async def apply(self, key: str, change: Change, *, guard: Guard | None = None) -> Applied:
         def job(conn: sqlite3.Connection) -> Applied:
             self._check(conn, guard)
             row = conn.execute(
                 "SELECT version, content FROM fs_records WHERE key = ?", (key,)
             ).fetchone()
-            if row is None and change.must_exist:
-                return Applied("missing", 0)
-            version = row[0] if row else 0
-            if change.expected_version is not None and change.expected_version != version:
-                return Applied("conflict", version)
-            needed = change.needed_fields
-            if needed is not None:
-                needed = needed - change.lazy_appends
-            stored = self._load_fields(conn, key, needed) if row else {}
-            content = UNCHANGED if change.content is UNCHANGED else (row[1] if row else None)
-            mutation = change.resolve(stored, content, lazy_appends=True)
+            version = None if row is None else row[0]
+            planned = plan_commit(
+                change, version, lambda names: (self._load_fields(conn, key, names), row[1])
+            )
+            if isinstance(planned, Applied):
+                return planned
+            mutation = planned
             now = self._now()
-            if mutation is None:
-                if touch and row is not None:
-                    conn.execute("UPDATE fs_records SET accessed_at = ? WHERE key = ?", (now, key))
-                return Applied("noop", version)
             if mutation.set:
                 conn.executemany(
                     "INSERT INTO fs_fields (key, name, value) VALUES (?, ?, ?) "
@@ -506,35 +499,26 @@ class SQLiteStore(Store):
                     "WHERE key = ?",
                     (now, new_content, key),
                 )
-            return Applied("committed", version + 1, mutation)
+            return Applied("committed", (version or 0) + 1, mutation)
 
         return await self._submit(job)
 
-    async def create(
-        self,
-        key: str,
-        fields: Mapping[str, Any],
-        content: str | None = None,
-        *,
-        replace: bool = False,
-        cap: Cap | None = None,
-        guard: Guard | None = None,
-    ) -> Created:
-        encoded = [(key, name, _dumps(value)) for name, value in fields.items()]
+    async def _create(self, key: str, new: Creation) -> Created:
+        encoded = [(key, name, _dumps(value)) for name, value in new.fields.items()]
+        content, cap = new.content, new.cap
 
         def job(conn: sqlite3.Connection) -> Created:
-            self._check(conn, guard)
+            self._check(conn, new.guard)
             now = self._now()
             row = conn.execute(
                 "SELECT version, content, created_at, accessed_at FROM fs_records WHERE key = ?",
                 (key,),
             ).fetchone()
             if row is not None:
-                if not replace:
+                if not new.replace:
                     return Created("exists", row[0])
                 previous = Record(key, row[0], self._load_fields(conn, key, None), *row[1:])
-                conn.execute("DELETE FROM fs_fields WHERE key = ?", (key,))
-                conn.execute("DELETE FROM fs_items WHERE key = ?", (key,))
+                self._drop(conn, _BY_KEY, [(key,)], records=False)
                 conn.executemany(
                     "INSERT INTO fs_fields (key, name, value) VALUES (?, ?, ?)", encoded
                 )
@@ -550,24 +534,19 @@ class SQLiteStore(Store):
                 (count,) = conn.execute(
                     "SELECT count(*) FROM fs_records WHERE key >= ? AND key < ?", (lo, hi)
                 ).fetchone()
-                excess = count - cap.max_instances + 1
-                if excess > 0:
-                    if cap.eviction == "none":
-                        return Created("full", 0)
-                    order = "accessed_at" if cap.eviction == "lru" else "created_at"
-                    victims = [
+                excess = cap.to_evict(count)
+                if excess is None:
+                    return Created("full", 0)
+                if excess:
+                    evicted = [
                         k
                         for (k,) in conn.execute(
-                            f"SELECT key FROM fs_records WHERE key >= ? AND key < ? "
-                            f"ORDER BY {order}, key LIMIT ?",
+                            "SELECT key FROM fs_records WHERE key >= ? AND key < ? "
+                            f"ORDER BY {cap.order}, key LIMIT ?",
                             (lo, hi, excess),
                         )
                     ]
-                    for victim in victims:
-                        conn.execute("DELETE FROM fs_fields WHERE key = ?", (victim,))
-                        conn.execute("DELETE FROM fs_items WHERE key = ?", (victim,))
-                        conn.execute("DELETE FROM fs_records WHERE key = ?", (victim,))
-                    evicted = victims
+                    self._drop(conn, _BY_KEY, [(k,) for k in evicted])
             conn.execute(
                 "INSERT INTO fs_records (key, version, content, created_at, accessed_at) "
                 "VALUES (?, 1, ?, ?, ?)",
@@ -578,33 +557,35 @@ class SQLiteStore(Store):
 
         return await self._submit(job)
 
+    @staticmethod
+    def _drop(
+        conn: sqlite3.Connection,
+        where: str,
+        params: Sequence[tuple[str, ...]],
+        records: bool = True,
+    ) -> int:
+        """Delete the rows of the records ``where`` selects (fields, pushed items and, with
+        ``records``, the records); return how many records were deleted."""
+        conn.executemany(f"DELETE FROM fs_fields WHERE {where}", params)
+        conn.executemany(f"DELETE FROM fs_items WHERE {where}", params)
+        if not records:
+            return 0
+        before = conn.total_changes
+        conn.executemany(f"DELETE FROM fs_records WHERE {where}", params)
+        return conn.total_changes - before
+
     async def delete(self, key: str, *, guard: Guard | None = None) -> Record | None:
         def job(conn: sqlite3.Connection) -> Record | None:
             self._check(conn, guard)
-            row = conn.execute(
-                "SELECT version, content, created_at, accessed_at FROM fs_records WHERE key = ?",
-                (key,),
-            ).fetchone()
-            if row is None:
-                return None
-            record = Record(key, row[0], self._load_fields(conn, key, None), *row[1:])
-            conn.execute("DELETE FROM fs_fields WHERE key = ?", (key,))
-            conn.execute("DELETE FROM fs_items WHERE key = ?", (key,))
-            conn.execute("DELETE FROM fs_records WHERE key = ?", (key,))
+            record = self._read(conn, key, None)
+            if record is not None:
+                self._drop(conn, _BY_KEY, [(key,)])
             return record
 
         return await self._submit(job)
 
     async def delete_prefix(self, prefix: str) -> int:
-        bounds = (prefix, prefix_end(prefix))
-
-        def job(conn: sqlite3.Connection) -> int:
-            conn.execute("DELETE FROM fs_fields WHERE key >= ? AND key < ?", bounds)
-            conn.execute("DELETE FROM fs_items WHERE key >= ? AND key < ?", bounds)
-            sql = "DELETE FROM fs_records WHERE key >= ? AND key < ?"
-            return conn.execute(sql, bounds).rowcount
-
-        return await self._submit(job)
+        return await self.delete_prefixes([prefix])
 
     async def touch(self, key: str) -> None:
         def job(conn: sqlite3.Connection) -> None:
@@ -680,8 +661,7 @@ class SQLiteStore(Store):
         keys = [(r.key,) for r in latest]
 
         def job(conn: sqlite3.Connection) -> int:
-            conn.executemany("DELETE FROM fs_fields WHERE key = ?", keys)
-            conn.executemany("DELETE FROM fs_items WHERE key = ?", keys)
+            self._drop(conn, _BY_KEY, keys, records=False)
             conn.executemany(
                 "INSERT INTO fs_records (key, version, content, created_at, accessed_at) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
@@ -717,8 +697,7 @@ class SQLiteStore(Store):
                 )
                 if cursor.rowcount != 1:
                     continue
-                conn.execute("DELETE FROM fs_fields WHERE key = ?", (r.key,))
-                conn.execute("DELETE FROM fs_items WHERE key = ?", (r.key,))
+                self._drop(conn, _BY_KEY, [(r.key,)], records=False)
                 conn.executemany(
                     "INSERT INTO fs_fields (key, name, value) VALUES (?, ?, ?)",
                     [(r.key, n, _dumps(v)) for n, v in r.fields.items()],
@@ -740,8 +719,7 @@ class SQLiteStore(Store):
                 )
                 if cursor.rowcount != 1:
                     continue
-                conn.execute("DELETE FROM fs_fields WHERE key = ?", (key,))
-                conn.execute("DELETE FROM fs_items WHERE key = ?", (key,))
+                self._drop(conn, _BY_KEY, [(key,)], records=False)
                 deleted.add(key)
             return sorted(deleted)
 
@@ -749,27 +727,11 @@ class SQLiteStore(Store):
 
     async def delete_keys(self, keys: Sequence[str]) -> int:
         params = [(k,) for k in dict.fromkeys(keys)]
-
-        def job(conn: sqlite3.Connection) -> int:
-            conn.executemany("DELETE FROM fs_fields WHERE key = ?", params)
-            conn.executemany("DELETE FROM fs_items WHERE key = ?", params)
-            before = conn.total_changes
-            conn.executemany("DELETE FROM fs_records WHERE key = ?", params)
-            return conn.total_changes - before
-
-        return await self._submit(job)
+        return await self._submit(lambda conn: self._drop(conn, _BY_KEY, params))
 
     async def delete_prefixes(self, prefixes: Sequence[str]) -> int:
         bounds = [(p, prefix_end(p)) for p in dict.fromkeys(prefixes)]
-
-        def job(conn: sqlite3.Connection) -> int:
-            conn.executemany("DELETE FROM fs_fields WHERE key >= ? AND key < ?", bounds)
-            conn.executemany("DELETE FROM fs_items WHERE key >= ? AND key < ?", bounds)
-            before = conn.total_changes
-            conn.executemany("DELETE FROM fs_records WHERE key >= ? AND key < ?", bounds)
-            return conn.total_changes - before
-
-        return await self._submit(job)
+        return await self._submit(lambda conn: self._drop(conn, _IN_RANGE, bounds))
 
     async def count(self, prefix: str) -> int:
         def job(conn: sqlite3.Connection) -> int:

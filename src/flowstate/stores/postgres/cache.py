@@ -12,7 +12,7 @@ from typing import Any
 from ...errors import StateValidationError
 from ...ops import UNCHANGED, Mutation
 
-__all__ = ["Cache", "Encoded", "Entry", "append_text", "dumps"]
+__all__ = ["BLANK", "Cache", "Encoded", "Entry", "append_text", "dumps"]
 
 
 def dumps(value: Any, name: str) -> str:
@@ -59,6 +59,10 @@ class Entry:
             return {k: json.loads(v) for k, v in self.fields.items()}
         return {k: json.loads(self.fields[k]) for k in names if k in self.fields}
 
+    def loaded(self, names: frozenset[str] | None) -> tuple[dict[str, Any], str | None]:
+        """The fields ``names`` (None: all) and the content, for :func:`plan_commit`."""
+        return self.decoded(names), self.content
+
     def merged(self, newer: Entry) -> Entry:
         """Combine two reads of the same version (each may know different fields)."""
         if (newer.version, newer.gen) != (self.version, self.gen):
@@ -97,6 +101,10 @@ class Entry:
         else:
             content, has_content = mutation.content, True  # type: ignore[assignment]
         return Entry(version, gen, fields, frozen, content, has_content, seen)
+
+
+BLANK = Entry(0, 0, {}, None, None, True)
+"""A record that does not exist yet (what a first write is written onto)."""
 
 
 def append_text(old: str, items: str) -> str:

@@ -10,15 +10,23 @@ import functools
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
 from ...errors import StateValidationError, StoreUnavailableError
 from ...ops import UNCHANGED, Change, Mutation, append_target_error, compose
-from ..base import Applied, Cap, Created, Guard, Record, Store, prefix_end
-from .cache import Cache, Encoded, Entry, dumps
+from ..base import Applied, Created, Creation, Guard, Record, Store, plan_commit, prefix_end
+from .cache import BLANK, Cache, Encoded, Entry, dumps
 from .events import Events
 from .migrations import check_version, migrate_conn, parse_url, quote_ident
 from .sql import (
@@ -31,7 +39,6 @@ from .sql import (
     Outcome,
     Retry,
     check_guard,
-    fields_to_load,
     load_sql,
     write_batch,
 )
@@ -58,6 +65,13 @@ LOST = (
     asyncpg.exceptions.InternalClientError,  # a connection left mid-protocol by a loss
 )
 
+
+# Which records a bulk delete selects: a USING clause and a condition on table alias {0}.
+_BY_KEYS = ("", "{0}.key = ANY($1::text[])")
+_IN_RANGES = (
+    "USING unnest($1::text[], $2::text[]) AS p(lo, hi)",
+    '{0}.key >= p.lo COLLATE "C" AND {0}.key < p.hi COLLATE "C"',
+)
 
 Method = Callable[Concatenate["PostgresStore", P], Coroutine[Any, Any, T]]
 
@@ -97,14 +111,13 @@ class _Request:
     """A write waiting for its key's next combined commit."""
 
     change: Change
-    touch: bool
     start: int
     future: asyncio.Future[Applied]
     guard: Guard | None = None
 
 
 def _resolve_group(
-    group: list[_Request], wanted: list[frozenset[str] | None], entry: Entry | None
+    group: list[_Request], entry: Entry | None
 ) -> tuple[list[Applied | BaseException | tuple[Mutation, int]], list[Mutation]]:
     """Each request's outcome against the record as left by the ones before it.
 
@@ -114,23 +127,14 @@ def _resolve_group(
     mutations: list[Mutation] = []
     state = entry
     version = 0 if entry is None else entry.version
-    for request, names in zip(group, wanted, strict=True):
+    for request in group:
         change = request.change
-        if state is None and change.must_exist:
-            results.append(Applied("missing", 0))
-            continue
-        if change.expected_version is not None and change.expected_version != version:
-            results.append(Applied("conflict", version))
-            continue
-        content: Any = UNCHANGED
-        if change.content is not UNCHANGED:
-            content = None if state is None else state.content
         try:
-            mutation = change.resolve(
-                {} if state is None else state.decoded(names), content, lazy_appends=True
+            planned = plan_commit(
+                change, None if state is None else version, (state or BLANK).loaded
             )
-            if mutation is not None and state is not None:
-                for name in mutation.append:  # a known stored non-list: this caller's error
+            if not isinstance(planned, Applied) and state is not None:
+                for name in planned.append:  # a known stored non-list: this caller's error
                     text = state.fields.get(name)
                     if text is not None and not text.lstrip().startswith(("[", "null")):
                         value = json.loads(text)
@@ -139,15 +143,41 @@ def _resolve_group(
         except Exception as exc:
             results.append(exc)
             continue
-        if mutation is None:
-            results.append(Applied("noop", version))
+        if isinstance(planned, Applied):
+            results.append(planned)
             continue
+        mutation = planned
         version += 1
         mutations.append(mutation)
         results.append((mutation, len(mutations)))
-        base = state or Entry(0, 0, {}, None, None, True)
+        base = state or BLANK
         state = base.after(mutation, Encoded.of(mutation), version, base.gen, base.seen)
     return results, mutations
+
+
+async def _replace_fields(conn: Connection, records: Iterable[Record]) -> None:
+    """Make the stored fields of ``records`` exactly theirs (inside the caller's transaction,
+    which holds or has just written their record rows)."""
+    keys: list[str] = []
+    owners: list[str] = []
+    names: list[str] = []
+    values: list[str] = []
+    for r in records:
+        keys.append(r.key)
+        for name, value in r.fields.items():
+            owners.append(r.key)
+            names.append(name)
+            values.append(dumps(value, name))
+    if not keys:
+        return
+    await conn.execute("DELETE FROM fs_fields WHERE key = ANY($1::text[])", keys)
+    await conn.execute(
+        "INSERT INTO fs_fields (key, name, value) "
+        "SELECT * FROM unnest($1::text[], $2::text[], $3::json[])",
+        owners,
+        names,
+        values,
+    )
 
 
 class PostgresStore(Store):
@@ -459,19 +489,17 @@ class PostgresStore(Store):
     # Each caller gets its own outcome; one caller's validation error fails only that caller.
 
     @_reachable()
-    async def apply(
-        self, key: str, change: Change, *, touch: bool = False, guard: Guard | None = None
-    ) -> Applied:
+    async def apply(self, key: str, change: Change, *, guard: Guard | None = None) -> Applied:
         await self._get_pool()
         start = self._tick()
         queue = self._groups.get(key)
         if queue is not None:  # the key is being written: join the next combined commit
             future: asyncio.Future[Applied] = asyncio.get_running_loop().create_future()
-            queue.append(_Request(change, touch, start, future, guard))
+            queue.append(_Request(change, start, future, guard))
             return await future
         self._groups[key] = queue = collections.deque()
         try:
-            return await self._apply_alone(key, change, touch, start, guard)
+            return await self._apply_alone(key, change, start, guard)
         finally:
             if queue:
                 task = asyncio.get_running_loop().create_task(self._drain(key, queue))
@@ -492,9 +520,7 @@ class PostgresStore(Store):
                     if len(group) == 1:
                         one = group[0]
                         results: list[Applied | BaseException] = [
-                            await self._apply_alone(
-                                key, one.change, one.touch, one.start, one.guard
-                            )
+                            await self._apply_alone(key, one.change, one.start, one.guard)
                         ]
                     elif any(r.guard != group[0].guard for r in group):
                         results = await self._apply_each(key, group)
@@ -515,37 +541,40 @@ class PostgresStore(Store):
                 if not request.future.done():
                     request.future.set_exception(RuntimeError(f"store {self.url} is closed"))
 
+    async def _copy(
+        self, pool: Pool, key: str, names: frozenset[str] | None, content: bool, start: int
+    ) -> tuple[Entry | None, bool]:
+        """A copy of the record with ``names`` (None: every field) and, if ``content``, its
+        content: the cached one if it has them, else loaded now (None: no record); and whether
+        it is fresh — seen since ``start``, so it shows the database during the operation."""
+        entry = self._cache.get(key)
+        if entry is not None and entry.covers(names, content):
+            return entry, entry.seen > start
+        loaded = await self._load(pool, key, names, content)
+        if loaded is None:
+            return None, True
+        self._cache.merge(key, loaded[0])
+        return self._cache.get(key) or loaded[0], True
+
     async def _apply_group(self, key: str, group: list[_Request]) -> list[Applied | BaseException]:
         """Resolve ``group`` in order against one copy of the record; commit once."""
         pool = await self._get_pool()
-        wanted = [fields_to_load(r.change) for r in group]
         names: frozenset[str] | None = frozenset()
-        for w in wanted:
-            names = None if names is None or w is None else names | w
+        for request in group:
+            wanted = request.change.load_fields
+            names = None if names is None or wanted is None else names | wanted
         want_content = any(r.change.content is not UNCHANGED for r in group)
         start = max(r.start for r in group)
         guard = group[0].guard
         try:
             for _ in range(self.optimistic_attempts):
-                entry = self._cache.get(key)
-                fresh = entry is not None and entry.seen > start
-                if entry is None or not entry.covers(names, want_content):
-                    loaded = await self._load(pool, key, names, want_content)
-                    fresh = True
-                    entry = None if loaded is None else loaded[0]
-                    if entry is not None:
-                        self._cache.merge(key, entry)
-                        entry = self._cache.get(key) or entry
-                results, mutations = _resolve_group(group, wanted, entry)
+                entry, fresh = await self._copy(pool, key, names, want_content, start)
+                results, mutations = _resolve_group(group, entry)
                 if not mutations:
                     if not fresh:  # decided on an old copy: look at the database first
                         self._cache.drop(key)
                         continue
                     await check_guard(pool, guard)  # a deleted session decides first
-                    if entry is not None and any(r.touch for r in group):
-                        await pool.execute(
-                            f"UPDATE fs_records SET accessed_at = {NOW} WHERE key = $1", key
-                        )
                     return [r for r in results if isinstance(r, Applied | BaseException)]
                 net = compose(mutations)
                 enc = Encoded.of(net)
@@ -564,123 +593,95 @@ class PostgresStore(Store):
                     # an append onto a stored non-list this copy did not show: one by one,
                     # so that only its caller sees the error
                     return await self._apply_each(key, group)
-                if outcome is not None and outcome.written is None and guard is not None:
-                    raise guard.gone()
-                if outcome is not None and outcome.written:
+                if self._settled(job, outcome):
                     # The write was guarded by the version resolved against: every outcome
                     # above was decided on the record as it was during each call.
-                    base = entry or Entry(0, 0, {}, None, None, True)
-                    after = base.after(net, enc, outcome.version, outcome.gen, job.sent)
-                    self._cache.put(key, after)
-                    first = outcome.version - len(mutations)
+                    first = job.entry.version if job.entry else 0
                     return [
                         r
                         if isinstance(r, Applied | BaseException)
                         else Applied("committed", first + r[1], r[0])
                         for r in results
                     ]
-                if outcome is None:
-                    self._cache.drop(key)
-                else:
-                    moved = Entry(outcome.version, outcome.gen, {}, frozenset(), None, False)
-                    self._cache.put(key, dataclasses.replace(moved, seen=job.sent))
         except BaseException:
             self._cache.drop(key)
             raise
         return await self._apply_each(key, group)
+
+    def _settled(self, job: Job, outcome: Outcome | None) -> bool:
+        """Whether ``job`` was written; either way the cache learns what its commit found
+        (a failed guard raises its error)."""
+        if outcome is not None and outcome.written is None and job.guard is not None:
+            raise job.guard.gone()
+        if outcome is None:
+            self._cache.drop(job.key)
+            return False
+        if outcome.written:
+            base = job.entry or BLANK
+            after = base.after(job.mutation, job.enc, outcome.version, outcome.gen, job.sent)
+            self._cache.put(job.key, after)
+            return True
+        # the version as the failed write found it: a conflict, or go again
+        moved = Entry(outcome.version, outcome.gen, {}, frozenset(), None, False, job.sent)
+        self._cache.put(job.key, moved)
+        return False
 
     async def _apply_each(self, key: str, group: list[_Request]) -> list[Applied | BaseException]:
         results: list[Applied | BaseException] = []
         for request in group:
             try:
                 results.append(
-                    await self._apply_alone(
-                        key, request.change, request.touch, request.start, request.guard
-                    )
+                    await self._apply_alone(key, request.change, request.start, request.guard)
                 )
             except Exception as exc:
                 results.append(exc)
         return results
 
     async def _apply_alone(
-        self, key: str, change: Change, touch: bool, start: int, guard: Guard | None
+        self, key: str, change: Change, start: int, guard: Guard | None
     ) -> Applied:
         pool = await self._get_pool()
-        names = fields_to_load(change)
+        names = change.load_fields
         want_content = change.content is not UNCHANGED
         expected = change.expected_version
         try:
             for _ in range(self.optimistic_attempts):
-                entry = self._cache.get(key)
-                # what was seen since this call began is the database during this call
-                fresh = entry is not None and entry.seen > start
-                if fresh and entry is not None and expected not in (None, entry.version):
-                    return Applied("conflict", entry.version)
-                if entry is None or not entry.covers(names, want_content):
-                    loaded = await self._load(pool, key, names, want_content)
-                    fresh = True
-                    entry = None if loaded is None else loaded[0]
-                    if entry is not None:
-                        self._cache.merge(key, entry)
-                        entry = self._cache.get(key) or entry
-                if entry is None and change.must_exist:
-                    await check_guard(pool, guard)  # a deleted session, not a record
-                    return Applied("missing", 0)
-                version = 0 if entry is None else entry.version
-                if expected is not None and expected != version:
+                cached = self._cache.get(key)  # a conflict may be known without any field:
+                if expected is not None and cached and cached.seen > start:
+                    if expected != cached.version:
+                        return Applied("conflict", cached.version)
+                entry, fresh = await self._copy(pool, key, names, want_content, start)
+                version = None if entry is None else entry.version
+                try:
+                    planned = plan_commit(change, version, (entry or BLANK).loaded)
+                except Exception:
                     if fresh:
-                        return Applied("conflict", version)
-                    self._cache.drop(key)
+                        raise
+                    self._cache.drop(key)  # maybe only because the cache is stale
                     continue
-                stored = {} if entry is None else entry.decoded(names)
-                content: Any = UNCHANGED
-                if want_content:
-                    content = None if entry is None else entry.content
-                if fresh:
-                    mutation = change.resolve(stored, content, lazy_appends=True)
-                else:
-                    try:
-                        mutation = change.resolve(stored, content, lazy_appends=True)
-                    except Exception:  # maybe only because the cache is stale
+                if isinstance(planned, Applied):
+                    if not fresh:  # decided on an old copy: look at the database first
                         self._cache.drop(key)
                         continue
-                if mutation is None:
-                    if not fresh:
-                        self._cache.drop(key)
-                        continue
-                    await check_guard(pool, guard)
-                    if touch and entry is not None:
-                        await pool.execute(
-                            f"UPDATE fs_records SET accessed_at = {NOW} WHERE key = $1", key
-                        )
-                    return Applied("noop", version)
+                    if planned.status != "conflict":
+                        await check_guard(pool, guard)  # a deleted session decides first
+                    return planned
+                mutation = planned
                 enc = Encoded.of(mutation)
                 job = Job(key, entry, mutation, enc, report=expected is not None, guard=guard)
-                outcome = await self._commit(job)
-                if outcome is not None and outcome.written is None and guard is not None:
-                    raise guard.gone()
-                if outcome is not None and outcome.written:
-                    base = entry or Entry(0, 0, {}, None, None, True)
-                    after = base.after(mutation, enc, outcome.version, outcome.gen, job.sent)
-                    self._cache.put(key, after)
-                    return Applied("committed", outcome.version, mutation)
-                if outcome is None:
-                    self._cache.drop(key)
-                else:  # the version as the failed write found it: a conflict, or go again
-                    moved = Entry(outcome.version, outcome.gen, {}, frozenset(), None, False)
-                    self._cache.put(key, dataclasses.replace(moved, seen=job.sent))
+                if self._settled(job, await self._commit(job)):
+                    return Applied("committed", (version or 0) + 1, mutation)
             async with pool.acquire() as conn:
-                return await self._apply_locked(conn, key, change, touch, guard)
+                return await self._apply_locked(conn, key, change, guard)
         except BaseException:
             self._cache.drop(key)
             raise
 
     async def _apply_locked(
-        self, conn: Connection, key: str, change: Change, touch: bool, guard: Guard | None
+        self, conn: Connection, key: str, change: Change, guard: Guard | None
     ) -> Applied:
         """The pessimistic path: lock the record row for the whole read-resolve-write."""
-        names = fields_to_load(change)
-        want_content = change.content is not UNCHANGED
+        names = change.load_fields
         for attempt in range(100):
             try:
                 async with conn.transaction():
@@ -689,11 +690,6 @@ class PostgresStore(Store):
                         "SELECT version, gen, content FROM fs_records WHERE key = $1 FOR UPDATE",
                         key,
                     )
-                    if row is None and change.must_exist:
-                        return Applied("missing", 0)
-                    version = 0 if row is None else row[0]
-                    if change.expected_version is not None and change.expected_version != version:
-                        return Applied("conflict", version)
                     entry: Entry | None = None
                     if row is not None:  # a new statement, so it sees the latest fields
                         if names is None:
@@ -704,17 +700,11 @@ class PostgresStore(Store):
                             )
                         known = None if names is None else frozenset(names)
                         entry = Entry(row[0], row[1], dict(rows), known, row[2], True)
-                    content: Any = UNCHANGED
-                    if want_content:
-                        content = None if entry is None else entry.content
-                    stored = {} if entry is None else entry.decoded(names)
-                    mutation = change.resolve(stored, content, lazy_appends=True)
-                    if mutation is None:
-                        if touch and row is not None:
-                            await conn.execute(
-                                f"UPDATE fs_records SET accessed_at = {NOW} WHERE key = $1", key
-                            )
-                        return Applied("noop", version)
+                    version = None if entry is None else entry.version
+                    planned = plan_commit(change, version, (entry or BLANK).loaded)
+                    if isinstance(planned, Applied):
+                        return planned
+                    mutation = planned
                     enc = Encoded.of(mutation)
                     job = Job(key, entry, mutation, enc, sent=self._tick())
                     written = (await write_batch(conn, [job])).get(key)
@@ -723,23 +713,15 @@ class PostgresStore(Store):
             except RETRYABLE:
                 await asyncio.sleep(random.uniform(0, 0.001 * min(attempt + 1, 20)))
                 continue
-            base = entry or Entry(0, 0, {}, None, None, True)
-            after = base.after(mutation, enc, written.version, written.gen, job.sent)
+            after = (entry or BLANK).after(mutation, enc, written.version, written.gen, job.sent)
             self._cache.put(key, after)
             return Applied("committed", written.version, mutation)
         raise RuntimeError(f"flowstate: could not write {key!r}: the record keeps being recreated")
 
     @_reachable()
-    async def create(
-        self,
-        key: str,
-        fields: Mapping[str, Any],
-        content: str | None = None,
-        *,
-        replace: bool = False,
-        cap: Cap | None = None,
-        guard: Guard | None = None,
-    ) -> Created:
+    async def _create(self, key: str, creation: Creation) -> Created:
+        fields, content = creation.fields, creation.content
+        cap, guard = creation.cap, creation.guard
         encoded = {name: dumps(value, name) for name, value in fields.items()}
         names, values = list(encoded), list(encoded.values())
         schema = self._config.schema or ""
@@ -759,7 +741,7 @@ class PostgresStore(Store):
                 key,
             )
             if row is not None:
-                if not replace:
+                if not creation.replace:
                     return Created("exists", row[0])
                 old = await conn.fetch(FIELDS_SQL, key)
                 previous = Record(
@@ -787,15 +769,14 @@ class PostgresStore(Store):
                 count = await conn.fetchval(
                     "SELECT count(*) FROM fs_records WHERE key >= $1 AND key < $2", lo, hi
                 )
-                excess = count - cap.max_instances + 1
-                if excess > 0:
-                    if cap.eviction == "none":
-                        return Created("full", 0)
-                    order = "accessed_at" if cap.eviction == "lru" else "created_at"
+                excess = cap.to_evict(count)
+                if excess is None:
+                    return Created("full", 0)
+                if excess:
                     victims = await conn.fetch(
                         # pick by age, lock in key order (as batch writes do): no deadlocks
                         f"WITH v AS (SELECT key FROM fs_records WHERE key >= $1 AND key < $2 "
-                        f"ORDER BY {order}, key LIMIT $3), "
+                        f"ORDER BY {cap.order}, key LIMIT $3), "
                         "l AS (SELECT f.key FROM fs_records f WHERE f.key IN (SELECT key FROM v) "
                         "ORDER BY f.key FOR UPDATE) "
                         "DELETE FROM fs_records r USING l WHERE r.key = l.key RETURNING r.key",
@@ -910,17 +891,8 @@ class PostgresStore(Store):
             return 0
         latest = {r.key: r for r in records}  # the last of one key wins, as one by one
         keys = list(latest)
-        names: list[str] = []
-        owners: list[str] = []
-        values: list[str] = []
-        for r in latest.values():
-            for name, value in r.fields.items():
-                owners.append(r.key)
-                names.append(name)
-                values.append(dumps(value, name))
 
         async def txn(conn: Connection) -> int:
-            await conn.execute("DELETE FROM fs_fields WHERE key = ANY($1::text[])", keys)
             await conn.execute(
                 "INSERT INTO fs_records (key, version, content, created_at, accessed_at) "
                 "SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], "
@@ -933,13 +905,7 @@ class PostgresStore(Store):
                 [latest[k].created_at for k in keys],
                 [latest[k].accessed_at for k in keys],
             )
-            await conn.execute(
-                "INSERT INTO fs_fields (key, name, value) "
-                "SELECT * FROM unnest($1::text[], $2::text[], $3::json[])",
-                owners,
-                names,
-                values,
-            )
+            await _replace_fields(conn, latest.values())
             return len(keys)
 
         try:
@@ -974,25 +940,8 @@ class PostgresStore(Store):
                 [latest[k][0].accessed_at for k in keys],
             )
             written = sorted(row[0] for row in rows)
-            if not written:
-                return []
-            owners: list[str] = []
-            names: list[str] = []
-            values: list[str] = []
-            for key in written:
-                for name, value in latest[key][0].fields.items():
-                    owners.append(key)
-                    names.append(name)
-                    values.append(dumps(value, name))
             # The record rows are locked by this transaction: no writer touches their fields.
-            await conn.execute("DELETE FROM fs_fields WHERE key = ANY($1::text[])", written)
-            await conn.execute(
-                "INSERT INTO fs_fields (key, name, value) "
-                "SELECT * FROM unnest($1::text[], $2::text[], $3::json[])",
-                owners,
-                names,
-                values,
-            )
+            await _replace_fields(conn, [latest[key][0] for key in written])
             return written
 
         try:
@@ -1034,25 +983,30 @@ class PostgresStore(Store):
             for key, _, _ in wanted:
                 self._cache.drop(key)
 
-    @_reachable()
-    async def delete_keys(self, keys: Sequence[str]) -> int:
-        unique = sorted(set(keys))  # rows are locked in key order, as batches do
+    async def _delete_where(self, where: tuple[str, str], *args: Any) -> int:
+        """Delete the records ``where`` selects (``_BY_KEYS`` or ``_IN_RANGES``); how many."""
+        using, condition = where
 
         async def txn(conn: Connection) -> int:
             # Records first (waiting for their writers), then, in a new statement (a fresh
-            # snapshot), every field row of these keys left without a record.
+            # snapshot), the field rows they select that are left without a record.
             status = await conn.execute(
-                "DELETE FROM fs_records WHERE key = ANY($1::text[])", unique
+                f"DELETE FROM fs_records r {using} WHERE {condition.format('r')}", *args
             )
             await conn.execute(
-                "DELETE FROM fs_fields f WHERE f.key = ANY($1::text[]) "
+                f"DELETE FROM fs_fields f {using} WHERE {condition.format('f')} "
                 "AND NOT EXISTS (SELECT 1 FROM fs_records r WHERE r.key = f.key)",
-                unique,
+                *args,
             )
             return int(status.rsplit(" ", 1)[1])
 
+        return await self._transact(txn)
+
+    @_reachable()
+    async def delete_keys(self, keys: Sequence[str]) -> int:
+        unique = sorted(set(keys))  # rows are locked in key order, as batches do
         try:
-            return await self._transact(txn)
+            return await self._delete_where(_BY_KEYS, unique)
         finally:
             for key in unique:
                 self._cache.drop(key)
@@ -1062,28 +1016,8 @@ class PostgresStore(Store):
         unique = sorted(set(prefixes))
         if not unique:
             return 0
-        his = [prefix_end(p) for p in unique]
-
-        async def txn(conn: Connection) -> int:
-            # As fs_delete_prefix, for many ranges in one statement each: records first
-            # (waiting for their writers), then field rows of the ranges left without one.
-            status = await conn.execute(
-                "DELETE FROM fs_records r USING unnest($1::text[], $2::text[]) AS p(lo, hi) "
-                'WHERE r.key >= p.lo COLLATE "C" AND r.key < p.hi COLLATE "C"',
-                unique,
-                his,
-            )
-            await conn.execute(
-                "DELETE FROM fs_fields f USING unnest($1::text[], $2::text[]) AS p(lo, hi) "
-                'WHERE f.key >= p.lo COLLATE "C" AND f.key < p.hi COLLATE "C" '
-                "AND NOT EXISTS (SELECT 1 FROM fs_records r WHERE r.key = f.key)",
-                unique,
-                his,
-            )
-            return int(status.rsplit(" ", 1)[1])
-
-        try:
-            return await self._transact(txn)
+        try:  # as fs_delete_prefix, for many ranges in one statement each
+            return await self._delete_where(_IN_RANGES, unique, [prefix_end(p) for p in unique])
         finally:
             for prefix in unique:
                 self._cache.drop_prefix(prefix)
@@ -1098,7 +1032,7 @@ class PostgresStore(Store):
         )
         return int(n)
 
-    # ------------------------------------------------------------------ events
+    # ------------------------------------------------------------------ PubSub (LISTEN/NOTIFY)
 
     def _event_hub(self) -> Events:
         if self._events is None or self._events.loop is not asyncio.get_running_loop():
