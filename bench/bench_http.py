@@ -284,7 +284,7 @@ def measure(kind: str, tmp: Path, args: argparse.Namespace, *, sse: bool) -> dic
 
 
 def median(rounds: list[dict[str, Any]], key: str) -> float:
-    return statistics.median(r[key] for r in rounds)
+    return statistics.median(float(r[key]) for r in rounds)
 
 
 def main() -> None:

@@ -375,7 +375,7 @@ def machine_info() -> dict[str, Any]:
                 mem_gib = int(line.split()[1]) / 1024 / 1024
     except OSError:
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in ("flowstate", "pydantic", "asyncpg", "fastapi", "uvicorn"):
         try:
             versions[pkg] = version(pkg)

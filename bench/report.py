@@ -109,7 +109,9 @@ def targets_table(data: dict[str, Any]) -> str:
         rows.append([target, BACKEND_NAMES[backend], f"{value:.2f}", verdict, how])
 
     def cell(backend: str, scenario: str, writers: str) -> dict[str, Any] | None:
-        return data.get("contention", {}).get(backend, {}).get(scenario, {}).get(writers)
+        found: dict[str, Any] | None
+        found = data.get("contention", {}).get(backend, {}).get(scenario, {}).get(writers)
+        return found
 
     for b in ("sqlite", "postgres"):
         run = data.get("ops", {}).get(b, {}).get("run")

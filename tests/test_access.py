@@ -170,7 +170,7 @@ async def test_session_ids_with_a_slash_are_refused(api: Any) -> None:
 
 @pytest.fixture
 async def wmill() -> AsyncIterator[httpx.AsyncClient]:
-    tokens = {
+    tokens: dict[str, str | Identity] = {
         "t-alice": Identity("alice", frozenset({"ws"})),
         "t-bob": Identity("bob", frozenset({"ws"})),
         "t-carol": "carol",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,12 +23,13 @@ from bench.floors import SQLiteFloor
 from .conftest import require_postgres
 
 
-def run_suite(tmp_path: Path, *args: str) -> dict:
+def run_suite(tmp_path: Path, *args: str) -> dict[str, Any]:
     assert suite.main(["--tiny", "--out", str(tmp_path), "--name", "t", *args]) == 0
-    return json.loads((tmp_path / "t.json").read_text())
+    data: dict[str, Any] = json.loads((tmp_path / "t.json").read_text())
+    return data
 
 
-def check_flowstate_sections(data: dict, backend: str) -> None:
+def check_flowstate_sections(data: dict[str, Any], backend: str) -> None:
     ops = data["ops"][backend]
     for name in (*common.OPERATIONS, "run"):
         assert ops[name]["ops"] > 0 and ops[name]["ops_per_s"] > 0, (backend, name)

@@ -138,11 +138,11 @@ def test_bad_models_and_resources_are_rejected_at_definition() -> None:
         return input
 
     with pytest.raises(DefinitionError, match=r'block "x": session_state must be a pydantic'):
-        handler(name="x", execute=fn, session_state=dict)  # type: ignore[arg-type]
+        handler(name="x", execute=fn, session_state=dict)
     with pytest.raises(DefinitionError, match=r'session_resources\["plan"\] must come from'):
         handler(name="x", execute=fn, session_resources={"plan": Counter})  # type: ignore[dict-item]
     with pytest.raises(DefinitionError, match="target_state must be a dict"):
-        handler(name="x", execute=fn, target_state=Counter)  # type: ignore[arg-type]
+        handler(name="x", execute=fn, target_state=Counter)  # type: ignore[call-overload]
 
 
 def test_org_aliases_on_blocks() -> None:
@@ -235,7 +235,8 @@ async def test_for_each_outputs_list_in_item_order_and_items_fn_sees_input_and_c
 
     def items(input: Any, ctx: Any) -> list[int]:
         seen.append((input, ctx.block_name))
-        return input["values"]
+        values: list[int] = input["values"]
+        return values
 
     async def square(input: Any, ctx: Any) -> Any:
         await asyncio.sleep(0.001 * (5 - input))  # later items finish first

@@ -58,6 +58,7 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 def driver() -> Iterator[Any]:
     profile = tempfile.mkdtemp(prefix="flowstate-chromium-")
     options = webdriver.ChromeOptions()
+    assert CHROMIUM is not None  # the module skips (or fails) without it
     options.binary_location = CHROMIUM
     for flag in (
         "--headless",

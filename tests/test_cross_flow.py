@@ -213,7 +213,8 @@ def writer_flow(kind: str, model: type[BaseModel], *, scope: str = "user", **fla
             await handle.patch_state(input)
         return handle.state.model_dump(), handle.version
 
-    block = handler(name=f"{kind}-rw", execute=write, **{f"{scope}_state": model})
+    options: dict[str, Any] = {f"{scope}_state": model}
+    block = handler(name=f"{kind}-rw", execute=write, **options)
     return define_flow(kind, actions={"rw": block}, **flags)
 
 
@@ -240,8 +241,10 @@ async def test_shared_user_state_is_one_record_and_isolated_flows_keep_their_own
         assert await rw(server, "maintenance") == ({"theme": "dark", "lastRunAt": 0}, 0)
         await rw(server, "maintenance", {"theme": "blue", "lastRunAt": 5.0})
         assert await rw(server, "chat") == ({"theme": "light"}, 1)  # untouched
-        assert (await server.store.read("user/alice/state")).fields == {"theme": "light"}
+        shared = await server.store.read("user/alice/state")
+        assert shared is not None and shared.fields == {"theme": "light"}
         isolated = await server.store.read("user@maintenance/alice/state")
+        assert isolated is not None
         assert dict(isolated.fields) == {"theme": "blue", "lastRunAt": 5.0}
 
     # Flipping the flag moves no data: the now-shared flow reads the shared record.
@@ -251,6 +254,7 @@ async def test_shared_user_state_is_one_record_and_isolated_flows_keep_their_own
     async with server:
         assert await rw(server, "maintenance") == ({"theme": "light", "lastRunAt": 0}, 1)
         isolated = await server.store.read("user@maintenance/alice/state")
+        assert isolated is not None
         assert dict(isolated.fields) == {"theme": "blue", "lastRunAt": 5.0}
     await store.aclose()
 
@@ -342,7 +346,7 @@ def test_one_collection_with_two_caps_or_evictions_fails_the_startup_check() -> 
     class Doc(BaseModel):
         title: str = ""
 
-    cases = [
+    cases: list[tuple[dict[str, Any], dict[str, Any]]] = [
         (dict(max_instances=3, eviction="oldest"), dict(max_instances=100, eviction="oldest")),
         (dict(max_instances=3, eviction="lru"), dict(max_instances=3, eviction="oldest")),
         (dict(max_instances=3), dict()),

@@ -372,13 +372,13 @@ async def test_non_ascii_digits_and_huge_numbers_in_headers_and_queries(
         f"{rid}:{'9' * 5000}".encode(),
         "٣".encode(),
     ):
-        response = await http.get(stream, headers={"Last-Event-ID": bad})
+        response = await http.get(stream, headers=[(b"Last-Event-ID", bad)])
         assert response.status_code == 400, bad
         assert response.json()["error"]["code"] == "invalid_last_event_id"
     url = "/api/w/ws/resources/update_value/f/x/state"
-    for bad in ("²", "9" * 5000, "-1"):
-        response = await http.post(url, params={"if_version": bad}, json={"value": 1})
-        assert response.status_code == 422, (bad, response.text)
+    for bad_version in ("²", "9" * 5000, "-1"):
+        response = await http.post(url, params={"if_version": bad_version}, json={"value": 1})
+        assert response.status_code == 422, (bad_version, response.text)
         assert "if_version must be a version number" in response.json()["error"]["message"]
 
 

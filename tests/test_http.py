@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.requests import Request
 
 from flowstate import AuthError, FlowServer
 from flowstate.client import StreamingASGITransport
@@ -242,10 +243,10 @@ async def test_another_users_session_is_not_found_never_forbidden(lab: Lab) -> N
 
 
 async def test_auth_callable_sync_or_async(lab: Lab) -> None:
-    def by_header(request: Any) -> str | None:
+    def by_header(request: Request) -> str | None:
         return request.headers.get("x-user")
 
-    async def by_header_async(request: Any) -> str | None:
+    async def by_header_async(request: Request) -> str | None:
         await asyncio.sleep(0)
         if request.headers.get("x-user") == "mallory":
             raise AuthError("banned")
@@ -704,7 +705,7 @@ async def test_user_stream_project_scopes(lab: Lab) -> None:
             lines = stream.aiter_lines()
             assert (await lines.__anext__()) == ": subscribed"
             await lab.run("bump", {}, as_=BOB, sessionId=bob_session)
-            data = []
+            data: list[dict[str, Any]] = []
             while not data:
                 line = await asyncio.wait_for(lines.__anext__(), 5)
                 if line.startswith("data: "):

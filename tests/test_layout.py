@@ -33,7 +33,7 @@ def test_every_public_name_resolves() -> None:
 
 def test_unknown_attribute_is_an_attribute_error() -> None:
     try:
-        flowstate.NoSuchThing  # type: ignore[attr-defined]  # noqa: B018
+        flowstate.NoSuchThing  # noqa: B018
     except AttributeError as exc:
         assert "NoSuchThing" in str(exc)
     else:  # pragma: no cover

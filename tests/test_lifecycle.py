@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -24,7 +25,7 @@ from flowstate.lifecycle import classify, collect_garbage, migrate_state
 from flowstate.migrations import SCHEMA_FIELD
 from flowstate.ops import Change, FieldOp
 from flowstate.schema import Schema
-from flowstate.stores import Store
+from flowstate.stores import Record, Store
 from flowstate.transfer import (
     DumpError,
     Progress,
@@ -322,12 +323,14 @@ async def test_migrate_state_keeps_last_access_and_loses_no_concurrent_write(sto
     real_swap = store.swap_records
     real_apply = store.apply
 
-    async def racing_swap(records: Any, expected: Any) -> list[str]:
+    async def racing_swap(
+        records: Sequence[Record], expected_versions: Sequence[int]
+    ) -> list[str]:
         # another writer (old code) commits to one record between the read and the swap
         late = Change(Schema(Old), ops=(FieldOp("set", "name", "late"),))
         assert (await real_apply("session/s1/state", late)).status == "committed"
         store.swap_records = real_swap  # type: ignore[method-assign]
-        return await real_swap(records, expected)
+        return await real_swap(records, expected_versions)
 
     store.swap_records = racing_swap  # type: ignore[method-assign]
     report = await migrate_state(server, batch=100)

@@ -18,10 +18,11 @@ import pytest
 from pydantic import BaseModel
 
 from flowstate.errors import StateValidationError
-from flowstate.ops import Change, FieldOp
+from flowstate.ops import Change, FieldOp, OpKind
 from flowstate.schema import Schema
 from flowstate.stores import Cap, MemoryStore, Store, open_store
 from flowstate.stores.postgres import SCHEMA_VERSION, PostgresStore, migrate
+from flowstate.stores.postgres import sql as postgres_sql
 from flowstate.stores.postgres import store as postgres_module
 
 from . import test_store_conformance as conformance
@@ -435,7 +436,7 @@ def _random_change(rng: random.Random, i: int) -> Change:
     if kind == "append":
         return ops(FieldOp("append", rng.choice(["l", "l2"]), i))
     if kind == "record":
-        op = rng.choice(["record_set", "record_delete"])
+        op: OpKind = rng.choice(["record_set", "record_delete"])
         return ops(FieldOp(op, "d", i if op == "record_set" else None, key=rng.choice("xyz")))
     if kind == "replace":
         return Change(FREE, replace={"a": i, "l": [i]})
@@ -449,7 +450,7 @@ async def test_concurrent_writes_to_many_records_match_one_by_one_writes(
 ) -> None:
     """Batches mixing inserts, updates, deletes, appends and content equal sequential writes."""
     sizes: list[int] = []
-    real = postgres_module.write_batch
+    real = postgres_sql.write_batch  # what the store module imported and calls
 
     async def spy(conn: Any, jobs: list[Any]) -> Any:
         sizes.append(len(jobs))

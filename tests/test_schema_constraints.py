@@ -51,7 +51,9 @@ def two_blocks(first: type[BaseModel], second: type[BaseModel], execute: Any) ->
 async def test_the_reported_case_every_declarers_constraint_holds(
     store_url: str, order: str
 ) -> None:
-    models = (Plain, NonNegative) if order == "plain-first" else (NonNegative, Plain)
+    first: type[BaseModel]
+    second: type[BaseModel]
+    first, second = (Plain, NonNegative) if order == "plain-first" else (NonNegative, Plain)
     attempts: dict[str, Any] = {}
 
     async def body(input: Any, ctx: Any) -> Any:
@@ -70,7 +72,7 @@ async def test_the_reported_case_every_declarers_constraint_holds(
         await s.patch_state(level=3)  # valid for both: fine
         return s.version
 
-    flow = two_blocks(*models, body)
+    flow = two_blocks(first, second, body)
     async with FlowServer([flow], store=store_url) as server:
         result = await server.run("levels", "go", None, user_id="u")
         assert result.output == 1  # only the valid write committed

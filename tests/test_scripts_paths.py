@@ -39,7 +39,7 @@ from flowstate.scripts.scheduler import parse_interval
     ],
 )
 def test_state_path_follows_windmills_rule(fields: dict[str, str], expected: str) -> None:
-    assert ScriptContext(username="alice", **fields).state_path == expected  # type: ignore[arg-type]
+    assert ScriptContext(username="alice", **fields).state_path == expected
 
 
 def test_trigger_is_the_username_only_for_scheduled_runs() -> None:
@@ -96,7 +96,7 @@ def test_script_paths_may_end_with_a_slash_but_are_otherwise_checked() -> None:
 )
 def test_context_fields_are_validated(fields: dict[str, str], fragment: str) -> None:
     with pytest.raises(KeyPatternError) as info:
-        ScriptContext(**fields)  # type: ignore[arg-type]
+        ScriptContext(**fields)
     assert fragment in str(info.value)
 
 

@@ -26,7 +26,10 @@ from flowstate import (
 from flowstate.http import create_app
 
 # Naming a project needs membership: alice belongs to p1.
-TOKENS = {"tok-alice": Identity("alice", frozenset({"p1"})), "tok-bob": "bob"}
+TOKENS: dict[str, str | Identity] = {
+    "tok-alice": Identity("alice", frozenset({"p1"})),
+    "tok-bob": "bob",
+}
 ALICE = {"Authorization": "Bearer tok-alice"}
 BOB = {"Authorization": "Bearer tok-bob"}
 
@@ -55,7 +58,8 @@ calls: list[str] = []
 
 def _expensive(view: Any) -> int:
     calls.append("expensive")
-    return view.state.a * 100
+    a: int = view.state.a
+    return a * 100
 
 
 @handler(name="go", session_state=S, user_state=U, project_state=P)

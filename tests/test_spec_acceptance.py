@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, Optional
 import httpx
 import pytest
 from pydantic import BaseModel, Field
+from starlette.requests import Request
 
 import flowstate
 from flowstate import (
@@ -1037,7 +1038,7 @@ async def test_scope_config_as_plain_dict_and_client_data_spelling() -> None:
 
 
 def test_client_config_accepts_client_data_spelling() -> None:
-    config = ClientConfig(client_data={"x": lambda view: 1})  # type: ignore[call-arg]
+    config = ClientConfig(client_data={"x": lambda view: 1})
     define_flow(
         "cc", actions={"go": handler(name="go", execute=noop)}, session=ScopeConfig(client=config)
     )
@@ -1425,7 +1426,10 @@ async def test_resource_change_events_use_change_type() -> None:
 
 
 # SPEC §13: naming a project needs membership; alice belongs to p1 and p2.
-TOKENS = {"tok-alice": Identity("alice", frozenset({"p1", "p2"})), "tok-bob": "bob"}
+TOKENS: dict[str, str | Identity] = {
+    "tok-alice": Identity("alice", frozenset({"p1", "p2"})),
+    "tok-bob": "bob",
+}
 ALICE = {"Authorization": "Bearer tok-alice"}
 BOB = {"Authorization": "Bearer tok-bob"}
 
@@ -1650,10 +1654,10 @@ async def test_http_body_size_limit_and_openapi(api: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize("style", ["sync", "async"])
 async def test_http_callable_auth(style: str) -> None:
-    def sync_auth(request: Any) -> str | None:
+    def sync_auth(request: Request) -> str | None:
         return request.headers.get("x-user")
 
-    async def async_auth(request: Any) -> str | None:
+    async def async_auth(request: Request) -> str | None:
         return request.headers.get("x-user")
 
     server = FlowServer(
@@ -1955,7 +1959,9 @@ def test_scripts_read_the_runner_context_from_windmill_variables(tmp_path: Path)
 
 
 @pytest.mark.parametrize("eviction", ["none", "lru", "oldest"])
-async def test_cap_holds_under_concurrent_creates(store_url: str, eviction: str) -> None:
+async def test_cap_holds_under_concurrent_creates(
+    store_url: str, eviction: Literal["none", "lru", "oldest"]
+) -> None:
     capped = define_resource_collection("jobs/*", FileState, max_instances=3, eviction=eviction)
 
     async def create(input: Any, ctx: Any) -> Any:

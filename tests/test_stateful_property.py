@@ -153,7 +153,9 @@ def make_flow() -> Any:
     )
 
 
-def machine_for(loop: asyncio.AbstractEventLoop, server: FlowServer, backend: str) -> type:
+def machine_for(
+    loop: asyncio.AbstractEventLoop, server: FlowServer, backend: str
+) -> type[RuleBasedStateMachine]:
     class Model(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()

@@ -111,8 +111,9 @@ async def test_read_many_sees_writes_made_since_and_keys_with_odd_characters(
     await store.apply(keys[1], inc("v", 10))
     await store.delete(keys[2])
     again = await store.read_many(dict.fromkeys(keys))
-    assert again[keys[1]] is not None and again[keys[1]].fields == {"v": 11}
-    assert again[keys[1]].version == 2
+    bumped = again[keys[1]]
+    assert bumped is not None and bumped.fields == {"v": 11}
+    assert bumped.version == 2
     assert again[keys[2]] is None
     assert await store.count("k/") == 3
 
@@ -151,14 +152,14 @@ async def test_json_values_round_trip_exactly(store: Store) -> None:
 
 
 async def test_the_store_shares_no_mutable_values_with_callers(store: Store) -> None:
-    given = {"l": [1], "d": {"a": [1]}}
+    given: dict[str, Any] = {"l": [1], "d": {"a": [1]}}
     await store.create("k", given)
     given["l"].append("caller")
     given["d"]["a"].append("caller")
     record = await store.read("k")
     assert record is not None and dict(record.fields) == {"l": [1], "d": {"a": [1]}}
     record.fields["l"].append("reader")
-    item = {"x": [1]}
+    item: dict[str, list[Any]] = {"x": [1]}
     result = await store.apply("k", ops(FieldOp("set", "m", [1]), FieldOp("append", "l", item)))
     assert result.mutation is not None
     result.mutation.set["m"].append("writer")
@@ -182,7 +183,7 @@ async def test_many_pushes_read_back_in_order_through_every_path(store: Store) -
     if isinstance(store, SQLiteStore):
         store.fold_after = 7  # cross several folds of pushed rows into the stored array
     await store.apply("k", put("l", ["a"]))
-    expected = ["a"]
+    expected: list[Any] = ["a"]
     for i in range(30):
         await store.apply("k", ops(FieldOp("append", "l", i), FieldOp("append", "m", -i)))
         expected.append(i)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
@@ -31,8 +32,8 @@ async def client(url: str) -> AsyncIterator[httpx.AsyncClient]:
             yield http
 
 
-def as_script(url: str, **fields: object) -> object:
-    return use_context(ScriptContext(store_url=url, **fields), export_env=False)  # type: ignore[arg-type]
+def as_script(url: str, **fields: str) -> AbstractContextManager[ScriptContext]:
+    return use_context(ScriptContext(store_url=url, **fields), export_env=False)
 
 
 async def test_every_route_needs_a_token(client: httpx.AsyncClient) -> None:

@@ -89,7 +89,8 @@ def test_an_async_collection_hook_is_refused_at_definition() -> None:
 
     for name in ("on_instance_created", "on_instance_updated", "on_instance_deleted"):
         with pytest.raises(DefinitionError) as info:
-            define_resource_collection("files/*", **{name: on_created})
+            hooks: dict[str, Any] = {name: on_created}  # async: refused
+            define_resource_collection("files/*", **hooks)
         message = str(info.value)
         assert name in message and "files/*" in message and "async" in message
 
