@@ -13,12 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .errors import DefinitionError, KeyPatternError
-from .limits import MAX_KEY_BYTES, key_problem
+from .limits import CONTROL, MAX_KEY_BYTES, key_problem
 
 __all__ = ["KeyPattern", "normalize_key"]
 
 _PARAM = re.compile(r"^\[([A-Za-z_][A-Za-z0-9_]*)\]$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _show(key: object) -> str:
@@ -66,7 +65,7 @@ class KeyPattern:
                         f'collection pattern "{pattern}": parameter "{match.group(1)}" repeats'
                     )
                 names.add(match.group(1))
-            elif seg in (".", "..") or _CONTROL.search(seg):
+            elif seg in (".", "..") or CONTROL.search(seg):
                 raise DefinitionError(f'collection pattern "{pattern}": invalid segment "{seg}"')
         return cls(pattern, segments)
 
@@ -100,7 +99,7 @@ class KeyPattern:
         for part in parts:
             if part in (".", ".."):
                 raise self._fail(original, f'"{part}" segments are not allowed')
-            if _CONTROL.search(part):
+            if CONTROL.search(part):
                 raise self._fail(original, "control characters and NUL are not allowed")
 
     def matches(self, key: str) -> bool:
@@ -126,7 +125,7 @@ class KeyPattern:
             return self._resolve_params(key)
         if not isinstance(key, str):
             raise self._fail(key, "a key is a string or, for [name] patterns, a dict")
-        if "\x00" in key or _CONTROL.search(key):
+        if CONTROL.search(key):
             raise self._fail(key, "control characters and NUL are not allowed")
         if len(key) > MAX_KEY_BYTES:  # before any work on it; the exact check is below
             raise self._fail(key, f"it is longer than the limit of {MAX_KEY_BYTES} UTF-8 bytes")

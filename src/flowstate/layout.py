@@ -10,19 +10,18 @@
 | a user's session index | ``_user_sessions/{user id}/{session id}`` |
 | Windmill-style script records | ``project/{project id}/c/{_scripts,_flow_user_states,_jobs}/…`` |
 
-Ids are percent-encoded, so an id can never add a level to a key; the id rule itself
-(:func:`check_id`) and the text rule shared by ids, paths and collection keys
-(:func:`check_text`) are written once, here.
+Ids are percent-encoded, so an id can never add a level to a key; the id rule
+(:func:`check_id`) and the text rule of ids and script paths (:func:`check_text`) are written
+once, here, on top of the rule collection keys obey too (:func:`flowstate.limits.broken_key_rule`).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
 from .errors import KeyPatternError
-from .limits import MAX_KEY_BYTES
+from .limits import MAX_KEY_BYTES, broken_key_rule
 
 __all__ = [
     "MAX_ID_BYTES",
@@ -43,8 +42,6 @@ __all__ = [
 MAX_ID_BYTES = MAX_KEY_BYTES
 """Longest id (session, user, project, job, …) in UTF-8 bytes (:mod:`flowstate.limits`)."""
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
 SESSIONS = "_sessions/"
 USER_SESSIONS = "_user_sessions/"
 
@@ -52,20 +49,17 @@ USER_SESSIONS = "_user_sessions/"
 def check_text(value: object, what: str, *, max_bytes: int) -> str:
     """A non-empty string of valid Unicode, at most ``max_bytes`` in UTF-8, no control chars.
 
-    The one spelling of the rule that ids, Windmill paths and collection keys share; the
-    error names ``what`` and the rule broken.
+    The rule is :func:`flowstate.limits.broken_key_rule`, the one that collection keys obey
+    too; the error names ``what`` and the part of the rule broken.
     """
     if not isinstance(value, str) or not value:
         raise KeyPatternError(f"{what} must be a non-empty string, got {value!r}")
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise KeyPatternError(
-            f"{what} must be valid Unicode (it contains a lone surrogate)"
-        ) from None
-    if size > max_bytes:
+    broken = broken_key_rule(value, max_bytes=max_bytes)
+    if broken == "unicode":
+        raise KeyPatternError(f"{what} must be valid Unicode (it contains a lone surrogate)")
+    if broken == "length":
         raise KeyPatternError(f"{what} {value[:40]!r}… is longer than {max_bytes} bytes (UTF-8)")
-    if _CONTROL.search(value) is not None:
+    if broken == "control":
         raise KeyPatternError(f"{what} {value!r} must not contain control characters or NUL")
     return value
 

@@ -9,22 +9,22 @@ all of them, with a 4xx over HTTP and nothing written. See ``docs/security.md``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel
 
 __all__ = [
+    "CONTROL",
     "MAX_BODY_BYTES",
     "MAX_DEPTH",
     "MAX_INT",
     "MAX_KEY_BYTES",
     "MAX_OUTPUT_DEPTH",
     "MIN_INT",
-    "check_json",
-    "check_key",
-    "check_text",
+    "KeyRule",
+    "broken_key_rule",
     "json_problem",
+    "key_problem",
     "text_problem",
 ]
 
@@ -42,11 +42,9 @@ MIN_INT: Final = -MAX_INT
 MAX_BODY_BYTES: Final = 1_000_000
 """The default ``max_body_bytes`` of the HTTP app (1 MB)."""
 
-_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+"""Control characters (U+0000 to U+001F and U+007F, NUL included): in no key, id or path."""
 _SURROGATE: Final = re.compile(r"[\ud800-\udfff]")
-
-Fail = Callable[[str, str], Exception]
-"""Builds the error to raise from ``(rule message, error type)``."""
 
 
 def text_problem(text: str, *, allow_nul: bool = False) -> tuple[str, str] | None:
@@ -56,10 +54,6 @@ def text_problem(text: str, *, allow_nul: bool = False) -> tuple[str, str] | Non
     if _SURROGATE.search(text):
         return "strings must be valid Unicode (a lone surrogate was found)", "string_unicode"
     return None
-
-
-def _loc(loc: tuple[str | int, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(value)"
 
 
 def json_problem(
@@ -138,37 +132,36 @@ def _digits(n: int) -> str:
     return f"about {int(abs(n).bit_length() * 0.30103)}"
 
 
-def check_json(value: Any, loc: tuple[str | int, ...], fail: Fail) -> None:
-    """Raise ``fail(message, type)`` (message naming the location) if ``value`` breaks a limit."""
-    problem = json_problem(value, loc)
-    if problem is not None:
-        where, message, type_ = problem
-        raise fail(f'field "{_loc(where)}": {message}', type_)
+KeyRule = Literal["unicode", "control", "length"]
+"""The part of the key rule a text breaks (see :func:`broken_key_rule`)."""
 
+def broken_key_rule(text: str, *, max_bytes: int = MAX_KEY_BYTES) -> KeyRule | None:
+    """The rule every collection key, id and script path obeys, written once; None if kept.
 
-def check_text(text: str, what: str, fail: Fail) -> None:
-    """Raise if ``text`` (content, a name) holds NUL or a lone surrogate."""
-    problem = text_problem(text)
-    if problem is not None:
-        raise fail(f"{what}: {problem[0]}", problem[1])
+    Valid Unicode (no lone surrogate), no :data:`CONTROL` characters, at most ``max_bytes``
+    UTF-8 bytes. What else a kind of text must be (one segment, no ``..``) and how the error
+    is worded is up to its checker: :func:`key_problem` here, ``flowstate.layout.check_text``
+    for ids and paths.
+    """
+    if _SURROGATE.search(text):
+        return "unicode"
+    if CONTROL.search(text):
+        return "control"
+    if len(text.encode("utf-8")) > max_bytes:
+        return "length"
+    return None
 
 
 def key_problem(key: str, *, allow_slash: bool = True) -> str | None:
-    """Why ``key`` is not a valid collection key or id (a rule, for a message), or None."""
-    if _SURROGATE.search(key):
+    """Why ``key`` is not a valid collection key (a rule, for a message), or None."""
+    broken = broken_key_rule(key)
+    if broken == "unicode":
         return "it must be valid Unicode (a lone surrogate was found)"
-    if _CONTROL.search(key):
+    if broken == "control":
         return "control characters and NUL are not allowed"
-    size = len(key.encode("utf-8"))
-    if size > MAX_KEY_BYTES:
+    if broken == "length":
+        size = len(key.encode("utf-8"))
         return f"it is {size} UTF-8 bytes long; the limit is {MAX_KEY_BYTES}"
     if not allow_slash and "/" in key:
         return '"/" is not allowed'
     return None
-
-
-def check_key(key: str, fail: Callable[[str], Exception]) -> None:
-    """Raise ``fail(rule)`` if a collection key breaks a limit."""
-    problem = key_problem(key)
-    if problem is not None:
-        raise fail(problem)

@@ -41,7 +41,7 @@ from .layout import (
     user_session_key,
     user_sessions_prefix,
 )
-from .limits import MAX_OUTPUT_DEPTH, json_problem, key_problem
+from .limits import MAX_OUTPUT_DEPTH, json_problem
 from .ops import Change, FieldOp
 from .resources import AnyResourceDefinition, CollectionRef, ResourceCollectionDefinition
 from .runtime import Run, execute_block
@@ -205,7 +205,9 @@ class FlowServer:
         self, session_id: str, *, include_expired: bool = False
     ) -> SessionInfo | None:
         """The session's binding; an expired session reads as absent (as if deleted)."""
-        if not isinstance(session_id, str) or key_problem(session_id, allow_slash=False):
+        try:
+            check_id(session_id, "session_id")
+        except KeyPatternError:
             return None  # an id that cannot be stored cannot exist
         record = await self.store.read(session_key(session_id))
         info = _session_info(session_id, record)
