@@ -363,12 +363,14 @@ async def test_migrate_state_never_writes_an_upgrade_over_a_record_created_again
     server = FlowServer([new_flow()], store=store)
     real_swap = store.swap_records
 
-    async def racing_swap(records: Any, expected: Any) -> list[str]:
+    async def racing_swap(
+        records: Sequence[Record], expected_versions: Sequence[int]
+    ) -> list[str]:
         store.swap_records = real_swap  # type: ignore[method-assign]
         assert await store.delete(key) is not None
         await asyncio.sleep(0.002)
         assert (await store.create(key, {"name": "reborn", "age": "7"})).version == 1
-        return await real_swap(records, expected)
+        return await real_swap(records, expected_versions)
 
     store.swap_records = racing_swap  # type: ignore[method-assign]
     report = await migrate_state(server, batch=100)
@@ -405,7 +407,9 @@ async def test_gc_finishes_a_deletion_cut_short_and_spares_a_new_incarnation(sto
     real_swap = store.swap_records
     taken_over = False
 
-    async def racing_swap(records: Any, versions: Any) -> Any:
+    async def racing_swap(
+        records: Sequence[Record], expected_versions: Sequence[int]
+    ) -> list[str]:
         nonlocal taken_over
         if "_sessions/old" in [r.key for r in records] and not taken_over:
             # between gc's read and its tombstones, a run deletes the expired session and
@@ -414,7 +418,7 @@ async def test_gc_finishes_a_deletion_cut_short_and_spares_a_new_incarnation(sto
             store.swap_records = real_swap  # type: ignore[method-assign]
             await server.delete_session("old", user_id="alice")
             await server.run("app", "touch", None, user_id="alice", session_id="old")
-        return await real_swap(records, versions)
+        return await real_swap(records, expected_versions)
 
     store.swap_records = racing_swap  # type: ignore[method-assign]
     report = await collect_garbage(server, now_ns=later)

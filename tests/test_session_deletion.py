@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -28,7 +29,7 @@ from flowstate import (
 )
 from flowstate.ops import Change, FieldOp
 from flowstate.schema import Schema
-from flowstate.stores import open_store
+from flowstate.stores import Record, open_store
 
 
 class Secret(BaseModel):
@@ -171,12 +172,14 @@ async def test_gc_in_batches_stops_runs_in_flight_and_spares_sessions_written_me
         swapped: list[list[str]] = []
         real_swap, real_delete_keys = gc_store.swap_records, gc_store.delete_keys
 
-        async def racing_swap(records: Any, versions: Any) -> Any:
+        async def racing_swap(
+            records: Sequence[Record], expected_versions: Sequence[int]
+        ) -> list[str]:
             keys = [r.key for r in records]
             swapped.append(keys)
             if "_sessions/m" in keys:  # written after gc read it: left alone
                 await alice.set_session_metadata("m", {"title": "kept"}, user_id="alice")
-            return await real_swap(records, versions)
+            return await real_swap(records, expected_versions)
 
         async def racing_delete_keys(keys: Any) -> Any:
             if "_user_sessions/alice/e4" in keys:  # bob takes e4 over its tombstone
