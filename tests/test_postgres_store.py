@@ -528,3 +528,67 @@ async def test_a_cancelled_write_does_not_disturb_the_others(postgres_store_url:
         assert (await store.apply("k/5", inc())).status == "committed"
     finally:
         await store.aclose()
+
+
+@pytest.mark.parametrize("tombstone", ["update", "swap"])
+async def test_a_guarded_write_that_waited_for_a_tombstone_fails(
+    postgres_store_url: str, tombstone: str
+) -> None:
+    """A guarded write whose guard check waits for the transaction that tombstones the guard
+    record (``delete_session``: the field updated in place; ``flowstate gc``: the record
+    swapped whole) sees the tombstone and writes nothing. Locking only the record row, the
+    check read the guard field as of its statement's snapshot (before the tombstone) and
+    passed: a late run could write into a session being deleted, after its data was."""
+    import asyncpg  # type: ignore[import-untyped]
+
+    from flowstate.stores.base import Guard
+
+    def gone() -> Exception:
+        return LookupError("session gone")
+
+    store = open_store(postgres_store_url)
+    assert isinstance(store, PostgresStore)
+    config = store._config
+    raw = await asyncpg.connect(config.dsn, server_settings=config.server_settings)
+    try:
+        await store.create("_sessions/s", {"createdAt": 1.5, "userId": "alice"})
+        await store.apply("session/s/state", ops_set("n", 1))
+        guard = Guard("_sessions/s", "createdAt", 1.5, gone)
+        assert (await store.apply("session/s/state", ops_set("n", 2), guard=guard)).version == 2
+
+        txn = raw.transaction()
+        await txn.start()
+        await raw.execute("UPDATE fs_records SET version = version + 1 WHERE key = '_sessions/s'")
+        if tombstone == "update":
+            await raw.execute(
+                "UPDATE fs_fields SET value = '-1'::json "
+                "WHERE key = '_sessions/s' AND name = 'createdAt'"
+            )
+        else:
+            await raw.execute("DELETE FROM fs_fields WHERE key = '_sessions/s'")
+            await raw.execute(
+                "INSERT INTO fs_fields (key, name, value) VALUES "
+                "('_sessions/s', 'createdAt', '-1'::json), ('_sessions/s', 'deleted', 'true')"
+            )
+        writes = [
+            asyncio.create_task(store.apply("session/s/state", ops_set("n", 3), guard=guard)),
+            asyncio.create_task(store.apply("session/s/r/new", ops_set("n", 1), guard=guard)),
+            asyncio.create_task(store.create("session/s/c/x", {"n": 1}, guard=guard)),
+            asyncio.create_task(store.delete("session/s/state", guard=guard)),
+        ]
+        await asyncio.sleep(0.5)
+        assert not any(w.done() for w in writes)  # waiting for the tombstone's transaction
+        await txn.commit()
+        for write in writes:
+            with pytest.raises(LookupError, match="session gone"):
+                await asyncio.wait_for(write, 10)
+        assert await store.scan("session/s/") == ["session/s/state"]
+        state = await store.read("session/s/state")
+        assert state is not None and state.version == 2 and dict(state.fields) == {"n": 2}
+    finally:
+        await raw.close()
+        await store.aclose()
+
+
+def ops_set(name: str, value: Any) -> Change:
+    return Change(Schema(None), ops=(FieldOp("set", name, value),))

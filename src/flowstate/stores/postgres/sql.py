@@ -100,17 +100,17 @@ def batch_sql(shape: Shape) -> str:
             f"gd AS (SELECT * FROM unnest({keys}, {gkeys}, {gfields}, {gvalues}) "
             "AS g(k, gk, gf, gv))"
         )
-        # Share-lock the guard records: deleting one waits for this write to commit (and then
-        # sees what it wrote), and a write that comes after the delete finds no row.
+        # Share-lock the guard records and their guard fields: deleting one waits for this
+        # write to commit (and then sees what it wrote), and a write that comes after the
+        # delete finds no row. Both rows are locked: a write that waited for a tombstone
+        # (the guard field rewritten) re-reads both and fails; a field row joined to a
+        # locked record row only would be the one of the statement's snapshot, and pass.
         parts.append(
-            "gl AS (SELECT x.key FROM fs_records x WHERE x.key IN (SELECT gk FROM gd) "
-            "ORDER BY x.key FOR SHARE)"
+            "gl AS (SELECT gd.k FROM gd JOIN fs_records x ON x.key = gd.gk JOIN fs_fields y "
+            "ON y.key = x.key AND y.name = gd.gf WHERE y.value::jsonb = gd.gv::jsonb "
+            "ORDER BY x.key FOR SHARE OF x, y)"
         )
-        parts.append(
-            "gbad AS (SELECT gd.k FROM gd WHERE NOT EXISTS (SELECT 1 FROM gl JOIN fs_fields y "
-            "ON y.key = gl.key AND y.name = gd.gf WHERE gl.key = gd.gk "
-            "AND y.value::jsonb = gd.gv::jsonb))"
-        )
+        parts.append("gbad AS (SELECT gd.k FROM gd WHERE gd.k NOT IN (SELECT k FROM gl))")
         unguarded = " AND {0} NOT IN (SELECT k FROM gbad)"
     if shape.updates:
         keys, versions, gens = p("text[]"), p("int8[]"), p("int8[]")
@@ -288,9 +288,10 @@ class Outcome(NamedTuple):
 
 GUARD_SQL = (
     "SELECT 1 FROM fs_records r JOIN fs_fields f ON f.key = r.key AND f.name = $2 "
-    "WHERE r.key = $1 AND f.value::jsonb = $3::jsonb FOR SHARE OF r"
+    "WHERE r.key = $1 AND f.value::jsonb = $3::jsonb FOR SHARE OF r, f"
 )
-"""A guard check inside a transaction (share-locks the guard record until commit)."""
+"""A guard check inside a transaction (share-locks the guard record and field until commit:
+a check that waited for a tombstone re-reads both, so it fails; see ``batch_sql``)."""
 
 
 async def check_guard(conn: Connection, guard: Guard | None) -> None:
