@@ -263,8 +263,15 @@ _store_option = click.option(
 )
 
 
+def _limit_option(flag: str, kind: type, help: str) -> Callable[[Any], Any]:
+    """An option tuning one of the server's :class:`Limits`, defaulting to the field's value."""
+    field = flag.removeprefix("--").replace("-", "_")
+    default = getattr(Limits(), field)
+    shown = default is not None
+    return click.option(flag, default=default, show_default=shown, type=kind, help=help)
+
+
 def _serving_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    defaults = Limits()
     for option in reversed(
         [
             click.option("--host", default="127.0.0.1", show_default=True),
@@ -287,46 +294,25 @@ def _serving_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 default=None,
                 help="Project of a generated token (default: $FLOWSTATE_PROJECT or default).",
             ),
-            click.option(
-                "--header-timeout",
-                default=defaults.header_timeout,
-                show_default=True,
-                type=float,
-                help="Seconds a connection has to send its request head.",
+            _limit_option(
+                "--header-timeout", float, "Seconds a connection has to send its request head."
             ),
-            click.option(
-                "--body-timeout",
-                default=defaults.body_timeout,
-                show_default=True,
-                type=float,
-                help="Seconds a request has to send its body.",
+            _limit_option("--body-timeout", float, "Seconds a request has to send its body."),
+            _limit_option(
+                "--timeout-keep-alive", float, "Seconds an idle keep-alive connection stays open."
             ),
-            click.option(
-                "--timeout-keep-alive",
-                default=defaults.timeout_keep_alive,
-                show_default=True,
-                type=float,
-                help="Seconds an idle keep-alive connection stays open.",
-            ),
-            click.option(
+            _limit_option(
                 "--max-connections",
-                default=defaults.max_connections,
-                show_default=True,
-                type=int,
-                help="Open connections at most; beyond it the oldest slow or idle one is dropped.",
+                int,
+                "Open connections at most; beyond it the oldest slow or idle one is dropped.",
             ),
-            click.option(
+            _limit_option(
                 "--limit-concurrency",
-                default=None,
-                type=int,
-                help="Requests in progress at most; beyond it uvicorn answers 503.",
+                int,
+                "Requests in progress at most; beyond it uvicorn answers 503.",
             ),
-            click.option(
-                "--max-header-bytes",
-                default=defaults.max_header_bytes,
-                show_default=True,
-                type=int,
-                help="Largest request head (h11's max incomplete event size).",
+            _limit_option(
+                "--max-header-bytes", int, "Largest request head (h11's max incomplete event size)."
             ),
             click.option("--log-level", default="info", show_default=True),
         ]

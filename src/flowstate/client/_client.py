@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import json
 import threading
@@ -28,7 +29,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import Any, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 from urllib.parse import quote
 
 import httpx
@@ -49,6 +50,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 API = "/api/flows"
 SSE = "text/event-stream"
@@ -632,6 +634,72 @@ class _LoopThread:
         self.loop.close()
 
 
+def _sync_signature(wrapper: Callable[..., Any], method: Callable[..., Any]) -> None:
+    """Give ``wrapper`` the name, docs and signature of ``method``, less ``self`` and with the
+    sync return type (an ``AsyncIterator[X]`` becomes an ``Iterator[X]``)."""
+    functools.update_wrapper(wrapper, method, updated=())
+    del wrapper.__wrapped__  # type: ignore[attr-defined]
+    signature = inspect.signature(method)
+    returns = signature.return_annotation
+    if isinstance(returns, str) and returns.startswith("AsyncIterator["):
+        returns = returns.removeprefix("Async")
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=list(signature.parameters.values())[1:], return_annotation=returns
+    )
+
+
+class _Blocking(Generic[P, T]):
+    """A :class:`Client` method: the :class:`AsyncClient` coroutine method, awaited on the
+    client's loop thread."""
+
+    def __init__(self, method: Callable[Concatenate[AsyncClient, P], Coroutine[Any, Any, T]]):
+        self.method = method
+        self.__doc__ = method.__doc__
+
+    @overload
+    def __get__(self, client: None, owner: type[Client]) -> _Blocking[P, T]: ...
+    @overload
+    def __get__(self, client: Client, owner: type[Client]) -> Callable[P, T]: ...
+    def __get__(
+        self, client: Client | None, owner: type[Client]
+    ) -> _Blocking[P, T] | Callable[P, T]:
+        if client is None:
+            return self
+        method, loop, target = self.method, client._loop, client._async
+
+        def blocking(*args: P.args, **kwargs: P.kwargs) -> T:
+            return loop.call(method(target, *args, **kwargs))
+
+        _sync_signature(blocking, method)
+        return blocking
+
+
+class _Iterating(Generic[P, T]):
+    """A :class:`Client` method: the :class:`AsyncClient` async iterator method, iterated on
+    the client's loop thread."""
+
+    def __init__(self, method: Callable[Concatenate[AsyncClient, P], AsyncIterator[T]]):
+        self.method = method
+        self.__doc__ = method.__doc__
+
+    @overload
+    def __get__(self, client: None, owner: type[Client]) -> _Iterating[P, T]: ...
+    @overload
+    def __get__(self, client: Client, owner: type[Client]) -> Callable[P, Iterator[T]]: ...
+    def __get__(
+        self, client: Client | None, owner: type[Client]
+    ) -> _Iterating[P, T] | Callable[P, Iterator[T]]:
+        if client is None:
+            return self
+        method, loop, target = self.method, client._loop, client._async
+
+        def iterating(*args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+            return loop.iterate(method(target, *args, **kwargs))
+
+        _sync_signature(iterating, method)
+        return iterating
+
+
 class Client:
     """The flowstate HTTP API from synchronous code (same methods as :class:`AsyncClient`).
 
@@ -665,41 +733,20 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def run(
-        self,
-        kind: str,
-        action: str,
-        input: Any = None,
-        *,
-        session_id: str | None = None,
-        project_id: str | None = None,
-    ) -> RunResult:
-        """Run an action and wait for its output."""
-        return self._loop.call(
-            self._async.run(kind, action, input, session_id=session_id, project_id=project_id)
-        )
-
-    def stream(
-        self,
-        kind: str,
-        action: str,
-        input: Any = None,
-        *,
-        session_id: str | None = None,
-        project_id: str | None = None,
-    ) -> Iterator[Event]:
-        """Run an action, yielding its events live (see :meth:`AsyncClient.stream`)."""
-        return self._loop.iterate(
-            self._async.stream(kind, action, input, session_id=session_id, project_id=project_id)
-        )
-
-    def follow(
-        self, kind: str, request_id: str, *, last_event_id: str | None = None, retries: int = 3
-    ) -> Iterator[Event]:
-        """A run's events after ``last_event_id`` (see :meth:`AsyncClient.follow`)."""
-        return self._loop.iterate(
-            self._async.follow(kind, request_id, last_event_id=last_event_id, retries=retries)
-        )
+    # The same methods as AsyncClient's, run on the loop thread (signatures and docs are theirs).
+    run = _Blocking(AsyncClient.run)
+    stream = _Iterating(AsyncClient.stream)
+    follow = _Iterating(AsyncClient.follow)
+    snapshot = _Blocking(AsyncClient.snapshot)
+    create_session = _Blocking(AsyncClient.create_session)
+    get_session = _Blocking(AsyncClient.get_session)
+    list_sessions = _Blocking(AsyncClient.list_sessions)
+    list_sessions_page = _Blocking(AsyncClient.list_sessions_page)
+    set_session_metadata = _Blocking(AsyncClient.set_session_metadata)
+    delete_session = _Blocking(AsyncClient.delete_session)
+    resource_content = _Blocking(AsyncClient.resource_content)
+    resource_items = _Blocking(AsyncClient.resource_items)
+    flows = _Blocking(AsyncClient.flows)
 
     @contextlib.contextmanager
     def user_events(self, project_ids: Sequence[str] = ()) -> Iterator[Iterator[Event]]:
@@ -715,59 +762,6 @@ class Client:
         else:
             events.close()
             self._loop.call(manager.__aexit__(None, None, None))
-
-    def snapshot(
-        self, session_id: str, *, client_data: Sequence[str] | None = None
-    ) -> dict[str, Any]:
-        return self._loop.call(self._async.snapshot(session_id, client_data=client_data))
-
-    def create_session(
-        self, kind: str, *, session_id: str | None = None, project_id: str | None = None
-    ) -> SessionInfo:
-        return self._loop.call(
-            self._async.create_session(kind, session_id=session_id, project_id=project_id)
-        )
-
-    def get_session(self, session_id: str) -> SessionInfo:
-        return self._loop.call(self._async.get_session(session_id))
-
-    def list_sessions(self, kind: str | None = None) -> list[SessionInfo]:
-        return self._loop.call(self._async.list_sessions(kind))
-
-    def list_sessions_page(
-        self, kind: str | None = None, *, limit: int = 100, after: str | None = None
-    ) -> tuple[list[SessionInfo], str | None]:
-        return self._loop.call(self._async.list_sessions_page(kind, limit=limit, after=after))
-
-    def set_session_metadata(self, session_id: str, patch: Mapping[str, Any]) -> SessionInfo:
-        return self._loop.call(self._async.set_session_metadata(session_id, patch))
-
-    def delete_session(self, session_id: str) -> bool:
-        return self._loop.call(self._async.delete_session(session_id))
-
-    def resource_content(
-        self, session_id: str, name: str, *, key: str | None = None, scope: str | None = None
-    ) -> str | None:
-        return self._loop.call(self._async.resource_content(session_id, name, key=key, scope=scope))
-
-    def resource_items(
-        self,
-        session_id: str,
-        name: str,
-        *,
-        prefix: str = "",
-        after: str | None = None,
-        limit: int = 100,
-        scope: str | None = None,
-    ) -> dict[str, Any]:
-        return self._loop.call(
-            self._async.resource_items(
-                session_id, name, prefix=prefix, after=after, limit=limit, scope=scope
-            )
-        )
-
-    def flows(self) -> list[dict[str, Any]]:
-        return self._loop.call(self._async.flows())
 
     def live(
         self, kind: str, session_id: str | None = None, *, project_id: str | None = None
