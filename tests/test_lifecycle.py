@@ -323,9 +323,7 @@ async def test_migrate_state_keeps_last_access_and_loses_no_concurrent_write(sto
     real_swap = store.swap_records
     real_apply = store.apply
 
-    async def racing_swap(
-        records: Sequence[Record], expected_versions: Sequence[int]
-    ) -> list[str]:
+    async def racing_swap(records: Sequence[Record], expected_versions: Sequence[int]) -> list[str]:
         # another writer (old code) commits to one record between the read and the swap
         late = Change(Schema(Old), ops=(FieldOp("set", "name", "late"),))
         assert (await real_apply("session/s1/state", late)).status == "committed"
@@ -363,9 +361,7 @@ async def test_migrate_state_never_writes_an_upgrade_over_a_record_created_again
     server = FlowServer([new_flow()], store=store)
     real_swap = store.swap_records
 
-    async def racing_swap(
-        records: Sequence[Record], expected_versions: Sequence[int]
-    ) -> list[str]:
+    async def racing_swap(records: Sequence[Record], expected_versions: Sequence[int]) -> list[str]:
         store.swap_records = real_swap  # type: ignore[method-assign]
         assert await store.delete(key) is not None
         await asyncio.sleep(0.002)
@@ -407,9 +403,7 @@ async def test_gc_finishes_a_deletion_cut_short_and_spares_a_new_incarnation(sto
     real_swap = store.swap_records
     taken_over = False
 
-    async def racing_swap(
-        records: Sequence[Record], expected_versions: Sequence[int]
-    ) -> list[str]:
+    async def racing_swap(records: Sequence[Record], expected_versions: Sequence[int]) -> list[str]:
         nonlocal taken_over
         if "_sessions/old" in [r.key for r in records] and not taken_over:
             # between gc's read and its tombstones, a run deletes the expired session and

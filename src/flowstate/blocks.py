@@ -14,7 +14,7 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Literal, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypedDict, Unpack, overload
 
 from pydantic import BaseModel, ValidationError
 from typing_extensions import TypeVar
@@ -263,25 +263,32 @@ class Handler(Block, Generic[InT, OutT]):
         return await self.execute(input, frame.context())
 
 
+class HandlerOptions(TypedDict, Generic[SS, US, PS, RS, OS], total=False):
+    """What ``handler(...)`` takes besides ``name`` and ``execute`` (the state models type
+    ``ctx``)."""
+
+    input: type[BaseModel] | None
+    output: type[BaseModel] | None
+    request_state: type[RS] | None
+    session_state: type[SS] | None
+    user_state: type[US] | None
+    project_state: type[PS] | None
+    org_state: type[PS] | None
+    request_resources: Mapping[str, AnyResourceDefinition] | None
+    session_resources: Mapping[str, AnyResourceDefinition] | None
+    user_resources: Mapping[str, AnyResourceDefinition] | None
+    project_resources: Mapping[str, AnyResourceDefinition] | None
+    org_resources: Mapping[str, AnyResourceDefinition] | None
+    state: type[OS] | None
+    target_state: Mapping[str, type[BaseModel]] | None
+
+
 @overload
 def handler(
     name: str,
     *,
     execute: TypedExecute[SS, US, PS, RS, OS],
-    input: type[BaseModel] | None = ...,
-    output: type[BaseModel] | None = ...,
-    request_state: type[RS] | None = ...,
-    session_state: type[SS] | None = ...,
-    user_state: type[US] | None = ...,
-    project_state: type[PS] | None = ...,
-    org_state: type[PS] | None = ...,
-    request_resources: Mapping[str, AnyResourceDefinition] | None = ...,
-    session_resources: Mapping[str, AnyResourceDefinition] | None = ...,
-    user_resources: Mapping[str, AnyResourceDefinition] | None = ...,
-    project_resources: Mapping[str, AnyResourceDefinition] | None = ...,
-    org_resources: Mapping[str, AnyResourceDefinition] | None = ...,
-    state: type[OS] | None = ...,
-    target_state: Mapping[str, type[BaseModel]] | None = ...,
+    **options: Unpack[HandlerOptions[SS, US, PS, RS, OS]],
 ) -> Handler[Any, Any]: ...
 
 
@@ -290,20 +297,7 @@ def handler(
     name: str,
     *,
     execute: None = None,
-    input: type[BaseModel] | None = ...,
-    output: type[BaseModel] | None = ...,
-    request_state: type[RS] | None = ...,
-    session_state: type[SS] | None = ...,
-    user_state: type[US] | None = ...,
-    project_state: type[PS] | None = ...,
-    org_state: type[PS] | None = ...,
-    request_resources: Mapping[str, AnyResourceDefinition] | None = ...,
-    session_resources: Mapping[str, AnyResourceDefinition] | None = ...,
-    user_resources: Mapping[str, AnyResourceDefinition] | None = ...,
-    project_resources: Mapping[str, AnyResourceDefinition] | None = ...,
-    org_resources: Mapping[str, AnyResourceDefinition] | None = ...,
-    state: type[OS] | None = ...,
-    target_state: Mapping[str, type[BaseModel]] | None = ...,
+    **options: Unpack[HandlerOptions[SS, US, PS, RS, OS]],
 ) -> Callable[[TypedExecute[SS, US, PS, RS, OS]], Handler[Any, Any]]: ...
 
 

@@ -135,6 +135,7 @@ def _digits(n: int) -> str:
 KeyRule = Literal["unicode", "control", "length"]
 """The part of the key rule a text breaks (see :func:`broken_key_rule`)."""
 
+
 def broken_key_rule(text: str, *, max_bytes: int = MAX_KEY_BYTES) -> KeyRule | None:
     """The rule every collection key, id and script path obeys, written once; None if kept.
 

@@ -102,8 +102,23 @@ def _state_model(state: Any, what: str) -> type[BaseModel] | None:
     raise DefinitionError(f"{what} state must be a pydantic BaseModel subclass, got {state!r}")
 
 
+class _StateModel:
+    """What both kinds of resource definition derive from their state model and lineage."""
+
+    state: type[BaseModel] | None
+    lineage: SchemaLineage
+    schema: Schema
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "schema", Schema.of(self.state))
+
+    @property
+    def schema_version(self) -> int:
+        return self.lineage.version
+
+
 @dataclass(frozen=True, eq=False)
-class ResourceDefinition:
+class ResourceDefinition(_StateModel):
     """A static resource: one named instance per scope."""
 
     state: type[BaseModel] | None = None
@@ -113,13 +128,6 @@ class ResourceDefinition:
     client: ResourceClient | None = None
     lineage: SchemaLineage = field(default_factory=SchemaLineage)
     schema: Schema = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "schema", Schema.of(self.state))
-
-    @property
-    def schema_version(self) -> int:
-        return self.lineage.version
 
 
 def _max_age(value: Any, where: str) -> timedelta | None:
@@ -154,7 +162,7 @@ def define_resource(
 
 
 @dataclass(frozen=True, eq=False)
-class ResourceCollectionDefinition:
+class ResourceCollectionDefinition(_StateModel):
     """A collection: instances created at run time under keys matching ``pattern``."""
 
     pattern: KeyPattern
@@ -169,13 +177,6 @@ class ResourceCollectionDefinition:
     lineage: SchemaLineage = field(default_factory=SchemaLineage)
     max_age: timedelta | None = None
     schema: Schema = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "schema", Schema.of(self.state))
-
-    @property
-    def schema_version(self) -> int:
-        return self.lineage.version
 
 
 def _check_hook(pattern: str, name: str, hook: Any) -> None:

@@ -6,10 +6,12 @@ printed itself); a failing script prints its traceback on stderr and exits with 
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,10 +121,38 @@ _common = [
 ]
 
 
+@dataclass(frozen=True)
+class _Common:
+    """The options every command here takes: who runs, in which project and store, and the
+    ``--arg`` pairs."""
+
+    user: str | None
+    project: str | None
+    store: str | None
+    pairs: tuple[str, ...]
+
+    def args(self, json_text: str | None) -> dict[str, Any]:
+        """The arguments for main: the JSON object ``json_text`` with the pairs over it."""
+        return _parse_args(json_text, self.pairs)
+
+
 def _with_common(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the common options; the command gets them as one ``common`` argument."""
+
+    @functools.wraps(fn)
+    def command(
+        *,
+        user: str | None,
+        project: str | None,
+        store: str | None,
+        pairs: tuple[str, ...],
+        **options: Any,
+    ) -> Any:
+        return fn(common=_Common(user, project, store, pairs), **options)
+
     for option in reversed(_common):
-        fn = option(fn)
-    return fn
+        command = option(command)
+    return command
 
 
 def _valid_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -153,16 +183,14 @@ def run_command(
     args_json: str | None,
     path: str | None,
     schedule: str | None,
-    user: str | None,
-    project: str | None,
-    store: str | None,
-    pairs: tuple[str, ...],
+    common: _Common,
 ) -> None:
     """Run FILE's main(**ARGS) as a Windmill-style script and print its result as JSON.
 
     ARGS is an optional JSON object; --arg key=value pairs are added over it.
     """
-    args = _parse_args(args_json, pairs)
+    args = common.args(args_json)
+    user, project, store = common.user, common.project, common.store
     result = _guard(
         lambda: run_script(
             file, args, path=path, user=user, schedule=schedule, project=project, store=store
@@ -180,10 +208,7 @@ def run_flow_command(
     items: tuple[str, ...],
     path: str,
     schedule: str | None,
-    user: str | None,
-    project: str | None,
-    store: str | None,
-    pairs: tuple[str, ...],
+    common: _Common,
 ) -> None:
     """Run the STEP scripts as steps a, b, c, … of one flow run; print the last result.
 
@@ -191,7 +216,8 @@ def run_flow_command(
     and results (step id → result) when they declare them. Steps share the flow user state.
     """
     steps, json_text = _split_steps(items)
-    args = _parse_args(json_text, pairs)
+    args = common.args(json_text)
+    user, project, store = common.user, common.project, common.store
     outcome = _guard(
         lambda: run_flow(
             steps, args, path=path, user=user, schedule=schedule, project=project, store=store
@@ -222,10 +248,7 @@ def schedule_command(
     times: int | None,
     path: str | None,
     flow_path: str | None,
-    user: str | None,
-    project: str | None,
-    store: str | None,
-    pairs: tuple[str, ...],
+    common: _Common,
 ) -> None:
     """Re-run SCRIPT every interval as a scheduled run; print each result as a JSON line.
 
@@ -241,8 +264,9 @@ def schedule_command(
         raise click.UsageError("several scripts form a flow: give its path with --flow")
     if flow_path is not None and path is not None:
         raise click.UsageError("--path names a script, --flow a flow: give only one")
-    args = _parse_args(json_text, pairs)
-    username = user or default_user()
+    args = common.args(json_text)
+    username = common.user or default_user()
+    project, store = common.project, common.store
     if flow_path is not None:
         schedule = name or flow_path
 
