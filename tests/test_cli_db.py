@@ -34,7 +34,7 @@ def test_migrate_postgres_is_idempotent_and_the_store_then_works(
     for _ in range(2):
         result = CliRunner().invoke(main, ["db", "migrate", "--store", postgres_store_url])
         assert result.exit_code == 0, result.output
-        assert result.output.strip().endswith("flowstate schema version 1")
+        assert result.output.strip().endswith("flowstate schema version 2")
 
     async def use() -> int:
         store = open_store(postgres_store_url + "&migrate=false")

@@ -12,7 +12,7 @@ from typing import Any
 from ...errors import StateValidationError
 from ...ops import UNCHANGED, Mutation
 
-__all__ = ["BLANK", "Cache", "Encoded", "Entry", "append_text", "dumps"]
+__all__ = ["BLANK", "KEEP_APPENDED", "Cache", "Encoded", "Entry", "append_text", "dumps"]
 
 
 def dumps(value: Any, name: str) -> str:
@@ -30,9 +30,11 @@ class Entry:
     """What one process last saw of a record, as of ``version`` and ``gen``.
 
     ``fields`` maps present field names to their JSON text; ``known`` are the names whose
-    presence is known (None: all of them). ``content`` is meaningful only if ``has_content``.
-    ``seen`` is the store's clock when the statement that saw it was sent: an entry seen after
-    an operation began shows the database as it was during that operation.
+    presence is known (None: all of them, except ``forgotten``). ``forgotten`` (only with
+    ``known`` None) are list fields that exist but whose text is not kept: lists pushed onto
+    after they grew past :data:`KEEP_APPENDED`. ``content`` is meaningful only if
+    ``has_content``. ``seen`` is the store's clock when the statement that saw it was sent:
+    an entry seen after an operation began shows the database as it was during that operation.
     """
 
     version: int
@@ -42,6 +44,7 @@ class Entry:
     content: str | None
     has_content: bool
     seen: int = 0
+    forgotten: frozenset[str] = frozenset()
 
     @property
     def size(self) -> int:
@@ -50,9 +53,11 @@ class Entry:
     def covers(self, names: frozenset[str] | None, content: bool) -> bool:
         if content and not self.has_content:
             return False
+        if names is None:
+            return self.known is None and not self.forgotten
         if self.known is None:
-            return True
-        return names is not None and names <= self.known
+            return self.forgotten.isdisjoint(names)
+        return names <= self.known
 
     def decoded(self, names: frozenset[str] | None) -> dict[str, Any]:
         if names is None:
@@ -67,29 +72,47 @@ class Entry:
         """Combine two reads of the same version (each may know different fields)."""
         if (newer.version, newer.gen) != (self.version, self.gen):
             return newer
+        fields = {**self.fields, **newer.fields}
+        forgotten: frozenset[str] = frozenset()
         if self.known is None or newer.known is None:
             known = None
+            forgotten = frozenset(n for n in self.forgotten | newer.forgotten if n not in fields)
         else:
             known = self.known | newer.known
         content_from = newer if newer.has_content else self
         return Entry(
             self.version,
             self.gen,
-            {**self.fields, **newer.fields},
+            fields,
             known,
             content_from.content,
             content_from.has_content,
             max(self.seen, newer.seen),
+            forgotten,
         )
 
     def after(self, mutation: Mutation, enc: Encoded, version: int, gen: int, seen: int) -> Entry:
-        """This entry once ``mutation`` is written (appended lists only if already known)."""
+        """This entry once ``mutation`` is written (appended lists only if already known).
+
+        A list longer than :data:`KEEP_APPENDED` is forgotten instead of extended: copying
+        its text on every push would cost what the list weighs, which the store avoids.
+        """
         fields = {k: v for k, v in self.fields.items() if k not in mutation.delete}
         fields.update(enc.sets)
         known = None if self.known is None else set(self.known | set(enc.sets) | mutation.delete)
+        forgotten = set(self.forgotten) - set(enc.sets) - mutation.delete
         for name, (full, items) in enc.appends.items():
+            if name in forgotten:
+                continue  # still a list, still not kept
             old = fields.get(name)
             if old is not None and old != "null":
+                if len(old) + len(items) > KEEP_APPENDED:
+                    del fields[name]
+                    if known is None:
+                        forgotten.add(name)
+                    else:
+                        known.discard(name)
+                    continue
                 fields[name] = append_text(old, items)
             elif old is not None or known is None or name in known:
                 fields[name] = full  # absent or null: the store writes the full list
@@ -100,7 +123,11 @@ class Entry:
             content, has_content = self.content, self.has_content
         else:
             content, has_content = mutation.content, True  # type: ignore[assignment]
-        return Entry(version, gen, fields, frozen, content, has_content, seen)
+        return Entry(version, gen, fields, frozen, content, has_content, seen, frozenset(forgotten))
+
+
+KEEP_APPENDED = 64 << 10
+"""Longest list text (bytes of JSON) the cache extends on a push; longer ones are dropped."""
 
 
 BLANK = Entry(0, 0, {}, None, None, True)
@@ -108,7 +135,7 @@ BLANK = Entry(0, 0, {}, None, None, True)
 
 
 def append_text(old: str, items: str) -> str:
-    """What ``fs_append`` makes of a stored array's text (kept identical to the SQL)."""
+    """A stored array's text with pushed items appended (kept identical to ``fs_joined``)."""
     head = old.rstrip(" \t\r\n")[:-1].rstrip(" \t\r\n")
     return f"{head}{items}]" if head.endswith("[") else f"{head},{items}]"
 

@@ -118,6 +118,93 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             END $$""",
         ),
     ),
+    (
+        2,
+        (
+            # Items pushed onto a stored list, one row per push (their JSON texts joined by
+            # commas): a push inserts a small row instead of rewriting the array, so it costs
+            # the same whatever the list's length. Reads append the rows, in seq order, to the
+            # field's stored text; every FOLD_AFTER pushes they are folded into it (a row at
+            # seq 0 with no items stays: the field is an array), and any other write of the
+            # field (set, delete, record delete or replace) removes them.
+            """CREATE TABLE IF NOT EXISTS fs_items (
+                key TEXT COLLATE "C" NOT NULL,
+                name TEXT COLLATE "C" NOT NULL,
+                seq BIGINT NOT NULL,
+                items TEXT NOT NULL,
+                PRIMARY KEY (key, name, seq)
+            )""",
+            # A stored array's text with pushed items' texts (comma-joined) appended; kept
+            # identical to cache.append_text.
+            """CREATE OR REPLACE FUNCTION fs_joined(p_value TEXT, p_items TEXT)
+            RETURNS TEXT LANGUAGE plpgsql IMMUTABLE AS $$
+            DECLARE
+                t TEXT;
+            BEGIN
+                IF p_items IS NULL THEN
+                    RETURN p_value;
+                END IF;
+                t := rtrim(left(rtrim(p_value, E' \t\r\n'), -1), E' \t\r\n');
+                IF right(t, 1) = '[' THEN
+                    RETURN t || p_items || ']';
+                END IF;
+                RETURN t || ',' || p_items || ']';
+            END $$""",
+            # push onto a stored non-list: the error the other stores raise (never returns).
+            """CREATE OR REPLACE FUNCTION fs_not_a_list(p_name TEXT, p_old JSON)
+            RETURNS BOOLEAN LANGUAGE plpgsql VOLATILE AS $$
+            DECLARE
+                kind TEXT := json_typeof(p_old);
+            BEGIN
+                kind := CASE kind
+                    WHEN 'number' THEN
+                        CASE WHEN p_old::text ~ '[.eE]' THEN 'float' ELSE 'int' END
+                    WHEN 'string' THEN 'str'
+                    WHEN 'object' THEN 'dict'
+                    WHEN 'boolean' THEN 'bool'
+                    ELSE kind END;
+                RAISE EXCEPTION USING ERRCODE = 'FS001', MESSAGE = p_name, DETAIL = kind;
+            END $$""",
+            "DROP FUNCTION IF EXISTS fs_append(TEXT, JSON, TEXT, TEXT)",
+            # delete(key) returns the fields with their pushed items, and removes the items.
+            """CREATE OR REPLACE FUNCTION fs_delete(p_key TEXT)
+            RETURNS TABLE (o_version BIGINT, o_content TEXT, o_created_at BIGINT,
+                           o_accessed_at BIGINT, o_names TEXT[], o_values JSON[])
+            LANGUAGE plpgsql AS $$
+            BEGIN
+                DELETE FROM fs_records r WHERE r.key = p_key
+                RETURNING r.version, r.content, r.created_at, r.accessed_at
+                INTO o_version, o_content, o_created_at, o_accessed_at;
+                IF NOT FOUND THEN
+                    RETURN;
+                END IF;
+                WITH d AS (DELETE FROM fs_fields f WHERE f.key = p_key RETURNING f.name, f.value),
+                i AS (DELETE FROM fs_items x WHERE x.key = p_key RETURNING x.name, x.seq, x.items),
+                j AS (SELECT i.name, string_agg(i.items, ',' ORDER BY i.seq) AS items
+                      FROM i WHERE i.seq > 0 GROUP BY i.name)
+                SELECT array_agg(d.name),
+                       array_agg(CASE WHEN j.items IS NULL THEN d.value
+                                 ELSE fs_joined(d.value::text, j.items)::json END)
+                INTO o_names, o_values FROM d LEFT JOIN j ON j.name = d.name;
+                RETURN NEXT;
+            END $$""",
+            """CREATE OR REPLACE FUNCTION fs_delete_prefix(p_lo TEXT, p_hi TEXT)
+            RETURNS BIGINT LANGUAGE plpgsql AS $$
+            DECLARE n BIGINT;
+            BEGIN
+                DELETE FROM fs_records r
+                WHERE r.key >= p_lo COLLATE "C" AND r.key < p_hi COLLATE "C";
+                GET DIAGNOSTICS n = ROW_COUNT;
+                DELETE FROM fs_fields f
+                WHERE f.key >= p_lo COLLATE "C" AND f.key < p_hi COLLATE "C"
+                  AND NOT EXISTS (SELECT 1 FROM fs_records r WHERE r.key = f.key);
+                DELETE FROM fs_items f
+                WHERE f.key >= p_lo COLLATE "C" AND f.key < p_hi COLLATE "C"
+                  AND NOT EXISTS (SELECT 1 FROM fs_records r WHERE r.key = f.key);
+                RETURN n;
+            END $$""",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -17,6 +17,7 @@ from .cache import Encoded, Entry, dumps
 
 __all__ = [
     "FIELDS_SQL",
+    "FOLD_AFTER",
     "NOW",
     "POOL_OPTIONS",
     "READ_MANY_SQL",
@@ -34,6 +35,19 @@ Connection = Any  # asyncpg ships no type information
 # Server clock in nanoseconds (microsecond resolution): one clock for every process.
 NOW = "((extract(epoch FROM clock_timestamp()) * 1000000)::bigint * 1000)"
 
+FOLD_AFTER = 1024
+"""Pushes kept as rows of ``fs_items`` before they are folded into the stored array."""
+
+# A field row ``x`` with its pushed items (``it.items``, comma-joined, or NULL): ``FIELD_TEXT``
+# is its value as one JSON text. Items exist only while the stored value is an array.
+ITEMS_OF = (
+    "LEFT JOIN LATERAL (SELECT string_agg(i.items, ',' ORDER BY i.seq) AS items "
+    "FROM fs_items i WHERE i.key = x.key AND i.name = x.name AND i.seq > 0) it ON true"
+)
+FIELD_TEXT = (
+    "CASE WHEN it.items IS NULL THEN x.value::text ELSE fs_joined(x.value::text, it.items) END"
+)
+
 
 @functools.cache
 def load_sql(which: Literal["all", "some", "none"], content: bool) -> str:
@@ -48,8 +62,8 @@ def load_sql(which: Literal["all", "some", "none"], content: bool) -> str:
     where = " AND x.name = ANY($2::text[])" if which == "some" else ""
     return (
         f"{head}, f.names, f.vals FROM fs_records r LEFT JOIN LATERAL ("
-        "SELECT array_agg(x.name) AS names, array_agg(x.value) AS vals "
-        f"FROM fs_fields x WHERE x.key = r.key{where}) f ON true WHERE r.key = $1"
+        f"SELECT array_agg(x.name) AS names, array_agg({FIELD_TEXT}) AS vals "
+        f"FROM fs_fields x {ITEMS_OF} WHERE x.key = r.key{where}) f ON true WHERE r.key = $1"
     )
 
 
@@ -67,6 +81,8 @@ class Shape:
     report: bool = False  # also return the current version of records not written
     guards: bool = False  # some records are written only while a guard record holds
     steps: bool = False  # some record takes several versions at once (combined writes)
+    clears: bool = False  # fields set or deleted that may have pushed items to remove
+    fold_after: int = FOLD_AFTER
 
 
 @functools.cache
@@ -79,9 +95,16 @@ def batch_sql(shape: Shape) -> str:
     records this statement wrote, whose row locks it holds. Parameters, in order, for the parts
     present: update keys, versions, gens, [content flags, contents]; insert keys, contents;
     changed keys, names, values; added keys, names, values; delete keys, names; append keys,
-    names, whole lists, items. With guards, first: guarded keys, guard keys, fields, values
-    (JSON text); a guarded record whose guard fails is not written and comes back with
-    ``written`` NULL.
+    names, whole lists, items; cleared keys, names. With guards, first: guarded keys, guard
+    keys, fields, values (JSON text); a guarded record whose guard fails is not written and
+    comes back with ``written`` NULL.
+
+    A push onto a stored array inserts one ``fs_items`` row (the next ``seq``) without reading
+    or rewriting the array; every ``fold_after``-th push folds the rows into the array instead
+    (and leaves a marker row, ``seq`` 0). A push onto an absent or null field stores the whole
+    list; onto another value, ``fs_not_a_list`` raises. The record's version guard makes the
+    statement's snapshot the record's latest state: another writer's commit moves the
+    version, and then nothing here is written.
     """
     n = 0
 
@@ -165,16 +188,60 @@ def batch_sql(shape: Shape) -> str:
         )
     if shape.appends:
         keys, names, wholes, items = p("text[]"), p("text[]"), p("text[]"), p("text[]")
+        fold = shape.fold_after
+        blank = "(' ', E'\\t', E'\\n', E'\\r')"
+        # ``last``: the field's highest item row (a row exists only while the field is an
+        # array, so then its value is not read at all); otherwise the value's first character
+        # tells an array from null and other values (json has no slice access: reading it
+        # reads the whole value, once after each set of the field).
         parts.append(
-            "fu AS (UPDATE fs_fields f SET value = fs_append(f.name, f.value, v.whole, v.items) "
-            f"FROM unnest({keys}, {names}, {wholes}, {items}) AS v(key, name, whole, items), r "
-            "WHERE f.key = v.key AND f.name = v.name AND r.key = v.key)"
+            "ak AS MATERIALIZED (SELECT v.key, v.name, v.whole, v.items, x.value, "
+            "coalesce(s.last, 0) + 1 AS seq, CASE WHEN s.last IS NOT NULL THEN 'array' "
+            "WHEN x.head IS NULL OR x.head = 'n' THEN 'whole' WHEN x.head = '[' THEN 'array' "
+            f"WHEN x.head IN {blank} THEN CASE json_typeof(x.value) WHEN 'array' THEN 'array' "
+            "WHEN 'null' THEN 'whole' ELSE 'other' END ELSE 'other' END AS kind "
+            f"FROM unnest({keys}, {names}, {wholes}, {items}) AS v(key, name, whole, items) "
+            "JOIN r ON r.key = v.key CROSS JOIN LATERAL (SELECT max(i.seq) AS last "
+            "FROM fs_items i WHERE i.key = v.key AND i.name = v.name) s "
+            "LEFT JOIN LATERAL (SELECT y.value, substr(y.value::text, 1, 1) AS head "
+            "FROM fs_fields y WHERE s.last IS NULL AND y.key = v.key AND y.name = v.name) x "
+            "ON true)"
         )
         parts.append(
-            "fi AS (INSERT INTO fs_fields (key, name, value) SELECT v.key, v.name, v.whole::json "
-            f"FROM unnest({keys}, {names}, {wholes}) AS v(key, name, whole) "
-            "JOIN r ON r.key = v.key WHERE NOT EXISTS "
-            "(SELECT 1 FROM fs_fields f WHERE f.key = v.key AND f.name = v.name))"
+            "aw AS (INSERT INTO fs_fields (key, name, value) SELECT ak.key, ak.name, "
+            "ak.whole::json FROM ak WHERE ak.kind = 'whole' "
+            "ON CONFLICT (key, name) DO UPDATE SET value = EXCLUDED.value)"
+        )
+        # A push: one row; every fold_after-th, the rows join the array instead, and a marker
+        # row (seq 0, no items) stays to say that the field is an array.
+        parts.append(
+            "ai AS (INSERT INTO fs_items (key, name, seq, items) "
+            "SELECT ak.key, ak.name, ak.seq, ak.items FROM ak WHERE CASE ak.kind "
+            f"WHEN 'array' THEN ak.seq % {fold} <> 0 "
+            "WHEN 'other' THEN fs_not_a_list(ak.name, ak.value) ELSE false END)"
+        )
+        parts.append(
+            "am AS (INSERT INTO fs_items (key, name, seq, items) SELECT ak.key, ak.name, 0, '' "
+            f"FROM ak WHERE ak.kind = 'array' AND ak.seq % {fold} = 0 "
+            "ON CONFLICT (key, name, seq) DO NOTHING)"
+        )
+        parts.append(
+            "af AS (UPDATE fs_fields f SET value = fs_joined(f.value::text, concat_ws(',', "
+            "(SELECT string_agg(i.items, ',' ORDER BY i.seq) FROM fs_items i "
+            "WHERE i.key = ak.key AND i.name = ak.name AND i.seq > 0), ak.items))::json FROM ak "
+            "WHERE f.key = ak.key AND f.name = ak.name AND ak.kind = 'array' "
+            f"AND ak.seq % {fold} = 0)"
+        )
+        parts.append(
+            "ax AS (DELETE FROM fs_items i USING ak WHERE i.key = ak.key AND i.name = ak.name "
+            f"AND (ak.kind = 'whole' OR (ak.kind = 'array' AND ak.seq % {fold} = 0 "
+            "AND i.seq > 0)))"
+        )
+    if shape.clears:
+        keys, names = p("text[]"), p("text[]")
+        parts.append(
+            f"xc AS (DELETE FROM fs_items i USING unnest({keys}, {names}) AS v(key, name), r "
+            "WHERE i.key = v.key AND i.name = v.name AND r.key = v.key)"
         )
     main = "SELECT key, version, gen, true FROM r"
     if shape.report:
@@ -208,7 +275,17 @@ class Job:
     steps: int = 1  # versions this write adds (several callers' writes combined)
 
 
-def batch_args(jobs: list[Job]) -> tuple[Shape, list[Any]]:
+def _may_have_items(entry: Entry, name: str) -> bool:
+    """Whether field ``name`` may have pushed items in ``fs_items`` (at ``entry``'s version):
+    only a stored array has them, so a field known absent or known to be another value (a
+    counter, a string) needs no clearing when it is set or deleted."""
+    text = entry.fields.get(name)
+    if text is None:
+        return name in entry.forgotten or (entry.known is not None and name not in entry.known)
+    return text.lstrip(" \t\r\n")[:1] == "["
+
+
+def batch_args(jobs: list[Job], fold_after: int = FOLD_AFTER) -> tuple[Shape, list[Any]]:
     """The statement shape and parameters that write ``jobs`` (distinct keys)."""
     upd: list[Job] = []
     ins: list[Job] = []
@@ -216,6 +293,7 @@ def batch_args(jobs: list[Job]) -> tuple[Shape, list[Any]]:
     added: tuple[list[str], list[str], list[str]] = ([], [], [])
     deletes: tuple[list[str], list[str]] = ([], [])
     appends: tuple[list[str], list[str], list[str], list[str]] = ([], [], [], [])
+    clears: tuple[list[str], list[str]] = ([], [])
     for job in sorted(jobs, key=lambda j: j.key):
         entry, enc, key = job.entry, job.enc, job.key
         if entry is None:
@@ -233,6 +311,10 @@ def batch_args(jobs: list[Job]) -> tuple[Shape, list[Any]]:
         for name in job.mutation.delete:
             deletes[0].append(key)
             deletes[1].append(name)
+        for name in (*enc.sets, *job.mutation.delete):
+            if _may_have_items(entry, name):
+                clears[0].append(key)
+                clears[1].append(name)
         for name, (whole, items) in enc.appends.items():
             for column, value in zip(appends, (key, name, whole, items), strict=True):
                 column.append(value)
@@ -248,6 +330,8 @@ def batch_args(jobs: list[Job]) -> tuple[Shape, list[Any]]:
         report=any(j.report for j in jobs),
         guards=any(j.guard is not None for j in jobs),
         steps=any(j.steps != 1 for j in jobs),
+        clears=bool(clears[0]),
+        fold_after=fold_after,
     )
     args: list[Any] = []
     if shape.guards:
@@ -271,7 +355,7 @@ def batch_args(jobs: list[Job]) -> tuple[Shape, list[Any]]:
         args.append([None if j.mutation.content is UNCHANGED else j.mutation.content for j in ins])
         if shape.steps:
             args.append([j.steps for j in ins])
-    for part in (changed, added, deletes, appends):
+    for part in (changed, added, deletes, appends, clears):
         if part[0]:
             args += part
     return shape, args
@@ -303,27 +387,30 @@ async def check_guard(conn: Connection, guard: Guard | None) -> None:
     raise guard.gone()
 
 
-async def write_batch(conn: Connection, jobs: list[Job]) -> dict[str, Outcome]:
+async def write_batch(
+    conn: Connection, jobs: list[Job], fold_after: int = FOLD_AFTER
+) -> dict[str, Outcome]:
     """Write ``jobs`` in one statement; ``key → outcome`` (absent: not written, unknown)."""
-    shape, args = batch_args(jobs)
+    shape, args = batch_args(jobs, fold_after)
     try:
         rows = await conn.fetch(batch_sql(shape), *args)
     except asyncpg.PostgresError as exc:
-        if getattr(exc, "sqlstate", None) == "FS001":  # raised by fs_append
+        if getattr(exc, "sqlstate", None) == "FS001":  # raised by fs_not_a_list
             raise append_target_error(exc.message, exc.detail) from None
         raise
     return {row[0]: Outcome(row[3], row[1], row[2]) for row in rows}
 
 
-FIELDS_SQL = "SELECT name, value FROM fs_fields WHERE key = $1"
+FIELDS_SQL = f"SELECT x.name, {FIELD_TEXT} FROM fs_fields x {ITEMS_OF} WHERE x.key = $1"
+"""A record's fields with their pushed items (append ``AND x.name = ANY($2::text[])``)."""
 
 # Several records with the fields asked for, in one statement: $1 keys, $2 "all fields" flags,
 # $3/$4 the (key, name) pairs wanted of the other keys.
 READ_MANY_SQL = (
     "SELECT r.key, r.version, r.gen, r.content, r.created_at, r.accessed_at, f.names, f.vals "
     "FROM unnest($1::text[], $2::bool[]) AS w(key, every) JOIN fs_records r ON r.key = w.key "
-    "LEFT JOIN LATERAL (SELECT array_agg(x.name) AS names, array_agg(x.value) AS vals "
-    "FROM fs_fields x WHERE x.key = r.key AND (w.every OR x.name = ANY(ARRAY("
+    f"LEFT JOIN LATERAL (SELECT array_agg(x.name) AS names, array_agg({FIELD_TEXT}) AS vals "
+    f"FROM fs_fields x {ITEMS_OF} WHERE x.key = r.key AND (w.every OR x.name = ANY(ARRAY("
     "SELECT p.n FROM unnest($3::text[], $4::text[]) AS p(k, n) WHERE p.k = w.key)))) f ON true"
 )
 

@@ -30,7 +30,10 @@ from .cache import BLANK, Cache, Encoded, Entry, dumps
 from .events import Events
 from .migrations import check_version, migrate_conn, parse_url, quote_ident
 from .sql import (
+    FIELD_TEXT,
     FIELDS_SQL,
+    FOLD_AFTER,
+    ITEMS_OF,
     NOW,
     POOL_OPTIONS,
     READ_MANY_SQL,
@@ -171,6 +174,7 @@ async def _replace_fields(conn: Connection, records: Iterable[Record]) -> None:
     if not keys:
         return
     await conn.execute("DELETE FROM fs_fields WHERE key = ANY($1::text[])", keys)
+    await conn.execute("DELETE FROM fs_items WHERE key = ANY($1::text[])", keys)
     await conn.execute(
         "INSERT INTO fs_fields (key, name, value) "
         "SELECT * FROM unnest($1::text[], $2::text[], $3::json[])",
@@ -186,6 +190,8 @@ class PostgresStore(Store):
     optimistic_attempts = 3
     max_batch = 64
     max_group = 256
+    fold_after = FOLD_AFTER
+    """Pushes kept as ``fs_items`` rows before they are folded into the stored array."""
 
     def __init__(self, url: str, *, migrate: bool | None = None) -> None:
         super().__init__()
@@ -414,7 +420,7 @@ class PostgresStore(Store):
     async def _write_alone(self, conn: Connection, job: Job) -> Outcome | None:
         job.sent = self._tick()
         try:
-            return (await write_batch(conn, [job])).get(job.key)
+            return (await write_batch(conn, [job], self.fold_after)).get(job.key)
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             return None  # treated like a moved record: the caller reloads and tries again
 
@@ -464,7 +470,7 @@ class PostgresStore(Store):
                     for job in batch:
                         job.sent = sent
                     try:
-                        written = await write_batch(conn, batch)
+                        written = await write_batch(conn, batch, self.fold_after)
                     except (asyncpg.PostgresError, StateValidationError):
                         pass  # one job's error (or a deadlock): write them one by one
                     else:
@@ -696,7 +702,7 @@ class PostgresStore(Store):
                             rows = await conn.fetch(FIELDS_SQL, key)
                         else:
                             rows = await conn.fetch(
-                                FIELDS_SQL + " AND name = ANY($2::text[])", key, list(names)
+                                FIELDS_SQL + " AND x.name = ANY($2::text[])", key, list(names)
                             )
                         known = None if names is None else frozenset(names)
                         entry = Entry(row[0], row[1], dict(rows), known, row[2], True)
@@ -707,7 +713,7 @@ class PostgresStore(Store):
                     mutation = planned
                     enc = Encoded.of(mutation)
                     job = Job(key, entry, mutation, enc, sent=self._tick())
-                    written = (await write_batch(conn, [job])).get(key)
+                    written = (await write_batch(conn, [job], self.fold_after)).get(key)
                     if written is None or not written.written:
                         raise Retry  # created meanwhile (we saw no row to lock): again
             except RETRYABLE:
@@ -754,7 +760,8 @@ class PostgresStore(Store):
                     "WHERE f.key = $1 AND NOT (f.name = ANY($2::text[]))), "
                     "s AS (INSERT INTO fs_fields (key, name, value) SELECT $1, u.name, u.value "
                     "FROM r, unnest($2::text[], $3::json[]) AS u(name, value) "
-                    "ON CONFLICT (key, name) DO UPDATE SET value = EXCLUDED.value) "
+                    "ON CONFLICT (key, name) DO UPDATE SET value = EXCLUDED.value), "
+                    "i AS (DELETE FROM fs_items x USING r WHERE x.key = $1) "
                     "SELECT version, gen FROM r",
                     key,
                     names,
@@ -786,8 +793,9 @@ class PostgresStore(Store):
                     )
                     evicted = sorted(r[0] for r in victims)
                     await conn.execute("DELETE FROM fs_fields WHERE key = ANY($1::text[])", evicted)
+                    await conn.execute("DELETE FROM fs_items WHERE key = ANY($1::text[])", evicted)
             job = Job(key, None, Mutation(set=fields, content=content), Encoded(encoded, {}))
-            new = (await write_batch(conn, [job])).get(key)
+            new = (await write_batch(conn, [job], self.fold_after)).get(key)
             if new is None or not new.written:
                 raise Retry  # created meanwhile without the cap lock: look again
             gen = new.gen
@@ -876,8 +884,8 @@ class PostgresStore(Store):
             fields: dict[str, dict[str, Any]] = {row[0]: {} for row in rows}
             # One snapshot for both statements; the batch is a contiguous key range.
             for key, name, value in await conn.fetch(
-                "SELECT key, name, value FROM fs_fields WHERE key >= $1 AND key <= $2 "
-                "ORDER BY key, name",
+                f"SELECT x.key, x.name, {FIELD_TEXT} FROM fs_fields x {ITEMS_OF} "
+                "WHERE x.key >= $1 AND x.key <= $2 ORDER BY x.key, x.name",
                 rows[0][0],
                 rows[-1][0],
             ):
@@ -969,9 +977,9 @@ class PostgresStore(Store):
                 [w[2] for w in wanted],
             )
             deleted = sorted({row[0] for row in rows})
-            if deleted:
+            for table in ("fs_fields", "fs_items") if deleted else ():
                 await conn.execute(
-                    "DELETE FROM fs_fields f WHERE f.key = ANY($1::text[]) "
+                    f"DELETE FROM {table} f WHERE f.key = ANY($1::text[]) "
                     "AND NOT EXISTS (SELECT 1 FROM fs_records r WHERE r.key = f.key)",
                     deleted,
                 )
@@ -989,15 +997,16 @@ class PostgresStore(Store):
 
         async def txn(conn: Connection) -> int:
             # Records first (waiting for their writers), then, in a new statement (a fresh
-            # snapshot), the field rows they select that are left without a record.
+            # snapshot), the field and item rows they select that are left without a record.
             status = await conn.execute(
                 f"DELETE FROM fs_records r {using} WHERE {condition.format('r')}", *args
             )
-            await conn.execute(
-                f"DELETE FROM fs_fields f {using} WHERE {condition.format('f')} "
-                "AND NOT EXISTS (SELECT 1 FROM fs_records r WHERE r.key = f.key)",
-                *args,
-            )
+            for table in ("fs_fields", "fs_items"):  # and their pushed items
+                await conn.execute(
+                    f"DELETE FROM {table} f {using} WHERE {condition.format('f')} "
+                    "AND NOT EXISTS (SELECT 1 FROM fs_records r WHERE r.key = f.key)",
+                    *args,
+                )
             return int(status.rsplit(" ", 1)[1])
 
         return await self._transact(txn)
