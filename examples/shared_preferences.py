@@ -1,7 +1,7 @@
 """Two flows sharing a user's preferences, and a maintenance flow with isolated user state.
 
 ``chat`` and ``admin`` both declare the user schema ``Preferences`` (one model both import,
-as the seeds recommend), so they read and write the same user record: a theme set in chat
+so the two declarations cannot drift apart), so they read and write the same user record: a theme set in chat
 is what admin sees. ``maintenance`` sets ``isolate_user_state=True``: its ``lastRunAt`` lives
 in its own record, invisible to the others, and its schema cannot clash with theirs.
 

@@ -26,7 +26,16 @@ from .schema import describe_errors
 if TYPE_CHECKING:
     from .runtime import Context, Frame
 
-__all__ = ["Block", "Handler", "Router", "Sequencer", "handler", "router", "sequencer"]
+__all__ = [
+    "Block",
+    "Handler",
+    "HandlerOptions",
+    "Router",
+    "Sequencer",
+    "handler",
+    "router",
+    "sequencer",
+]
 
 InT = TypeVar("InT", default=Any)
 OutT = TypeVar("OutT", default=Any)
