@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypedDict, Unpack, over
 from pydantic import BaseModel, ValidationError
 from typing_extensions import TypeVar
 
-from .errors import DefinitionError, StateValidationError
+from .errors import DefinitionError, StateValidationError, describe_errors
 from .resources import AnyResourceDefinition, ResourceCollectionDefinition, ResourceDefinition
-from .schema import describe_errors
 
 if TYPE_CHECKING:
     from .runtime import Context, Frame

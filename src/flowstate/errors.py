@@ -37,6 +37,7 @@ __all__ = [
     "StateValidationError",
     "StoreUnavailableError",
     "client_error",
+    "describe_errors",
     "status_for",
 ]
 
@@ -386,7 +387,8 @@ def _client_errors(exc: StateValidationError) -> tuple[list[dict[str, Any]], boo
     return errors, hidden
 
 
-def _describe(errors: list[dict[str, Any]]) -> str:
+def describe_errors(errors: list[dict[str, Any]]) -> str:
+    """One line per error: ``field "a.b": Input should be a valid integer (int_parsing)``."""
     parts = []
     for e in errors:
         loc = ".".join(str(p) for p in e["loc"]) or "(state)"
@@ -413,7 +415,7 @@ def client_error(exc: BaseException) -> tuple[str, str, Any]:
         if not errors:
             message = exc.public_message or exc.message
         else:
-            text = _describe(errors)
+            text = describe_errors(errors)
             if hidden:
                 error_id = new_error_id()
                 log.warning("validation error id %s: %s", error_id, exc.message)

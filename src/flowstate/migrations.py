@@ -15,8 +15,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import DefinitionError, MigrationError, SchemaVersionError, StateValidationError
-from .schema import Schema, copy_json, describe_errors
+from .errors import (
+    DefinitionError,
+    MigrationError,
+    SchemaVersionError,
+    StateValidationError,
+    describe_errors,
+)
+from .schema import Schema, copy_json
 
 __all__ = ["SCHEMA_FIELD", "SchemaLineage", "split_schema_version"]
 

@@ -21,7 +21,12 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined, to_jsonable_python
 
-from .errors import DefinitionError, SchemaConflictError, StateValidationError
+from .errors import (
+    DefinitionError,
+    SchemaConflictError,
+    StateValidationError,
+    describe_errors,
+)
 from .limits import json_problem
 from .snapshot import freeze
 
@@ -416,15 +421,6 @@ def _has_validators(model: type[BaseModel]) -> bool:
 
 def _errors_of(exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
     return [{"loc": [*prefix, *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-
-
-def describe_errors(errors: list[dict[str, Any]]) -> str:
-    """One line per error: ``field "a.b": Input should be a valid integer (int_parsing)``."""
-    parts = []
-    for e in errors:
-        loc = ".".join(str(p) for p in e["loc"]) or "(state)"
-        parts.append(f'field "{loc}": {e["msg"]} ({e["type"]})')
-    return "; ".join(parts)
 
 
 class Schema:

@@ -487,15 +487,20 @@ def _scope_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def _record_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The scope options, and which of its records: a resource, a collection instance."""
+    fn = click.option("--key", default=None, help="A collection instance's storage key.")(fn)
+    fn = click.option("--resource", default=None, help="A resource (or collection) name.")(fn)
+    return _scope_options(fn)
+
+
 @click.group()
 def state() -> None:
     """Read and write stored state (for operators; raw state, never sent to clients)."""
 
 
 @state.command("get")
-@_scope_options
-@click.option("--resource", default=None, help="A resource (or collection) name.")
-@click.option("--key", default=None, help="A collection instance's storage key.")
+@_record_options
 def state_get(
     scope: str,
     scope_id: str,
@@ -600,9 +605,7 @@ def _pick_flow(server: FlowServer, kind: str | None) -> Flow:
 
 
 @state.command("set")
-@_scope_options
-@click.option("--resource", default=None, help="A resource (or collection) name.")
-@click.option("--key", default=None, help="A collection instance's storage key.")
+@_record_options
 @click.option(
     "--app",
     "app_target",

@@ -34,10 +34,15 @@ from ..access import Identity
 from ..blocks import Block
 from ..clientdata import to_json
 from ..codegen import action_input_model
-from ..errors import FlowStateError, SessionNotFoundError, StateValidationError, client_error
+from ..errors import (
+    FlowStateError,
+    SessionNotFoundError,
+    StateValidationError,
+    client_error,
+    describe_errors,
+)
 from ..layout import MAX_ID_BYTES
 from ..limits import MAX_BODY_BYTES
-from ..schema import describe_errors
 from ..server import FlowServer, RunResult, SessionInfo
 from ..values import Event
 from ._auth import TOKENS_ENV, Authenticator, make_authenticator, tokens_from_env

@@ -16,9 +16,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from ..errors import FlowStateError, PublicError, client_error, status_for
+from ..errors import FlowStateError, PublicError, client_error, describe_errors, status_for
 from ..limits import MAX_DEPTH, json_problem
-from ..schema import describe_errors
 
 __all__ = [
     "HTTPError",
