@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 TOKEN = "bench-token"
+WARMUP_PER_WORKER = 10
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
 # ----------------------------------------------------------------------------------- servers
@@ -127,7 +128,12 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def load(kind: str, url: str, requests: int, concurrency: int) -> dict[str, Any]:
+async def load(
+    kind: str, url: str, requests: int, concurrency: int, server_pid: int
+) -> dict[str, Any]:
+    """Warm up, then time ``requests`` requests; the server's CPU time is read at both ends of
+    the timed part only, so one-time costs (first-request imports and model builds, session
+    creation, connection set-up) are not spread over the timed requests."""
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -152,7 +158,10 @@ async def load(kind: str, url: str, requests: int, concurrency: int) -> dict[str
 
         sessions: list[list[str | None]] = [[None] for _ in range(concurrency)]
         # Warm-up: connections open, sessions created, code paths hot.
-        await asyncio.gather(*(one(w, sessions[w]) for w in range(concurrency) for _ in range(5)))
+        cpu_start = cpu_seconds(server_pid)
+        for _ in range(WARMUP_PER_WORKER):  # sequential per worker: a new session each first
+            await asyncio.gather(*(one(w, sessions[w]) for w in range(concurrency)))
+        cpu_warm = cpu_seconds(server_pid)
         latencies: list[float] = []
         remaining = [requests]
 
@@ -164,8 +173,11 @@ async def load(kind: str, url: str, requests: int, concurrency: int) -> dict[str
         start = time.perf_counter()
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
         elapsed = time.perf_counter() - start
+        cpu_end = cpu_seconds(server_pid)
     return {
-        "warmup": 5 * concurrency,
+        "warmup": WARMUP_PER_WORKER * concurrency,
+        "warmup_cpu_ms": (cpu_warm - cpu_start) * 1e3,
+        "cpu_ms": (cpu_end - cpu_warm) / len(latencies) * 1e3,
         "requests": len(latencies),
         "seconds": elapsed,
         "rps": len(latencies) / elapsed,
@@ -240,13 +252,16 @@ def wait_up(port: int, timeout: float = 30, process: subprocess.Popen[bytes] | N
 
 
 def me(*args: str, time_limit: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-P", __file__, *args],
         capture_output=True,
         text=True,
         timeout=time_limit,
-        check=True,
+        check=False,
     )
+    if done.returncode != 0:
+        raise RuntimeError(f"bench_http {args[0]} failed:\n{done.stderr[-3000:]}")
+    return done
 
 
 def cpu_seconds(pid: int) -> float:
@@ -262,18 +277,16 @@ def measure(kind: str, tmp: Path, args: argparse.Namespace, *, sse: bool) -> dic
     try:
         wait_up(port, process=server)
         url = f"http://127.0.0.1:{port}"
-        cpu_before = cpu_seconds(server.pid)
         out = me(
             "--load",
             kind,
             url,
             str(args.requests),
             str(args.concurrency),
+            str(server.pid),
             time_limit=args.time_limit,
         )
         result: dict[str, Any] = json.loads(out.stdout)
-        served = result["requests"] + result["warmup"]
-        result["cpu_ms"] = (cpu_seconds(server.pid) - cpu_before) / served * 1e3
         if sse:
             out = me("--sse", url, str(args.sse_samples), time_limit=args.time_limit)
             result["sse"] = json.loads(out.stdout)
@@ -287,30 +300,14 @@ def median(rounds: list[dict[str, Any]], key: str) -> float:
     return statistics.median(float(r[key]) for r in rounds)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--sse-samples", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--time-limit", type=float, default=300)
-    parser.add_argument("--serve", nargs=3, metavar=("KIND", "DB", "PORT"))
-    parser.add_argument("--load", nargs=4, metavar=("KIND", "URL", "REQUESTS", "CONCURRENCY"))
-    parser.add_argument("--sse", nargs=2, metavar=("URL", "SAMPLES"))
-    args = parser.parse_args()
-    if args.serve:
-        kind, db, port = args.serve
-        serve(kind, db, int(port))
-        return
-    if args.load:
-        kind, url, n, c = args.load
-        print(json.dumps(asyncio.run(load(kind, url, int(n), int(c)))))
-        return
-    if args.sse:
-        url, n = args.sse
-        print(json.dumps(asyncio.run(sse_delay(url, int(n)))))
-        return
+def paired(args: argparse.Namespace) -> dict[str, Any]:
+    """Both servers ``args.rounds`` times, in alternating order, each round measured alike.
 
+    The CPU ratio is taken within each round (flowstate ÷ bare, the two measured back to back)
+    and the median of those per-round ratios is reported: drift in the machine's load hits
+    both sides of one round alike. ``python -m bench`` (full and ``--quick``) calls this too,
+    so both report the same measure and differ only in rounds and requests.
+    """
     rounds: dict[str, list[dict[str, Any]]] = {"bare": [], "flowstate": []}
     with tempfile.TemporaryDirectory(prefix="flowstate-bench-http-") as tmp:
         for number in range(args.rounds):  # alternate the order: drift hits both alike
@@ -319,30 +316,90 @@ def main() -> None:
                 last = number == args.rounds - 1
                 sse = kind == "flowstate" and last and args.sse_samples > 0
                 rounds[kind].append(measure(kind, Path(tmp), args, sse=sse))
-    bare_rps = median(rounds["bare"], "rps")
-    print(
-        f"# bench_http: {args.rounds} rounds x {args.requests} requests, concurrency "
-        f"{args.concurrency}, {os.cpu_count()} CPUs, SQLite WAL synchronous=FULL, loopback "
-        "(medians)\n"
+    out: dict[str, Any] = {
+        "rounds": args.rounds,
+        "requests": args.requests,
+        "concurrency": args.concurrency,
+        "warmup": rounds["bare"][0]["warmup"],
+    }
+    for kind, results in rounds.items():
+        out[kind] = {
+            "rps": median(results, "rps"),
+            "p50_ms": median(results, "p50_ms"),
+            "p99_ms": median(results, "p99_ms"),
+            "cpu_ms": median(results, "cpu_ms"),
+            "warmup_cpu_ms": median(results, "warmup_cpu_ms"),
+            "rounds_rps": [round(r["rps"], 1) for r in results],
+            "rounds_cpu_ms": [round(r["cpu_ms"], 3) for r in results],
+        }
+    cpu_ratios = [
+        f["cpu_ms"] / b["cpu_ms"] for b, f in zip(rounds["bare"], rounds["flowstate"], strict=True)
+    ]
+    rps_ratios = [
+        b["rps"] / f["rps"] for b, f in zip(rounds["bare"], rounds["flowstate"], strict=True)
+    ]
+    out["rounds_cpu_ratio"] = [round(r, 3) for r in cpu_ratios]
+    out["cpu_ratio"] = statistics.median(cpu_ratios)
+    out["rps_ratio"] = statistics.median(rps_ratios)
+    sse_result = rounds["flowstate"][-1].get("sse")
+    if sse_result:
+        out["sse"] = sse_result
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--sse-samples", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--time-limit", type=float, default=300)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--serve", nargs=3, metavar=("KIND", "DB", "PORT"))
+    parser.add_argument(
+        "--load", nargs=5, metavar=("KIND", "URL", "REQUESTS", "CONCURRENCY", "SERVER_PID")
     )
-    print("| server | requests/s | p50 ms | p99 ms | server CPU ms/request | bare ÷ this |")
+    parser.add_argument("--sse", nargs=2, metavar=("URL", "SAMPLES"))
+    args = parser.parse_args()
+    if args.serve:
+        kind, db, port = args.serve
+        serve(kind, db, int(port))
+        return
+    if args.load:
+        kind, url, n, c, pid = args.load
+        print(json.dumps(asyncio.run(load(kind, url, int(n), int(c), int(pid)))))
+        return
+    if args.sse:
+        url, n = args.sse
+        print(json.dumps(asyncio.run(sse_delay(url, int(n)))))
+        return
+
+    result = paired(args)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(
+        f"# bench_http: {args.rounds} rounds x {args.requests} requests (after "
+        f"{result['warmup']} warm-up requests, not counted), concurrency {args.concurrency}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, SQLite WAL "
+        "synchronous=FULL, loopback (medians)\n"
+    )
+    print("| server | requests/s | p50 ms | p99 ms | server CPU ms/request | per round CPU ms |")
     print("|---|---:|---:|---:|---:|---:|")
     names = {"bare": "bare FastAPI + sqlite3 UPDATE", "flowstate": "flowstate action"}
-    for kind, results in rounds.items():
-        rps = median(results, "rps")
+    for kind in ("bare", "flowstate"):
+        r = result[kind]
         print(
-            f"| {names[kind]} | {rps:,.0f} | {median(results, 'p50_ms'):.2f} | "
-            f"{median(results, 'p99_ms'):.2f} | {median(results, 'cpu_ms'):.2f} | "
-            f"{bare_rps / rps:.2f} |"
+            f"| {names[kind]} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['cpu_ms']:.3f} | {', '.join(f'{x:.3f}' for x in r['rounds_cpu_ms'])} |"
         )
     print(
-        "\nper round requests/s: "
-        + "; ".join(
-            f"{kind} " + ", ".join(f"{r['rps']:,.0f}" for r in results)
-            for kind, results in rounds.items()
-        )
+        f"\nserver CPU per request, flowstate ÷ bare (median of per-round ratios): "
+        f"{result['cpu_ratio']:.2f}x (rounds: "
+        f"{', '.join(f'{x:.2f}' for x in result['rounds_cpu_ratio'])}); "
+        f"bare ÷ flowstate requests/s: {result['rps_ratio']:.2f}x"
     )
-    sse_result = rounds["flowstate"][-1].get("sse")
+    sse_result = result.get("sse")
     if sse_result:
         print(
             f"\nSSE delay, committed write → state_change frame at the client "

@@ -320,10 +320,18 @@ def http_table(data: dict[str, Any]) -> str:
     text = _table(
         ["server", "requests/s", "p50", "p99", "server CPU / request", "per round req/s"], rows
     )
+    per_round = h.get("rounds_cpu_ratio")
     text += (
-        f"\n\nflowstate ÷ bare server CPU per request: **{h['cpu_ratio']:.2f}x**; "
-        f"bare ÷ flowstate requests/s: {h['rps_ratio']:.2f}x "
-        f"({h['requests']:,} requests per round, {h['concurrency']} concurrent clients)."
+        f"\n\nflowstate ÷ bare server CPU per request: **{h['cpu_ratio']:.2f}x**"
+        + (
+            f" (median of per-round ratios {', '.join(f'{x:.2f}' for x in per_round)})"
+            if per_round
+            else ""
+        )
+        + f"; bare ÷ flowstate requests/s: {h['rps_ratio']:.2f}x "
+        f"({h['requests']:,} requests per round"
+        + (f" after {h['warmup']} warm-up requests, not counted" if "warmup" in h else "")
+        + f", {h['concurrency']} concurrent clients)."
     )
     if "sse" in h:
         s = h["sse"]

@@ -2,48 +2,28 @@
 
 Each server runs in its own uvicorn process on a fresh SQLite file (WAL, synchronous=FULL);
 the load generator is another process. Rounds start both servers afresh in alternating
-order; medians over rounds. Server CPU per request comes from ``/proc`` and is the steadier
-figure on a shared machine.
+order. Server CPU per request comes from ``/proc``, read after the warm-up and after the
+timed requests (one-time costs are not counted), and is the steadier figure on a shared
+machine; the ratio is the median of per-round ratios. The full and ``--quick`` runs call the
+same :func:`bench.bench_http.paired` and differ only in rounds and requests.
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 from typing import Any
 
-from .common import Sizes, median
+from .common import Sizes
 
 
 def http(sizes: Sizes) -> dict[str, Any]:
     from . import bench_http
 
     args = argparse.Namespace(
+        rounds=sizes.http_rounds,
         requests=sizes.http_requests,
         concurrency=16,
         sse_samples=sizes.http_sse,
         time_limit=300,
     )
-    rounds: dict[str, list[dict[str, Any]]] = {"bare": [], "flowstate": []}
-    with tempfile.TemporaryDirectory(prefix="flowstate-bench-http-") as tmp:
-        for number in range(sizes.http_rounds):
-            kinds = ("bare", "flowstate") if number % 2 == 0 else ("flowstate", "bare")
-            for kind in kinds:
-                sse = kind == "flowstate" and number == sizes.http_rounds - 1 and args.sse_samples
-                rounds[kind].append(bench_http.measure(kind, Path(tmp), args, sse=bool(sse)))
-    out: dict[str, Any] = {"requests": sizes.http_requests, "concurrency": 16}
-    for kind, results in rounds.items():
-        out[kind] = {
-            "rps": median([r["rps"] for r in results]),
-            "p50_ms": median([r["p50_ms"] for r in results]),
-            "p99_ms": median([r["p99_ms"] for r in results]),
-            "cpu_ms": median([r["cpu_ms"] for r in results]),
-            "rounds_rps": [round(r["rps"], 1) for r in results],
-        }
-    out["rps_ratio"] = out["bare"]["rps"] / out["flowstate"]["rps"]
-    out["cpu_ratio"] = out["flowstate"]["cpu_ms"] / out["bare"]["cpu_ms"]
-    sse_result = rounds["flowstate"][-1].get("sse")
-    if sse_result:
-        out["sse"] = sse_result
-    return out
+    return bench_http.paired(args)

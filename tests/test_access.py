@@ -242,3 +242,32 @@ async def test_auth_accepts_identities_in_mappings_and_refuses_other_values() ->
 def test_project_not_found_error_is_in_the_hierarchy() -> None:
     assert issubclass(ProjectNotFoundError, flowstate.FlowStateError)
     assert ProjectNotFoundError.code == "project_not_found"
+
+
+async def test_a_run_for_a_caller_checks_the_session_it_reads() -> None:
+    """``FlowServer.run(caller=...)``: the check the HTTP layer relies on, on the binding the
+    run reads anyway — a session or project the caller may not reach is not found, and
+    nothing is written."""
+    async with FlowServer([lab_flow()], store="memory://") as server:
+        alice = Identity("alice", frozenset({"p"}))
+        first = await server.run("lab", "bump", {}, user_id="alice", project_id="p", caller=alice)
+        assert first.events[0].type == "request.created"
+        assert first.events[0].data["projectId"] == "p"  # the run names its project
+        sid = first.session_id
+        left = Identity("alice")  # alice left project p
+        with pytest.raises(flowstate.SessionNotFoundError, match=f'^session "{sid}" not found$'):
+            await server.run("lab", "bump", {}, user_id="alice", session_id=sid, caller=left)
+        with pytest.raises(ProjectNotFoundError, match=r'^project "p" not found$'):
+            await server.run("lab", "bump", {}, user_id="alice", project_id="p", caller=left)
+        bob = Identity("bob", frozenset({"p"}))  # a member, but not the owner
+        with pytest.raises(flowstate.SessionNotFoundError, match=f'^session "{sid}" not found$'):
+            await server.run("lab", "bump", {}, user_id="bob", session_id=sid, caller=bob)
+        snapshot = await server.snapshot("lab", sid, user_id="alice")
+        assert snapshot["clientData"]["session"] == {"count": 1}  # the refused runs wrote nothing
+        sessions = await server.list_sessions_page(user_id="alice", kind=None, limit=10, after=None)
+        assert [s.session_id for s in sessions[0]] == [sid]  # and created no session
+        # The same caller, back in the project, runs again; without a caller nothing is checked.
+        again = await server.run("lab", "bump", {}, user_id="alice", session_id=sid, caller=alice)
+        assert again.output == {"count": 2}
+        trusted = await server.run("lab", "bump", {}, user_id="alice", session_id=sid)
+        assert trusted.output == {"count": 3}

@@ -247,6 +247,8 @@ def running(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> It
             proc.kill()
             proc.wait()
         if proc.stdout is not None:
+            # What it printed after the banner, for tests that read the log afterwards.
+            lines.extend(proc.stdout.read().splitlines())
             proc.stdout.close()
     assert proc.returncode == 0, "\n".join(lines)
 

@@ -165,3 +165,25 @@ async def test_request_state_is_per_run() -> None:
     assert first.output == ({}, {"calls": 1}, True)
     assert second.output == first.output
     assert not await server.store.scan("request/")
+
+
+async def test_change_events_are_published_only_where_someone_listens() -> None:
+    """Nothing is built for a topic nobody subscribed to; a subscriber gets every change."""
+    from flowstate.stores.memory import MemoryStore
+    from flowstate.stores.postgres import PostgresStore
+
+    store = MemoryStore()
+    assert not store.may_deliver("user:alice")
+    async with store.subscribe("user:alice") as queue:
+        assert store.may_deliver("user:alice") and not store.may_deliver("user:bob")
+        async with FlowServer([full_flow()], store=store) as server:
+            result = await server.run("app", "go", None, user_id="alice")
+        received = [queue.get_nowait() for _ in range(queue.qsize())]
+    assert not store.may_deliver("user:alice")  # the subscription is gone
+    user_events = [e.to_wire() for e in result.events if e.data.get("scope") == "user"]
+    assert received == [
+        {**e, "sessionId": result.session_id, "flowKind": "app"} for e in user_events
+    ]
+    assert len(received) == 2
+    # Another process may subscribe to a PostgreSQL topic: it always publishes.
+    assert PostgresStore("postgresql://127.0.0.1:1/none").may_deliver("user:nobody")

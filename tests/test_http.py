@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -763,3 +764,82 @@ async def test_flow_list_and_web_page(lab: Lab) -> None:
     assert 'src="/static/app.js"' in page.text
     script = await lab.http.get("/static/app.js")
     assert script.status_code == 200 and "users/me/stream" in script.text
+
+
+async def _raw_post(
+    app: Any, path: str, headers: list[tuple[bytes, bytes]], messages: list[dict[str, Any]]
+) -> tuple[int, dict[str, Any]]:
+    """POST through the ASGI interface itself: ``messages`` are what ``receive`` returns in
+    turn (body chunks, a disconnect). Returns the status and the JSON body sent."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"test"), (b"content-type", b"application/json"), *headers],
+        "client": ("127.0.0.1", 1234),
+        "server": ("test", 80),
+    }
+    pending = list(messages)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop(0)
+        await asyncio.sleep(3600)  # pragma: no cover - the app must not wait for more
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await asyncio.wait_for(app(scope, receive, send), 10)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], json.loads(body)
+
+
+@pytest.mark.parametrize("declared", [True, False])
+async def test_a_client_gone_before_its_body_arrived_is_a_quiet_408(
+    lab: Lab, caplog: pytest.LogCaptureFixture, declared: bool
+) -> None:
+    """A stalled client cut off by the server's body timeout (or one that hangs up) reads
+    as a disconnect: a 408, logged nowhere as an internal error, and nothing runs."""
+    auth = [(b"authorization", ALICE["Authorization"].encode())]
+    length = [(b"content-length", b"100")] if declared else []
+    caplog.set_level("DEBUG")
+    status, body = await _raw_post(
+        lab.app,
+        "/api/flows/lab/actions/bump",
+        [*auth, *length],
+        [
+            {"type": "http.request", "body": b'{"input": {', "more_body": True},
+            {"type": "http.disconnect"},
+        ],
+    )
+    assert status == 408
+    assert body == {
+        "error": {
+            "code": "request_timeout",
+            "message": "the client disconnected (or was cut off) before its request body arrived",
+        }
+    }
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert "Traceback" not in caplog.text and "internal error" not in caplog.text
+    sessions = (await lab.http.get("/api/flows/sessions", headers=ALICE)).json()["sessions"]
+    assert sessions == []
+
+
+async def test_a_declared_length_of_thousands_of_digits_is_413(lab: Lab) -> None:
+    auth = [(b"authorization", ALICE["Authorization"].encode())]
+    status, body = await _raw_post(
+        lab.app,
+        "/api/flows/lab/actions/bump",
+        [*auth, (b"content-length", b"9" * 5000)],
+        [{"type": "http.request", "body": b"{}", "more_body": False}],
+    )
+    assert (status, body["error"]["code"]) == (413, "payload_too_large")

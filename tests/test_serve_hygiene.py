@@ -5,12 +5,14 @@ create a store (issue 9, defects 11 and 12)."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -80,11 +82,25 @@ def test_slow_connections_are_dropped_and_never_starve_real_requests(tmp_path: P
                 sock.close()
 
 
+def read_until_closed(sock: socket.socket, wait: float) -> bytes | None:
+    """Everything the server sends until it closes the connection (None: still open)."""
+    sock.settimeout(wait)
+    received = b""
+    try:
+        while chunk := sock.recv(4096):
+            received += chunk
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        pass
+    return received
+
+
 def test_a_slow_body_is_cut_off(tmp_path: Path) -> None:
     port = free_port()
     store = f"sqlite:///{tmp_path / 's.db'}"
     args = ["serve", APP, "--port", str(port), "--store", store, "--body-timeout", "1"]
-    with running(args, tmp_path, {**CLEAN, "FLOWSTATE_TOKENS": "t:ann"}):
+    with running(args, tmp_path, {**CLEAN, "FLOWSTATE_TOKENS": "t:ann"}) as output:
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         sock.sendall(
             b"POST /api/flows/demo/actions/increment HTTP/1.1\r\nHost: x\r\n"
@@ -92,15 +108,35 @@ def test_a_slow_body_is_cut_off(tmp_path: Path) -> None:
             b"Content-Length: 100\r\n\r\n{"
         )
         try:
-            assert closed_by_server(sock, 6)
+            received = read_until_closed(sock, 6)
         finally:
             sock.close()
+        # Answered 408 (nothing had been answered yet), then closed.
+        assert received is not None, "the stalled connection was not closed"
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+        assert b"connection: close" in head.lower()
+        assert json.loads(body) == {
+            "error": {
+                "code": "request_timeout",
+                "message": "the request body did not arrive within 1 s",
+            }
+        }
         ok = httpx.post(
             f"http://127.0.0.1:{port}/api/flows/demo/actions/increment",
             json={"input": {"amount": 1}},
             headers={"Authorization": "Bearer t"},
         )
         assert ok.status_code == 200
+    # Logged as a handled timeout: one line, no traceback, no internal error.
+    log = "\n".join(output)
+    timeouts = [line for line in output if "request timeout" in line]
+    assert len(timeouts) == 1, log
+    assert timeouts[0].startswith("WARNING:")
+    assert "POST /api/flows/demo/actions/increment from 127.0.0.1:" in timeouts[0]
+    assert timeouts[0].endswith("did not arrive within 1 s; answered 408 and closed the connection")
+    for unhandled in ("Traceback", "Exception in ASGI application", "internal error"):
+        assert unhandled not in log, log
 
 
 def test_tokens_stay_out_of_argv_and_logs(tmp_path: Path) -> None:
@@ -280,3 +316,56 @@ def test_a_wrong_id_is_an_error(tmp_path: Path) -> None:
         )
         assert wrong.exit_code == 1
         assert f"nothing stored under {scope}/{scope_id}/" in wrong.output
+
+
+def test_request_log_bytes_flag_sets_the_replay_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flowstate.http._requestlog import DEFAULT_REQUEST_LOG_BYTES
+
+    serving = importlib.import_module("flowstate.cli._serve")
+
+    budgets: list[int] = []
+
+    def serve_app(app: Any, sock: socket.socket, **_: Any) -> None:  # instead of serving
+        budgets.append(app.state.flowstate.logs.max_bytes)
+        sock.close()
+
+    monkeypatch.setattr(serving, "serve_app", serve_app)
+    runner = CliRunner()
+
+    def invoke(command: str, *flags: str) -> Any:
+        args = [command] + ([APP] if command == "serve" else ["--no-open"])
+        args += ["--port", str(free_port()), "--store", "memory://", *flags]
+        return runner.invoke(main, args, env=CLEAN)
+
+    for text, expected in (
+        ("65536", 65536),
+        ("500KB", 500_000),
+        ("64MiB", 64 * 1024**2),
+        ("1.5 KiB", 1536),
+        ("1GB", 10**9),
+    ):
+        result = invoke("serve", "--request-log-bytes", text)
+        assert result.exit_code == 0, result.output
+        assert budgets.pop() == expected
+    assert invoke("serve").exit_code == 0 and budgets.pop() == DEFAULT_REQUEST_LOG_BYTES
+    assert invoke("demo", "--request-log-bytes", "8MiB").exit_code == 0
+    assert budgets.pop() == 8 * 1024**2
+
+    for text, problem in (
+        ("0", "must be at least 1 byte"),
+        ("-5MB", "must be at least 1 byte"),
+        ("1.5", "is not a whole number of bytes"),
+        ("lots", "is not a size"),
+        ("nan", "is not a size"),
+        ("1e30GiB", "must be at most 2**63 - 1 bytes"),
+        ("²", "is not a size"),
+    ):
+        result = invoke("serve", "--request-log-bytes", text)
+        assert result.exit_code == 2, result.output
+        assert (
+            f"Invalid value for --request-log-bytes: {text!r} {problem} "
+            "(like 65536, 500KB, 64MiB, 1GB)" in result.output
+        ), result.output
+    assert budgets == []  # a refused value serves nothing

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from datetime import timedelta
 from typing import Any
 
+from . import access
 from .access import Identity
 from .blocks import Block
 from .clientdata import (
@@ -496,18 +497,25 @@ class FlowServer:
     # ------------------------------------------------------------------ running
 
     async def _publish(self, run: Run, event: Event) -> None:
+        """A change event to its scope's topic (``session:``, ``user:``, ``project:``), with
+        ``sessionId`` and ``flowKind``; nothing is built when no subscriber can receive it."""
+        if event.type not in ("state_change", "resource_change"):
+            return
+        scope = event.data.get("scope")
+        if scope == "session":
+            topic = f"session:{run.session_id}"
+        elif scope == "user":
+            topic = f"user:{run.user_id}"
+        elif scope == "project" and run.project_id is not None:
+            topic = f"project:{run.project_id}"
+        else:
+            return
+        if not self.store.may_deliver(topic):
+            return
         wire = event.to_wire()
         wire["sessionId"] = run.session_id
         wire["flowKind"] = run.flow_kind
-        await self.store.publish(f"request:{run.request_id}", wire)
-        scope = event.data.get("scope")
-        if event.type in ("state_change", "resource_change"):
-            if scope == "user":
-                await self.store.publish(f"user:{run.user_id}", wire)
-            elif scope == "project" and run.project_id is not None:
-                await self.store.publish(f"project:{run.project_id}", wire)
-            elif scope == "session":
-                await self.store.publish(f"session:{run.session_id}", wire)
+        await self.store.publish(topic, wire)
 
     async def _prepare(
         self,
@@ -518,11 +526,19 @@ class FlowServer:
         session_id: str | None,
         project_id: str | None,
         sink: Callable[[Event], Any] | None,
+        caller: Identity | None = None,
     ) -> tuple[Block, Run, SessionInfo | None]:
-        """The action's block, the run, and the session if this run created it."""
+        """The action's block, the run, and the session if this run created it.
+
+        With ``caller``, a session it may not reach (see :mod:`flowstate.access`) is refused
+        as not found before anything runs or is written, and so is a project it is not a
+        member of.
+        """
         flow = self.flow(kind)
         block = flow.action(action)
         check_id(user_id, "user_id")
+        if caller is not None:
+            access.require_project(caller, project_id)
         plan = self._load_plan(flow, action)
         request_id = uuid.uuid4().hex
 
@@ -574,6 +590,8 @@ class FlowServer:
                 raise self._not_found(session_id)
             if project_id is not None and existing.project_id != project_id:
                 raise self._not_found(session_id)
+            if caller is not None and not access.can_reach_session(caller, existing):
+                raise self._not_found(session_id)  # e.g. no longer a member of its project
             info = existing
             if flow.scopes["session"].ttl is not None:
                 await self.store.touch(key)  # activity
@@ -589,7 +607,12 @@ class FlowServer:
     ) -> Any:
         await run.emit(
             "request.created",
-            {"sessionId": run.session_id, "flowKind": run.flow_kind, "action": run.action},
+            {
+                "sessionId": run.session_id,
+                "flowKind": run.flow_kind,
+                "action": run.action,
+                "projectId": run.project_id,
+            },
         )
         try:
             for binding in run.bindings.values():
@@ -628,10 +651,15 @@ class FlowServer:
         session_id: str | None = None,
         project_id: str | None = None,
         on_event: Callable[[Event], Awaitable[None]] | None = None,
+        caller: Identity | None = None,
     ) -> RunResult:
         """Run one action; a block's exception is re-raised after the run is recorded failed.
 
         ``on_event`` receives each event as it is emitted (the HTTP layer streams from it).
+        ``caller`` (the HTTP layer passes the authenticated identity) refuses, as not found,
+        a session or project the caller may not reach (see :mod:`flowstate.access`), checked
+        on the session binding the run reads anyway; in-process callers are trusted and
+        usually pass none.
         """
         block, run, fresh = await self._prepare(
             kind,
@@ -640,6 +668,7 @@ class FlowServer:
             session_id=session_id,
             project_id=project_id,
             sink=on_event,
+            caller=caller,
         )
         output = await self._execute(block, run, input, fresh)
         return RunResult(output, run.session_id, run.request_id, list(run.events))

@@ -87,6 +87,8 @@ export interface RequestCreatedEvent extends EventBase {
   sessionId: string;
   flowKind: string;
   action: string;
+  /** The project the run's session is bound to, or null. */
+  projectId?: string | null;
 }
 export interface StateChangeEvent extends EventBase {
   type: "state_change";

@@ -19,6 +19,7 @@ import threading
 import time
 import webbrowser
 from collections.abc import Callable, Coroutine
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -29,6 +30,7 @@ from ..access import Identity
 from ..errors import FlowStateError
 from ..flow import Flow, normalize_scope
 from ..http._auth import TOKENS_ENV, generate_token, tokens_from_env, tokens_from_file
+from ..http._requestlog import DEFAULT_REQUEST_LOG_BYTES
 from ..layout import collection_root, resource_key, scope_root, session_key, state_key
 from ..schema import Schema
 from ..scopes import ScopeBinding
@@ -206,6 +208,7 @@ def _serve(
     log_level: str,
     limits: Limits,
     gc_every: float | None = None,
+    request_log_bytes: int = DEFAULT_REQUEST_LOG_BYTES,
 ) -> None:
     from ..http import create_app
 
@@ -221,7 +224,13 @@ def _serve(
         if isinstance(exc, click.ClickException):
             raise
         raise _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    app = create_app(server, auth=auth, close_server=True, gc_every=gc_every)
+    app = create_app(
+        server,
+        auth=auth,
+        close_server=True,
+        gc_every=gc_every,
+        request_log_bytes=request_log_bytes,
+    )
     store_url = _redact_url(server.store.url or type(server.store).__name__)
     url = f"http://{_display_host(host)}:{port}/"
     # The page reads ?token= once and drops it from the address bar; the access log redacts it.
@@ -314,6 +323,15 @@ def _serving_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             _limit_option(
                 "--max-header-bytes", int, "Largest request head (h11's max incomplete event size)."
             ),
+            click.option(
+                "--request-log-bytes",
+                default=str(DEFAULT_REQUEST_LOG_BYTES),
+                show_default=True,
+                metavar="SIZE",
+                help="Memory budget of the buffered run events that streams resume from, in "
+                "bytes (or with a unit: 500KB, 64MiB, 1GB); past it the oldest finished runs "
+                "are dropped first.",
+            ),
             click.option("--log-level", default="info", show_default=True),
         ]
     ):
@@ -365,6 +383,7 @@ def serve(
     printed, for user --user, member of project --project.
     """
     every = None if gc_every is None else parse_duration(gc_every, "--gc-every")
+    log_bytes = parse_size(options["request_log_bytes"], "--request-log-bytes")
     limits = _limits(options)
     _warn_token_flag(options["token"])
     _serve(
@@ -379,10 +398,44 @@ def serve(
         log_level=options["log_level"],
         limits=limits,
         gc_every=every,
+        request_log_bytes=log_bytes,
     )
 
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_MAX_SIZE = 2**63 - 1
+_SIZES = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+
+
+def parse_size(text: str, what: str) -> int:
+    """Bytes in ``65536``, ``500KB``, ``64MiB``, ``1GB`` (KB/MB/GB are powers of 1000,
+    KiB/MiB/GiB of 1024); a whole number of bytes, at least 1."""
+    value = text.strip().lower().replace(" ", "")
+    unit = next((u for u in sorted(_SIZES, key=len, reverse=True) if value.endswith(u)), "")
+    number = value[: len(value) - len(unit)] if unit else value
+    try:
+        amount = Decimal(number) * _SIZES.get(unit, 1) if number.isascii() else None
+    except InvalidOperation:
+        amount = None
+    if amount is None or not amount.is_finite():
+        problem = "is not a size"
+    elif amount < 1:
+        problem = "must be at least 1 byte"
+    elif amount > _MAX_SIZE:
+        problem = "must be at most 2**63 - 1 bytes"
+    elif amount != amount.to_integral_value():
+        problem = "is not a whole number of bytes"
+    else:
+        return int(amount)
+    raise click.BadParameter(f"{text!r} {problem} (like 65536, 500KB, 64MiB, 1GB)", param_hint=what)
 
 
 def parse_duration(text: str, what: str) -> float:
@@ -409,6 +462,7 @@ def demo(store_url: str, no_open: bool, **options: Any) -> None:
     """Run the demo app (counter, mode, artifacts, capped files) and print its URL + token."""
     from .demo import create_server
 
+    log_bytes = parse_size(options["request_log_bytes"], "--request-log-bytes")
     limits = _limits(options)
     _warn_token_flag(options["token"])
     _serve(
@@ -422,6 +476,7 @@ def demo(store_url: str, no_open: bool, **options: Any) -> None:
         open_browser=not no_open,
         log_level=options["log_level"],
         limits=limits,
+        request_log_bytes=log_bytes,
     )
 
 

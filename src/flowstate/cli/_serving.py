@@ -1,8 +1,11 @@
 """Running the HTTP app under uvicorn with the defences a public port needs.
 
 - **Slow clients.** Every connection must send its request head within ``header_timeout``
-  seconds and its body within ``body_timeout`` seconds, or it is closed. An idle keep-alive
-  connection waits for its next request head under the same deadline.
+  seconds and its body within ``body_timeout`` seconds, or it is closed. A request whose body
+  is late is answered 408 ``request_timeout`` first (when no response has started) and logged
+  as one line on ``uvicorn.error``; the app sees a disconnected client, which it handles
+  quietly. An idle keep-alive connection waits for its next request head under the same
+  deadline.
 - **Connection limit.** Beyond ``max_connections`` open connections, a new connection first
   evicts the oldest one that is still sending a request (or idling between requests); only
   when every connection is busy with a request being answered is the newcomer refused (503).
@@ -17,6 +20,7 @@ banner) and serves.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import socket
@@ -29,11 +33,30 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 __all__ = ["Limits", "RedactTokens", "bind", "guarded_protocol", "serve_app"]
 
+log = logging.getLogger("uvicorn.error")
+
 _SERVICE_UNAVAILABLE = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
     b"content-length: 91\r\nconnection: close\r\n\r\n"
     b'{"error":{"code":"service_unavailable","message":"too many connections, retry shortly"}}\n'
 )
+
+
+def _request_timeout(seconds: float) -> bytes:
+    body = json.dumps(
+        {
+            "error": {
+                "code": "request_timeout",
+                "message": f"the request body did not arrive within {seconds:g} s",
+            }
+        },
+        separators=(",", ":"),
+    ).encode()
+    head = (
+        "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 @dataclass(frozen=True)
@@ -106,8 +129,10 @@ def guarded_protocol(limits: Limits) -> type[H11Protocol]:
             self._settle()
             self._reading = what
             incomplete[self] = None
-            timeout = limits.header_timeout if what == "head" else limits.body_timeout
-            self._deadline = self.loop.call_later(timeout, self._drop)
+            if what == "head":
+                self._deadline = self.loop.call_later(limits.header_timeout, self._drop)
+            else:
+                self._deadline = self.loop.call_later(limits.body_timeout, self._body_late)
 
         def _settle(self) -> None:
             self._reading = ""
@@ -120,6 +145,27 @@ def guarded_protocol(limits: Limits) -> type[H11Protocol]:
             self._settle()
             if not self.transport.is_closing():
                 self.transport.close()
+
+        def _body_late(self) -> None:
+            """The body deadline passed: answer 408 while no response has started, log one
+            line, close. (The app then reads a disconnect, which it handles quietly.)"""
+            cycle = self.cycle
+            answered = False
+            if cycle is not None and not cycle.response_started and not self.transport.is_closing():
+                self.transport.write(_request_timeout(limits.body_timeout))
+                cycle.response_started = True  # nothing else may be written on this request
+                answered = True
+            scope = cycle.scope if cycle is not None else {}
+            client = self.client
+            log.warning(
+                "request timeout: the body of %s %s from %s did not arrive within %g s; %s",
+                scope.get("method", "?"),
+                scope.get("path", "?"),
+                f"{client[0]}:{client[1]}" if client else "?",
+                limits.body_timeout,
+                "answered 408 and closed the connection" if answered else "closed the connection",
+            )
+            self._drop()
 
     return GuardedH11Protocol
 

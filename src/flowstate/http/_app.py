@@ -366,38 +366,33 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 router = APIRouter(responses=ERROR_RESPONSES)
 
 
-async def _action_project(api: _Api, caller: Identity, body: ActionBody) -> str | None:
-    """The project a run will use, once the caller is known to reach it (else 404)."""
-    access.require_project(caller, body.projectId)
-    if body.sessionId is None:
-        return body.projectId
-    try:
-        existing = await api.server.get_session(body.sessionId, user_id=caller.user_id)
-    except SessionNotFoundError:
-        return body.projectId  # a new id (the run creates it), or another user's (it refuses)
-    access.require_session(caller, existing, body.sessionId)
-    return existing.project_id
-
-
-async def _run_action(request: Request, caller: Identity, kind: str, action: str) -> Response:
+async def _run_action(request: Request, kind: str, action: str) -> Response:
     api = _api(request)
+    caller = await _caller(request)
     body = parse_body(await read_body(request, api.max_body_bytes), ActionBody)
+    # Checked here before a run starts; the run checks the session it reads (its owner, and
+    # membership of its project) itself, so no separate read of the session is needed.
+    access.require_project(caller, body.projectId)
     user = caller.user_id
-    project_id = await _action_project(api, caller, body)
     request_log = api.logs.new(user_id=user, flow_kind=kind)
-    request_log.project_id = project_id
-    started = asyncio.Event()
+    started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     completed: list[Any] = []  # the output as sent in request.completed (JSON form)
+
+    def start(_: object = None) -> None:
+        if not started.done():
+            started.set_result(None)
 
     async def on_event(event: Event) -> None:
         first = not request_log.started
+        if first:  # request.created names the run's project: its stream needs membership
+            request_log.project_id = event.data.get("projectId")
         wire = event.to_wire()
         request_log.append(wire)
         if wire["type"] == "request.completed":
             completed.append(wire.get("output"))
         if first:
             api.logs.add(request_log)
-            started.set()
+            start()
 
     task = asyncio.create_task(
         api.server.run(
@@ -408,14 +403,12 @@ async def _run_action(request: Request, caller: Identity, kind: str, action: str
             session_id=body.sessionId,
             project_id=body.projectId,
             on_event=on_event,
+            caller=caller,
         )
     )
     api.track(task, request_log)
-    waiter = asyncio.create_task(started.wait())
-    try:
-        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
+    task.add_done_callback(start)  # refused before its first event
+    await started
     if not request_log.started:
         # Refused before the run began (unknown flow, action or session): no request id.
         exc = task.exception()
@@ -745,8 +738,10 @@ def _add_action_routes(app: FastAPI, server: FlowServer, components: dict[str, A
         for action, block in flow.actions.items():
 
             def make(kind: str, action: str) -> Callable[..., Any]:
-                async def endpoint(request: Request, caller: Caller) -> Response:
-                    return await _run_action(request, caller, kind, action)
+                # No FastAPI dependencies on the hot path: the caller is authenticated inside
+                # _run_action (the same authenticator, the same 401).
+                async def endpoint(request: Request) -> Response:
+                    return await _run_action(request, kind, action)
 
                 return endpoint
 
@@ -762,9 +757,9 @@ def _add_action_routes(app: FastAPI, server: FlowServer, components: dict[str, A
                 openapi_extra=_action_openapi(kind, action, block, components),
             )
 
-    async def run_any_action(kind: str, action: str, request: Request, caller: Caller) -> Response:
+    async def run_any_action(kind: str, action: str, request: Request) -> Response:
         """The generic action route (a run's JSON result, or SSE on request)."""
-        return await _run_action(request, caller, kind, action)
+        return await _run_action(request, kind, action)
 
     app.add_api_route(
         f"{API_PREFIX}/{{kind}}/actions/{{action}}",

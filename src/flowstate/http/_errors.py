@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from ..errors import FlowStateError, PublicError, client_error, describe_errors, status_for
 from ..limits import MAX_DEPTH, json_problem
@@ -97,20 +98,48 @@ def error_response(exc: BaseException, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": body, **extra}, status_code=status, headers=headers or None)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing (413) anything over ``limit`` bytes, declared or streamed."""
-    too_large = HTTPError(
+def _too_large(limit: int) -> HTTPError:
+    return HTTPError(
         413, "payload_too_large", f"the request body is larger than the limit of {limit} bytes"
     )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The raw body, refusing (413) anything over ``limit`` bytes, declared or streamed.
+
+    A client that goes away (or is cut off by the server's body timeout) before its body
+    arrived is a 408 ``request_timeout``, never an internal error: nothing is logged here
+    (``flowstate serve`` logs its timeouts as one line and has answered 408 already).
+    """
+    try:
+        return await _read_body(request, limit)
+    except ClientDisconnect:
+        raise HTTPError(
+            408,
+            "request_timeout",
+            "the client disconnected (or was cut off) before its request body arrived",
+            headers={"Connection": "close"},
+        ) from None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
+    if declared is not None and declared.isascii() and declared.isdigit():
+        # (A length of more digits than any limit is too large without parsing it.)
+        if len(declared) > 18 or int(declared) > limit:
+            raise _too_large(limit)
+        # HTTP framing holds a body to its declared length, so it can be read whole (the
+        # check below guards against a server that would not).
+        raw = await request.body()
+        if len(raw) > limit:
+            raise _too_large(limit)
+        return raw
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -34,6 +34,8 @@ DEFAULT_REQUEST_LOG_BYTES = 64 * 1024 * 1024
 EVENT_OVERHEAD_BYTES = 200
 """What one buffered event costs besides its JSON text (objects, deque slot), counted too."""
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # ASCII: len() is the size in bytes
+
 
 class EventsExpired(Exception):
     """The events a follower asked for are no longer buffered (budget or event limit)."""
@@ -50,8 +52,7 @@ class LoggedEvent:
 
     @classmethod
     def of(cls, wire: dict[str, Any]) -> LoggedEvent:
-        data = json.dumps(wire, separators=(",", ":"))
-        return cls(int(wire["seq"]), str(wire["type"]), str(wire["requestId"]), data)
+        return cls(int(wire["seq"]), str(wire["type"]), str(wire["requestId"]), _encode(wire))
 
     @property
     def size(self) -> int:
@@ -79,7 +80,7 @@ class RequestLog:
         self.finished_at: float | None = None
         self.on_finish: Callable[[RequestLog], None] | None = None
         self.on_grow: Callable[[RequestLog, int], None] | None = None
-        self._changed = asyncio.Event()
+        self._changed: asyncio.Event | None = None  # created when a follower waits
 
     @property
     def started(self) -> bool:
@@ -130,9 +131,15 @@ class RequestLog:
         self._wake()
 
     def _wake(self) -> None:
-        # Waiters hold the event they saw; setting it and replacing it wakes each one once.
-        self._changed.set()
-        self._changed = asyncio.Event()
+        # Waiters hold the event they saw; setting it and dropping it wakes each one once.
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    def _waiter(self) -> asyncio.Event:
+        if self._changed is None:
+            self._changed = asyncio.Event()
+        return self._changed
 
     def check_available(self, after: int) -> None:
         """Raise :class:`EventsExpired` if events after ``after`` were dropped already."""
@@ -153,7 +160,7 @@ class RequestLog:
         next_seq = after + 1
         while True:
             self.check_available(next_seq - 1)
-            changed = self._changed
+            changed = self._waiter()
             for event in list(self.events):
                 if event.seq >= next_seq:
                     self.check_available(next_seq - 1)

@@ -315,6 +315,14 @@ class PubSub:
         """Deliver ``message`` to every current subscriber of ``topic``."""
         self.broker.publish_local(topic, message)
 
+    def may_deliver(self, topic: str) -> bool:
+        """Whether a message published to ``topic`` now could reach a subscriber.
+
+        Publishers may skip building a message nobody can receive. Subscribers in this process
+        are known; an implementation that carries messages between processes answers True.
+        """
+        return self.broker.has_listeners(topic)
+
     @contextlib.asynccontextmanager
     async def subscribe(self, topic: str) -> AsyncIterator[asyncio.Queue[JSON]]:
         """Receive the messages published to ``topic`` from now on, through a queue."""

@@ -1061,6 +1061,9 @@ class PostgresStore(Store):
         self.broker.publish_local(topic, message)
         self._event_hub().send(topic, message)
 
+    def may_deliver(self, topic: str) -> bool:
+        return True  # other processes may subscribe: NOTIFY reaches them
+
     async def flush_events(self) -> None:
         """Wait until every event published so far has been handed to PostgreSQL."""
         if self._events is not None:
