@@ -158,9 +158,34 @@ def _resolve_group(
     return results, mutations
 
 
+# Bulk maintenance statements (a batch of keys or key ranges joined to an array) touch a few
+# rows per key through the primary keys, but without table statistics (just after a bulk
+# load; autovacuum off) the planner takes every key, or range, for a large share of the
+# table: it scans whole tables (one batch of 10^6 sessions' gc took seconds) and JIT-compiles
+# each statement. Inside their transactions they are told to go by index.
+_BY_INDEX = (
+    "SET LOCAL jit = off; SET LOCAL enable_seqscan = off; "
+    "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off"
+)
+
+# Every field row and pushed item of records this transaction holds locked (has just deleted
+# or rewritten: nobody can create or write those keys before it commits).
+_ROWS_OF = [
+    f"DELETE FROM {table} f USING unnest($1::text[]) AS d(key) WHERE f.key = d.key"
+    for table in ("fs_fields", "fs_items")
+]
+
+
+async def _delete_rows_of(conn: Connection, keys: list[str]) -> None:
+    """Delete the field and item rows of ``keys`` (see ``_ROWS_OF``)."""
+    if keys:
+        for sql in _ROWS_OF:
+            await conn.execute(sql, keys)
+
+
 async def _replace_fields(conn: Connection, records: Iterable[Record]) -> None:
     """Make the stored fields of ``records`` exactly theirs (inside the caller's transaction,
-    which holds or has just written their record rows)."""
+    which holds or has just written their record rows, and has run ``_BY_INDEX``)."""
     keys: list[str] = []
     owners: list[str] = []
     names: list[str] = []
@@ -173,8 +198,7 @@ async def _replace_fields(conn: Connection, records: Iterable[Record]) -> None:
             values.append(dumps(value, name))
     if not keys:
         return
-    await conn.execute("DELETE FROM fs_fields WHERE key = ANY($1::text[])", keys)
-    await conn.execute("DELETE FROM fs_items WHERE key = ANY($1::text[])", keys)
+    await _delete_rows_of(conn, keys)
     await conn.execute(
         "INSERT INTO fs_fields (key, name, value) "
         "SELECT * FROM unnest($1::text[], $2::text[], $3::json[])",
@@ -901,6 +925,7 @@ class PostgresStore(Store):
         keys = list(latest)
 
         async def txn(conn: Connection) -> int:
+            await conn.execute(_BY_INDEX)
             await conn.execute(
                 "INSERT INTO fs_records (key, version, content, created_at, accessed_at) "
                 "SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bigint[], "
@@ -932,6 +957,7 @@ class PostgresStore(Store):
             return []
 
         async def txn(conn: Connection) -> list[str]:
+            await conn.execute(_BY_INDEX)
             rows = await conn.fetch(
                 "UPDATE fs_records r SET version = u.version, content = u.content, "
                 "created_at = u.created_at, accessed_at = u.accessed_at, "
@@ -966,8 +992,9 @@ class PostgresStore(Store):
 
         async def txn(conn: Connection) -> list[str]:
             # Version and creation time are checked on the locked record row itself, so a
-            # writer that commits first (waited for) is seen; then, in a new statement (a
-            # fresh snapshot), the field rows of the records deleted.
+            # writer that commits first (waited for) is seen; then the field rows of the
+            # records deleted.
+            await conn.execute(_BY_INDEX)
             rows = await conn.fetch(
                 "DELETE FROM fs_records r USING unnest($1::text[], $2::bigint[], $3::bigint[]) "
                 "AS u(key, version, created_at) WHERE r.key = u.key AND r.version = u.version "
@@ -977,12 +1004,7 @@ class PostgresStore(Store):
                 [w[2] for w in wanted],
             )
             deleted = sorted({row[0] for row in rows})
-            for table in ("fs_fields", "fs_items") if deleted else ():
-                await conn.execute(
-                    f"DELETE FROM {table} f WHERE f.key = ANY($1::text[]) "
-                    "AND NOT EXISTS (SELECT 1 FROM fs_records r WHERE r.key = f.key)",
-                    deleted,
-                )
+            await _delete_rows_of(conn, deleted)
             return deleted
 
         try:
@@ -996,18 +1018,16 @@ class PostgresStore(Store):
         using, condition = where
 
         async def txn(conn: Connection) -> int:
-            # Records first (waiting for their writers), then, in a new statement (a fresh
-            # snapshot), the field and item rows they select that are left without a record.
-            status = await conn.execute(
-                f"DELETE FROM fs_records r {using} WHERE {condition.format('r')}", *args
+            # Records first (waiting for their writers), then the field and item rows of
+            # those deleted.
+            await conn.execute(_BY_INDEX)
+            rows = await conn.fetch(
+                f"DELETE FROM fs_records r {using} WHERE {condition.format('r')} RETURNING r.key",
+                *args,
             )
-            for table in ("fs_fields", "fs_items"):  # and their pushed items
-                await conn.execute(
-                    f"DELETE FROM {table} f {using} WHERE {condition.format('f')} "
-                    "AND NOT EXISTS (SELECT 1 FROM fs_records r WHERE r.key = f.key)",
-                    *args,
-                )
-            return int(status.rsplit(" ", 1)[1])
+            deleted = [row[0] for row in rows]
+            await _delete_rows_of(conn, deleted)
+            return len(deleted)
 
         return await self._transact(txn)
 
