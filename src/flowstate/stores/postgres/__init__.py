@@ -1,9 +1,10 @@
 """The PostgreSQL store (``postgresql://user@host/db``): many server processes, one database.
 
 Layout as in SQLite: ``fs_records`` (one row per record), ``fs_fields`` (one row per top-level
-field, ``json`` text kept verbatim), ``fs_meta`` (schema version), plus ``fs_events`` for live
-events too large for a NOTIFY payload. Keys use ``COLLATE "C"``, so prefix scans are index
-range scans in code-point order.
+field, ``json`` text kept verbatim), ``fs_items`` (items pushed onto a stored list, one row
+per push, folded into the field every ``fold_after`` pushes), ``fs_meta`` (schema version),
+plus ``fs_events`` for live events too large for a NOTIFY payload. Keys use ``COLLATE "C"``,
+so prefix scans are index range scans in code-point order.
 
 Writes. Holding a record's row lock across read → resolve in Python → write → commit costs
 four round trips, so :meth:`PostgresStore.apply` runs optimistically instead. It resolves the
@@ -15,7 +16,7 @@ that version and generation: one round trip per write. An outcome that is not a 
 showed during the call (a fresh read, or what a write sent during the call found), never on
 an older cache entry. After a few failed attempts (contention from other processes) it falls
 back to ``SELECT … FOR UPDATE`` in one transaction, which always makes progress. Lists that
-are only appended to are extended in SQL (``fs_append``) without being loaded.
+are only appended to are neither loaded nor rewritten: a push inserts one ``fs_items`` row.
 
 Within a process, writers of one key take turns, and writes of concurrent callers are
 committed together: a caller that finds the writer idle writes at once on a connection kept
