@@ -15,7 +15,7 @@ import inspect
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, cast
 
@@ -204,8 +204,9 @@ async def _frames(events: AsyncIterator[LoggedEvent]) -> AsyncIterator[ServerSen
         yield ServerSentEvent(data=json.dumps(error, separators=(",", ":")), event="error")
 
 
-async def _watch_topics(api: "_Api", topics: list[str]) -> AsyncIterator[ServerSentEvent]:
-    """Live messages of several store topics, merged; a ``: subscribed`` comment comes first."""
+async def _watch_topics(api: "_Api", topics: list[str]) -> AsyncIterator[list[ServerSentEvent]]:
+    """Live messages of several store topics, merged, in batches (what arrived together); a
+    ``: subscribed`` comment comes first."""
     async with contextlib.AsyncExitStack() as stack:
         queues = [await stack.enter_async_context(api.server.store.subscribe(t)) for t in topics]
         merged: asyncio.Queue[Any] = asyncio.Queue()
@@ -217,13 +218,59 @@ async def _watch_topics(api: "_Api", topics: list[str]) -> AsyncIterator[ServerS
         pumps = [asyncio.create_task(pump(q)) for q in queues]
         try:
             # A comment (ignored by SSE parsers): the subscriptions are live from here on.
-            yield ServerSentEvent(comment="subscribed")
+            yield [ServerSentEvent(comment="subscribed")]
             while True:
-                yield _frame(await merged.get())
+                batch = [_frame(await merged.get())]
+                while not merged.empty():
+                    batch.append(_frame(merged.get_nowait()))
+                yield batch
         finally:
             for task in pumps:
                 task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
+
+
+async def _flat(batches: AsyncIterator[list[ServerSentEvent]]) -> AsyncIterator[ServerSentEvent]:
+    async for batch in batches:
+        for frame in batch:
+            yield frame
+
+
+T = TypeVar("T")
+
+
+async def _while_allowed(
+    items: AsyncIterator[T], allowed: Callable[[], Awaitable[bool]], every: float
+) -> AsyncIterator[T]:
+    """``items`` for as long as ``allowed()`` holds: checked before each item is passed on
+    and every ``every`` seconds while none comes; the first failed check ends the stream, so
+    nothing that arrives after the caller lost access reaches them."""
+    pending: asyncio.Future[T] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(items))
+            done, _ = await asyncio.wait({pending}, timeout=every)
+            if not done:
+                if not await allowed():
+                    return
+                continue
+            finished, pending = pending, None
+            try:
+                item = finished.result()
+            except StopAsyncIteration:
+                return
+            if not await allowed():
+                return
+            yield item
+    finally:
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await pending
+        closing = getattr(items, "aclose", None)
+        if closing is not None:
+            await closing()
 
 
 # ----------------------------------------------------------------------------------- state
@@ -240,12 +287,14 @@ class _Api:
         max_body_bytes: int,
         logs: RequestLogs,
         ping_seconds: float,
+        recheck_seconds: float = 5.0,
     ) -> None:
         self.server = server
         self.authenticate = authenticate
         self.max_body_bytes = max_body_bytes
         self.logs = logs
         self.ping_seconds = ping_seconds
+        self.recheck_seconds = recheck_seconds
         self.tasks: set[asyncio.Task[RunResult]] = set()
         self.flow_list = {
             "flows": [
@@ -275,6 +324,28 @@ class _Api:
 
     def sse(self, content: AsyncIterator[ServerSentEvent]) -> EventSourceResponse:
         return EventSourceResponse(content, sep="\n", ping=self.ping_seconds)
+
+    def guarded_sse(
+        self,
+        request: Request,
+        user_id: str,
+        rule: Callable[[Identity], Awaitable[bool]],
+        content: AsyncIterator[T],
+    ) -> AsyncIterator[T]:
+        """``content`` while the stream's caller may still read it: the request is
+        authenticated again (a callable ``auth`` sees membership changes, a revoked token
+        fails) and ``rule`` is asked, before each item and every ``recheck_seconds`` between
+        items. A failed check (or an authenticator error) ends the stream."""
+
+        async def allowed() -> bool:
+            try:
+                identity = await self.authenticate(request)
+                return identity is not None and identity.user_id == user_id and await rule(identity)
+            except Exception:
+                log.exception("re-checking a stream's caller failed; the stream ends")
+                return False
+
+        return _while_allowed(content, allowed, self.recheck_seconds)
 
     def track(self, task: asyncio.Task[RunResult], request_log: RequestLog) -> None:
         """Keep a run alive whoever listens, and close its log when it ends."""
@@ -366,6 +437,17 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 router = APIRouter(responses=ERROR_RESPONSES)
 
 
+def _run_stream(api: _Api, request: Request, request_log: RequestLog, after: int) -> Response:
+    """A run's events as SSE, for as long as the caller may read them (its owner, while a
+    member of the run's project; a run whose session is deleted fails and its stream ends)."""
+
+    async def rule(identity: Identity) -> bool:
+        return access.can_reach_project(identity, request_log.project_id)
+
+    frames = _frames(request_log.follow(after))
+    return api.sse(api.guarded_sse(request, request_log.user_id, rule, frames))
+
+
 async def _run_action(request: Request, kind: str, action: str) -> Response:
     api = _api(request)
     caller = await _caller(request)
@@ -415,7 +497,7 @@ async def _run_action(request: Request, kind: str, action: str) -> Response:
         assert exc is not None
         return error_response(exc)
     if "text/event-stream" in request.headers.get("accept", ""):
-        return api.sse(_frames(request_log.follow(0)))
+        return _run_stream(api, request, request_log, 0)
     try:
         # shield: a client that goes away does not cancel the run.
         result = await asyncio.shield(task)
@@ -471,7 +553,7 @@ async def request_stream(
         request_log.check_available(after)
     except EventsExpired as exc:
         raise HTTPError(410, "events_expired", str(exc)) from None
-    return api.sse(_frames(request_log.follow(after)))
+    return _run_stream(api, request, request_log, after)
 
 
 @router.post(
@@ -637,7 +719,18 @@ async def session_stream(session_id: str, request: Request, info: ReachableSessi
     topics = [f"session:{info.session_id}", f"user:{info.user_id}"]
     if info.project_id is not None:
         topics.append(f"project:{info.project_id}")
-    return api.sse(_watch_topics(api, topics))
+
+    async def rule(identity: Identity) -> bool:
+        # The session as it is now: deleted (or deleted and created again), or bound to a
+        # project the caller left, ends the stream.
+        try:
+            now = await api.server.get_session(session_id, user_id=identity.user_id)
+        except SessionNotFoundError:
+            return False
+        return now.created_at == info.created_at and access.can_reach_session(identity, now)
+
+    batches = api.guarded_sse(request, info.user_id, rule, _watch_topics(api, topics))
+    return api.sse(_flat(batches))
 
 
 @router.get(
@@ -653,11 +746,14 @@ async def user_stream(
     api = _api(request)
     for pid in project_id:
         access.require_project(caller, pid)
-    topics = [
-        f"user:{caller.user_id}",
-        *(f"project:{pid}" for pid in dict.fromkeys(project_id)),
-    ]
-    return api.sse(_watch_topics(api, topics))
+    projects = list(dict.fromkeys(project_id))
+    topics = [f"user:{caller.user_id}", *(f"project:{pid}" for pid in projects)]
+
+    async def rule(identity: Identity) -> bool:
+        return all(identity.is_member(pid) for pid in projects)
+
+    batches = api.guarded_sse(request, caller.user_id, rule, _watch_topics(api, topics))
+    return api.sse(_flat(batches))
 
 
 # ----------------------------------------------------------------------------------- OpenAPI
@@ -826,6 +922,7 @@ def create_app(
     keep_seconds: float = 600.0,
     request_log_bytes: int = DEFAULT_REQUEST_LOG_BYTES,
     ping_seconds: float = 15.0,
+    recheck_seconds: float = 5.0,
     close_server: bool = False,
     web: bool = True,
     gc_every: float | None = None,
@@ -837,12 +934,17 @@ def create_app(
     finished runs stay resumable for ``keep_seconds`` (at most ``keep_finished`` of them), and
     all runs' buffers together hold at most ``request_log_bytes`` (64 MiB by default; the
     oldest finished runs are dropped first).
+    An open event stream ends once its caller may no longer read it (token revoked, project
+    left, session deleted): the caller is authenticated again before each event and every
+    ``recheck_seconds`` between events.
     ``close_server`` closes the server when the app shuts down; ``web`` serves the page at /.
     ``gc_every`` (seconds) collects expired data in the background that often (see
     :func:`flowstate.lifecycle.collect_garbage`), between requests' store calls.
     """
     if gc_every is not None and gc_every <= 0:
         raise ValueError(f"gc_every must be > 0 seconds, got {gc_every}")
+    if not recheck_seconds > 0:
+        raise ValueError(f"recheck_seconds must be > 0, got {recheck_seconds}")
     for name, value in (
         ("max_body_bytes", max_body_bytes),
         ("events_per_request", events_per_request),
@@ -867,6 +969,7 @@ def create_app(
             max_bytes=request_log_bytes,
         ),
         ping_seconds=ping_seconds,
+        recheck_seconds=recheck_seconds,
     )
 
     @contextlib.asynccontextmanager
