@@ -521,11 +521,11 @@ async def test_a_version_1_database_is_upgraded_and_its_lists_take_pushes(
                 await store.apply("k", push("n", 1))
         finally:
             await store.aclose()
-        assert await conn.fetchval("SELECT value FROM fs_meta") == str(SCHEMA_VERSION) == "2"
+        assert await conn.fetchval("SELECT value FROM fs_meta") == str(SCHEMA_VERSION) == "3"
         assert await conn.fetchval("SELECT to_regproc('fs_append')") is None
         assert await conn.fetchval("""SELECT value::text FROM fs_fields WHERE name = 'log'""") == (
             '["a", "b"]'
         )
-        assert await migrate(postgres_store_url) == 2
+        assert await migrate(postgres_store_url) == 3
     finally:
         await conn.close()

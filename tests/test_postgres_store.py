@@ -452,9 +452,9 @@ async def test_concurrent_writes_to_many_records_match_one_by_one_writes(
     sizes: list[int] = []
     real = postgres_sql.write_batch  # what the store module imported and calls
 
-    async def spy(conn: Any, jobs: list[Any], *rest: Any) -> Any:
+    async def spy(conn: Any, jobs: list[Any], *rest: Any, **named: Any) -> Any:
         sizes.append(len(jobs))
-        return await real(conn, jobs, *rest)
+        return await real(conn, jobs, *rest, **named)
 
     monkeypatch.setattr(postgres_module, "write_batch", spy)
     rng = random.Random(7)

@@ -7,6 +7,7 @@ Every test takes the ``store`` fixture, which is parametrized over ``STORE_PARAM
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from pydantic import BaseModel
 from flowstate.errors import StateValidationError
 from flowstate.ops import UNCHANGED, Change, FieldOp
 from flowstate.schema import Schema
-from flowstate.stores import Cap, SQLiteStore, Store, open_store
+from flowstate.stores import Cap, Record, SQLiteStore, Store, open_store
 
 FREE = Schema(None)
 
@@ -671,6 +672,163 @@ async def test_compare_and_swap_retry_loop_from_eight_tasks(store: Store) -> Non
     record = await store.read("k")
     assert record is not None and record.fields == {"n": 8 * rounds}
     assert record.version == 8 * rounds
+
+
+# ---------------------------------------------------------------------- record size limit
+
+LIMIT = 1000
+
+
+def size_of(record: Record | None) -> int:
+    """A record's stored size as the limit counts it (docs/security.md)."""
+    assert record is not None
+    texts = {
+        n: json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+        for n, v in record.fields.items()
+    }
+    fields = sum(len(name.encode()) + len(text.encode()) for name, text in texts.items())
+    return fields + len((record.content or "").encode())
+
+
+def over_limit(key: str) -> str:
+    return (
+        f'record "{key}" would be larger than the limit of 1,000 bytes (max_record_bytes); '
+        "nothing was written"
+    )
+
+
+def push(*items: Any) -> Change:
+    return ops(*(FieldOp("append", "log", item) for item in items))
+
+
+async def test_a_push_over_the_record_limit_fails_and_leaves_the_list_as_it_was(
+    store: Store,
+) -> None:
+    store.max_record_bytes = LIMIT
+    item = "x" * 96  # 98 bytes of JSON
+    await store.apply("k", push(item))  # onto an absent field: "log" + [..] = 3 + 100
+    for _ in range(9):  # onto a non-empty list: each adds its bytes and a comma
+        await store.apply("k", push(item))
+    record = await store.read("k")
+    assert size_of(record) == 3 + 2 + 10 * 98 + 9 == 994
+    await store.apply("k", push("abc"))  # 5 bytes + a comma: exactly the limit is allowed
+    full = await store.read("k")
+    assert full is not None and size_of(full) == LIMIT
+    for change in (push(0), push("", ""), inc("n", 1), put("log", [*full.fields["log"], 1])):
+        with pytest.raises(StateValidationError) as exc:
+            await store.apply("k", change)
+        assert str(exc.value) == over_limit("k")
+        rule = "the record would be larger than the limit of 1,000 bytes (max_record_bytes)"
+        assert exc.value.errors == [{"loc": [], "msg": rule, "type": "record_size"}]
+        again = await store.read("k")
+        assert again is not None and again.version == full.version == 11
+        assert again.fields == full.fields and again.fields["log"][-1] == "abc"
+    # a no-op at the limit is still a no-op
+    assert (await store.apply("k", put("log", full.fields["log"]))).status == "noop"
+
+
+async def test_pushes_onto_an_empty_list_and_onto_null_count_exactly(store: Store) -> None:
+    store.max_record_bytes = LIMIT
+    await store.apply("k", ops(FieldOp("set", "log", []), FieldOp("set", "z", None)))
+    await store.apply("k", push("a", "b"))  # two items in one write
+    await store.apply("k", ops(FieldOp("append", "z", 1)))  # null becomes [1]
+    record = await store.read("k")
+    assert record is not None and dict(record.fields) == {"log": ["a", "b"], "z": [1]}
+    assert size_of(record) == 3 + len('["a","b"]') + 1 + len("[1]")
+    big = "x" * (LIMIT - size_of(record) - 3)  # with its quotes and comma: exactly the limit
+    await store.apply("k", push(big))
+    assert size_of(await store.read("k")) == LIMIT
+    with pytest.raises(StateValidationError, match="max_record_bytes"):
+        await store.apply("k", ops(FieldOp("append", "z", 2)))
+
+
+async def test_replacing_a_big_field_with_a_small_one_frees_the_room(store: Store) -> None:
+    store.max_record_bytes = LIMIT
+    await store.apply("k", put("big", "x" * 900))  # 3 + 902
+    await store.apply("k", push("y"))  # 3 + 5
+    with pytest.raises(StateValidationError) as exc:
+        await store.apply("k", put("other", "y" * 100))  # 5 + 102: 1,020
+    assert str(exc.value) == over_limit("k")
+    assert await fields_of(store, "k") == {"big": "x" * 900, "log": ["y"]}
+    await store.apply("k", put("big", ""))
+    await store.apply("k", put("other", "y" * 100))
+    await store.apply("k", push("z" * 700))
+    assert size_of(await store.read("k")) == 3 + 2 + 3 + len('["y",""]') + 700 + 5 + 102
+    # a whole-state replace that drops the big fields makes room again
+    with pytest.raises(StateValidationError, match="max_record_bytes"):
+        await store.apply("k", put("more", "m" * 200))
+    await store.apply("k", Change(FREE, replace={"more": "m" * 200}))
+    assert await fields_of(store, "k") == {"more": "m" * 200}
+    assert size_of(await store.read("k")) == 4 + 202
+
+
+async def test_content_counts_toward_the_record_limit(store: Store) -> None:
+    store.max_record_bytes = LIMIT
+    await store.apply("k", put("a", 1))  # 2 bytes
+    with pytest.raises(StateValidationError) as exc:
+        await store.apply("k", Change(FREE, content="é" * 500))  # 1,000 bytes of UTF-8
+    assert str(exc.value) == over_limit("k")
+    record = await store.read("k")
+    assert record is not None and record.content is None and record.version == 1
+    await store.apply("k", Change(FREE, content="é" * 499))
+    assert size_of(await store.read("k")) == 2 + 998
+    await store.apply("k", Change(FREE, content=None))
+    await store.apply("k", put("b", "b" * 990))
+    assert size_of(await store.read("k")) == 2 + 1 + 992
+
+
+async def test_a_create_over_the_record_limit_fails_and_writes_nothing(store: Store) -> None:
+    store.max_record_bytes = LIMIT
+    with pytest.raises(StateValidationError) as exc:
+        await store.create("c/a", {"a": "x" * 998})  # 1 + 1,000
+    assert str(exc.value) == over_limit("c/a")
+    assert await store.read("c/a") is None and await store.count("c/") == 0
+    with pytest.raises(StateValidationError, match=r'"c/b" would be larger'):
+        await store.create("c/b", {"a": 1}, content="x" * 999)
+    assert await store.read("c/b") is None
+    created = await store.create("c/a", {"a": "x" * 997})  # exactly the limit
+    assert created.status == "created" and size_of(await store.read("c/a")) == LIMIT
+    with pytest.raises(StateValidationError, match=r'"c/a" would be larger'):
+        await store.create("c/a", {"a": "y" * 998}, replace=True)
+    assert await fields_of(store, "c/a") == {"a": "x" * 997}
+    # the record written by create is accounted like any other: a push finds it full
+    with pytest.raises(StateValidationError, match=r'"c/a" would be larger'):
+        await store.apply("c/a", push(1))
+    # a cap does not evict anything for a create that does not fit
+    cap = Cap("c/", 1, "oldest")
+    with pytest.raises(StateValidationError, match=r'"c/z" would be larger'):
+        await store.create("c/z", {"a": "x" * 2000}, cap=cap)
+    assert await store.scan("c/") == ["c/a"]
+
+
+async def test_the_record_limit_holds_under_concurrent_pushes(store: Store) -> None:
+    store.max_record_bytes = LIMIT
+    await store.apply("k", put("log", []))  # 5 bytes; each 98-byte push adds 99 (the first 98)
+    results = await asyncio.gather(
+        *(store.apply("k", push("x" * 96)) for _ in range(20)), return_exceptions=True
+    )
+    failed = [r for r in results if isinstance(r, BaseException)]
+    assert len(failed) == 10
+    assert all(str(e) == over_limit("k") for e in failed)
+    record = await store.read("k")
+    assert record is not None and len(record.fields["log"]) == 10 and record.version == 11
+    assert size_of(record) == 5 + 10 * 98 + 9
+
+
+async def test_the_default_record_limit_is_16_mib(store_url: str) -> None:
+    store = open_store(store_url)
+    try:
+        assert store.max_record_bytes == 16 * 1024 * 1024
+    finally:
+        await store.aclose()
+    small = open_store(store_url, max_record_bytes=10)
+    try:
+        assert small.max_record_bytes == 10
+        with pytest.raises(StateValidationError, match="limit of 10 bytes"):
+            await small.apply("limit-test", put("abc", "defghi"))  # 3 + 8
+        assert await small.read("limit-test") is None
+    finally:
+        await small.aclose()
 
 
 # --------------------------------------------------------------------------------- events

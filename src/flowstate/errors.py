@@ -361,6 +361,7 @@ _SAFE_TYPES = (frozenset(get_args(ErrorType)) - _OPEN_TYPES) | {
     "json_depth",
     "string_nul",
     "string_unicode",
+    "record_size",  # names the limit only (the message with the key stays on the server)
 }
 _HIDDEN_MSG = "the value is invalid (the validator's message is kept in the server log)"
 

@@ -20,6 +20,7 @@ __all__ = [
     "MAX_INT",
     "MAX_KEY_BYTES",
     "MAX_OUTPUT_DEPTH",
+    "MAX_RECORD_BYTES",
     "MIN_INT",
     "KeyRule",
     "broken_key_rule",
@@ -41,6 +42,11 @@ JSON consumer holds exactly)."""
 MIN_INT: Final = -MAX_INT
 MAX_BODY_BYTES: Final = 1_000_000
 """The default ``max_body_bytes`` of the HTTP app (1 MB)."""
+MAX_RECORD_BYTES: Final = 16 * 1024 * 1024
+"""The default ``max_record_bytes`` of a store (16 MiB): the most one stored record (a scope's
+state, a resource, a collection instance) may take — the UTF-8 bytes of each field's name and
+compact JSON value, plus its content. A write that would make a record larger fails with
+``StateValidationError`` (``record_size``) and writes nothing; pushes count too."""
 
 CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 """Control characters (U+0000 to U+001F and U+007F, NUL included): in no key, id or path."""

@@ -42,7 +42,7 @@ from .layout import (
     user_session_key,
     user_sessions_prefix,
 )
-from .limits import MAX_OUTPUT_DEPTH, json_problem
+from .limits import MAX_OUTPUT_DEPTH, MAX_RECORD_BYTES, json_problem
 from .ops import Change, FieldOp
 from .resources import AnyResourceDefinition, CollectionRef, ResourceCollectionDefinition
 from .runtime import Run, execute_block
@@ -142,7 +142,9 @@ class FlowServer:
     """Hosts flows on one store: runs actions, streams events, serves client snapshots.
 
     Registration checks that flows sharing user/project state agree before the
-    store is opened, so a conflict stores nothing.
+    store is opened, so a conflict stores nothing. ``max_record_bytes`` (default 16 MiB)
+    limits each stored record of the store it opens from ``store`` (a URL); a write over it
+    fails with ``StateValidationError`` (HTTP 422) and writes nothing.
     """
 
     def __init__(
@@ -152,6 +154,7 @@ class FlowServer:
         auth: Auth = None,
         *,
         snapshot_limit: int = 100,
+        max_record_bytes: int | None = None,
     ) -> None:
         if isinstance(flows, Flow):
             flow_list = [flows]
@@ -172,7 +175,17 @@ class FlowServer:
         for message in report.warnings:
             warnings.warn(message, FlowStateWarning, stacklevel=2)
         self._owns_store = not isinstance(store, Store)
-        self.store: Store = store if isinstance(store, Store) else open_store(store)
+        if isinstance(store, Store):
+            if max_record_bytes is not None:
+                raise DefinitionError(
+                    "max_record_bytes applies to a store that FlowServer opens from a URL; "
+                    "give it to the store you pass instead (e.g. "
+                    "open_store(url, max_record_bytes=...))"
+                )
+            self.store: Store = store
+        else:
+            limit = MAX_RECORD_BYTES if max_record_bytes is None else max_record_bytes
+            self.store = open_store(store, max_record_bytes=limit)
         self.auth = auth
         self.snapshot_limit = snapshot_limit
         self._plans: dict[tuple[str, str], dict[str, frozenset[str] | None]] = {}

@@ -95,7 +95,11 @@ def load_server(target: str, store: str | None = None) -> FlowServer:
     if store is None:
         return obj
     rebuilt = FlowServer(
-        list(obj.flows.values()), store=store, auth=obj.auth, snapshot_limit=obj.snapshot_limit
+        list(obj.flows.values()),
+        store=store,
+        auth=obj.auth,
+        snapshot_limit=obj.snapshot_limit,
+        max_record_bytes=obj.store.max_record_bytes,
     )
     _run(obj.aclose())
     return rebuilt

@@ -17,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..errors import StateValidationError
+from ..limits import MAX_RECORD_BYTES
 from ..ops import UNCHANGED, Change, Mutation
 
 __all__ = [
@@ -36,8 +39,14 @@ __all__ = [
     "PubSub",
     "Record",
     "Store",
+    "field_bytes",
+    "json_bytes",
+    "json_text",
     "plan_commit",
     "prefix_end",
+    "pushed_bytes",
+    "record_too_large",
+    "text_bytes",
 ]
 
 JSON = Any
@@ -135,13 +144,71 @@ class Cap:
 
 @dataclass(frozen=True, slots=True)
 class Creation:
-    """A :meth:`Store.create` call, as handed to a backend's :meth:`Store._create`."""
+    """A :meth:`Store.create` call, as handed to a backend's :meth:`Store._create`: the
+    fields with their compact JSON ``texts`` and value ``sizes`` (UTF-8 bytes), and the
+    record's ``size`` (checked against the store's limit already)."""
 
     fields: Mapping[str, JSON]
-    content: str | None = None
-    replace: bool = False
-    cap: Cap | None = None
-    guard: Guard | None = None
+    content: str | None
+    replace: bool
+    cap: Cap | None
+    guard: Guard | None
+    texts: Mapping[str, str]
+    sizes: Mapping[str, int]
+    size: int
+
+
+# ------------------------------------------------------------------ record sizes
+#
+# A record's size is what the limit ``Store.max_record_bytes`` counts: for each field the UTF-8
+# bytes of its name and of its value as compact JSON, plus the UTF-8 bytes of the content.
+# Backends keep each field's value size and the record's size with the record, so that a push
+# adds its items' bytes without the list being loaded.
+
+
+def json_text(value: JSON) -> str:
+    """A value as stored: compact JSON, non-ASCII kept as is."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def text_bytes(text: str | None) -> int:
+    """UTF-8 bytes of ``text`` (0 for None)."""
+    return 0 if text is None else len(text.encode("utf-8", "surrogatepass"))
+
+
+def json_bytes(value: JSON) -> int:
+    """UTF-8 bytes of a value stored as compact JSON."""
+    return text_bytes(json_text(value))
+
+
+def field_bytes(name: str, value_bytes: int | None) -> int:
+    """What a field of ``value_bytes`` adds to its record (None: an absent field, 0)."""
+    return 0 if value_bytes is None else text_bytes(name) + value_bytes
+
+
+def pushed_bytes(stored: int | None, null: bool, whole: int, items: int) -> int:
+    """How much an append changes a list field's value size: ``stored`` is its value size now
+    (None: absent), ``null`` whether it holds null; ``whole`` the size of the list the store
+    writes for an absent or null field, ``items`` that of the items joined by commas."""
+    if stored is None:
+        return whole
+    if null:
+        return whole - stored
+    return items if stored == 2 else items + 1  # "[]" takes no comma before the first item
+
+
+def record_too_large(key: str, limit: int) -> StateValidationError:
+    """The error of a write that would make record ``key`` larger than ``limit`` bytes.
+
+    Its message names the key; its ``errors`` entry (what an HTTP client reads, after the
+    scope that was written) names only the rule, since a key may be one the client cannot see.
+    """
+    rule = f"larger than the limit of {limit:,} bytes (max_record_bytes)"
+    message = f'record "{key}" would be {rule}; nothing was written'
+    return StateValidationError(
+        message,
+        errors=[{"loc": [], "msg": f"the record would be {rule}", "type": "record_size"}],
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,8 +406,15 @@ class Store(PubSub, ABC):
 
     url: str = ""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_record_bytes: int = MAX_RECORD_BYTES) -> None:
         super().__init__()
+        if isinstance(max_record_bytes, bool) or not isinstance(max_record_bytes, int):
+            raise TypeError(f"max_record_bytes must be an int, got {max_record_bytes!r}")
+        if max_record_bytes < 1:
+            raise ValueError(f"max_record_bytes must be at least 1, got {max_record_bytes}")
+        self.max_record_bytes = max_record_bytes
+        """The most bytes one record may take (see :data:`flowstate.limits.MAX_RECORD_BYTES`);
+        every write that would make a record larger raises :func:`record_too_large`."""
         self.turns = KeyLocks()
         """Writers of one key in this process take turns here (see ``StateCell``)."""
 
@@ -377,7 +451,9 @@ class Store(PubSub, ABC):
         at version 1 with ``created_at`` = now), ``accessed_at`` = now, commit →
         ``committed``. A noop changes nothing (not ``accessed_at``: :meth:`touch` does). With
         ``guard``, a write (not a noop) first checks the guard in the same transaction (see
-        :class:`Guard`).
+        :class:`Guard`). A write that would make the record larger than
+        :attr:`max_record_bytes` raises :func:`record_too_large` and writes nothing; the
+        backend tracks sizes so that a push is checked without loading the list.
 
         The plan is pure, so a backend may make it more than once (e.g. first against a
         cached copy); what it writes must be planned against the version it replaces, so that
@@ -401,9 +477,21 @@ class Store(PubSub, ABC):
         evicts (``lru``: smallest ``accessed_at``; ``oldest``: smallest ``created_at``; ties
         by key; see :meth:`Cap.to_evict`) or returns ``full`` (``none``). Count, eviction and
         insert commit together, so the cap holds under concurrent creates. ``previous`` is the
-        replaced record. With ``guard``, checked first in the same transaction.
+        replaced record. With ``guard``, checked first in the same transaction. A record over
+        :attr:`max_record_bytes` raises :func:`record_too_large` before anything is written
+        (nothing is evicted for it).
         """
-        return await self._create(key, Creation(fields, content, replace, cap, guard))
+        texts = {name: json_text(value) for name, value in fields.items()}
+        sizes = {name: text_bytes(text) for name, text in texts.items()}
+        size = sum(field_bytes(name, n) for name, n in sizes.items()) + text_bytes(content)
+        self.check_size(key, size)
+        creation = Creation(fields, content, replace, cap, guard, texts, sizes, size)
+        return await self._create(key, creation)
+
+    def check_size(self, key: str, size: int) -> None:
+        """Raise :func:`record_too_large` if a record of ``size`` bytes is over the limit."""
+        if size > self.max_record_bytes:
+            raise record_too_large(key, self.max_record_bytes)
 
     @abstractmethod
     async def _create(self, key: str, new: Creation) -> Created:
@@ -462,7 +550,10 @@ class Store(PubSub, ABC):
 
         Version, fields, content and both timestamps are kept (no validation, no version
         bump: this restores what :meth:`export_records` returned, possibly from another
-        backend). One batch commits together. Returns how many records were written.
+        backend). One batch commits together. Returns how many records were written. Exempt
+        from :attr:`max_record_bytes` (a backup restores whatever it holds; the sizes are
+        recorded, so the next write to a record over the limit is refused), as are
+        :meth:`swap_records` and :meth:`delete_records`.
         """
 
     @abstractmethod

@@ -13,9 +13,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..ops import MISSING, Change, append_target_error, same_json
+from ..limits import MAX_RECORD_BYTES
+from ..ops import MISSING, UNCHANGED, Change, Mutation, append_target_error, same_json
 from ..schema import copy_json
-from .base import Applied, Created, Creation, Guard, Record, Store, plan_commit, prefix_end
+from .base import (
+    Applied,
+    Created,
+    Creation,
+    Guard,
+    Record,
+    Store,
+    field_bytes,
+    json_bytes,
+    plan_commit,
+    prefix_end,
+    pushed_bytes,
+    text_bytes,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -27,13 +41,35 @@ class _Row:
     content: str | None
     created_at: int
     accessed_at: int = field(default=0)
+    sizes: dict[str, int] = field(default_factory=dict)
+    """Each field's value size (``base.json_bytes``)."""
+    size: int = 0
+    """The record's size (``Store.max_record_bytes`` counts it)."""
+
+    @classmethod
+    def of(
+        cls,
+        version: int,
+        fields: Mapping[str, Any],
+        content: str | None,
+        created_at: int,
+        accessed_at: int,
+        sizes: Mapping[str, int] | None = None,
+    ) -> _Row:
+        """A row holding a copy of ``fields``, with its sizes (computed unless given)."""
+        if sizes is None:
+            sizes = {name: json_bytes(value) for name, value in fields.items()}
+        size = sum(field_bytes(name, n) for name, n in sizes.items()) + text_bytes(content)
+        return cls(
+            version, copy_json(dict(fields)), content, created_at, accessed_at, dict(sizes), size
+        )
 
 
 class MemoryStore(Store):
     """Records in a dict, for tests and throwaway runs (``memory://``)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, max_record_bytes: int = MAX_RECORD_BYTES) -> None:
+        super().__init__(max_record_bytes=max_record_bytes)
         self.url = "memory://"
         self._rows: dict[str, _Row] = {}
         self._keys: list[str] = []
@@ -101,29 +137,60 @@ class MemoryStore(Store):
             if isinstance(planned, Applied):
                 return planned
             mutation = planned
+            sizes, size = self._sized(key, row, mutation)  # raises if over the limit
             now = self._now()
-            appended: dict[str, Any] = {}
-            for name, (base, items) in mutation.append.items():
-                current = row.fields.get(name) if row else None
-                if current is not None and not isinstance(current, list):
-                    raise append_target_error(name, type(current).__name__)
-                if current is None:
-                    appended[name] = [*base, *copy_json(items)]
-            for name, (_, items) in mutation.append.items():
-                if name not in appended:  # extend in place: the stored list is ours alone
-                    row.fields[name].extend(copy_json(items))  # type: ignore[union-attr]
             if row is None:
                 row = _Row(0, {}, None, now)
                 self._insert(key, row)
+            for name, (base, items) in mutation.append.items():
+                current = row.fields.get(name)
+                if current is None:
+                    row.fields[name] = [*base, *copy_json(items)]
+                else:  # extend in place: the stored list is ours alone
+                    current.extend(copy_json(items))
             row.fields.update(copy_json(mutation.set))
-            row.fields.update(appended)
             for name in mutation.delete:
                 row.fields.pop(name, None)
             if isinstance(mutation.content, str) or mutation.content is None:
                 row.content = mutation.content
+            for name, n in sizes.items():
+                if n is None:
+                    row.sizes.pop(name, None)
+                else:
+                    row.sizes[name] = n
+            row.size = size
             row.version += 1
             row.accessed_at = now
             return Applied("committed", row.version, mutation)
+
+    def _sized(
+        self, key: str, row: _Row | None, mutation: Mutation
+    ) -> tuple[dict[str, int | None], int]:
+        """The value sizes ``mutation`` leaves (None: deleted) and the record's new size;
+        raises if a push targets a non-list or the record would be over the limit."""
+        stored = {} if row is None else row.sizes
+        fields = {} if row is None else row.fields
+        sizes: dict[str, int | None] = {}
+        for name, value in mutation.set.items():
+            sizes[name] = json_bytes(value)
+        for name in mutation.delete:
+            sizes[name] = None
+        for name, (base, items) in mutation.append.items():
+            current = fields.get(name, MISSING)
+            if current is not MISSING and current is not None and not isinstance(current, list):
+                raise append_target_error(name, type(current).__name__)
+            joined = sum(json_bytes(item) for item in items) + len(items) - 1
+            whole = json_bytes([*base, *items]) if current is MISSING or current is None else 0
+            old = stored.get(name) if current is not MISSING else None
+            sizes[name] = (old or 0) + pushed_bytes(old, current is None, whole, joined)
+        size = 0 if row is None else row.size
+        for name, n in sizes.items():
+            size += field_bytes(name, n) - field_bytes(name, stored.get(name))
+        if mutation.content is not UNCHANGED:
+            new = mutation.content if isinstance(mutation.content, str) else None
+            size += text_bytes(new) - text_bytes(None if row is None else row.content)
+        self.check_size(key, size)
+        return sizes, size
 
     async def _create(self, key: str, new: Creation) -> Created:
         with self._lock:
@@ -134,11 +201,12 @@ class MemoryStore(Store):
                 if not new.replace:
                     return Created("exists", existing.version)
                 previous = self._record(key, existing, None)
-                existing.fields = copy_json(dict(new.fields))
-                existing.content = new.content
-                existing.version += 1
-                existing.accessed_at = now
-                return Created("replaced", existing.version, previous=previous)
+                version = existing.version + 1
+                fresh = _Row.of(
+                    version, new.fields, new.content, existing.created_at, now, new.sizes
+                )
+                self._rows[key] = fresh
+                return Created("replaced", version, previous=previous)
             evicted: list[str] = []
             cap = new.cap
             if cap is not None:
@@ -151,7 +219,7 @@ class MemoryStore(Store):
                 for victim in ordered[:excess]:
                     self._remove(victim)
                     evicted.append(victim)
-            self._insert(key, _Row(1, copy_json(dict(new.fields)), new.content, now, now))
+            self._insert(key, _Row.of(1, new.fields, new.content, now, now, new.sizes))
             return Created("created", 1, tuple(evicted))
 
     async def delete(self, key: str, *, guard: Guard | None = None) -> Record | None:
@@ -200,7 +268,7 @@ class MemoryStore(Store):
         rows = [
             (
                 r.key,
-                _Row(r.version, copy_json(dict(r.fields)), r.content, r.created_at, r.accessed_at),
+                _Row.of(r.version, r.fields, r.content, r.created_at, r.accessed_at),
             )
             for r in records
         ]
@@ -217,9 +285,8 @@ class MemoryStore(Store):
             for r, expected in zip(records, expected_versions, strict=True):
                 row = self._rows.get(r.key)
                 if row is not None and (row.version, row.created_at) == (expected, r.created_at):
-                    fields = copy_json(dict(r.fields))
-                    self._rows[r.key] = _Row(
-                        r.version, fields, r.content, r.created_at, r.accessed_at
+                    self._rows[r.key] = _Row.of(
+                        r.version, r.fields, r.content, r.created_at, r.accessed_at
                     )
                     written.append(r.key)
         return written

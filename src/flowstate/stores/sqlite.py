@@ -25,26 +25,44 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..limits import MAX_RECORD_BYTES
 from ..ops import UNCHANGED, Change, append_target_error, same_json
-from .base import Applied, Created, Creation, Guard, Record, Store, plan_commit, prefix_end
+from .base import (
+    Applied,
+    Created,
+    Creation,
+    Guard,
+    Record,
+    Store,
+    field_bytes,
+    plan_commit,
+    prefix_end,
+    pushed_bytes,
+    text_bytes,
+)
 
 __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Version 3: ``size`` columns. A field's is the UTF-8 bytes of its value's JSON text (with
+# the items pushed onto it, folded or not); a record's is what ``max_record_bytes`` counts:
+# its fields' name and value bytes plus its content's.
 _DDL = [
     """CREATE TABLE IF NOT EXISTS fs_records (
         key TEXT PRIMARY KEY,
         version INTEGER NOT NULL,
         content TEXT,
         created_at INTEGER NOT NULL,
-        accessed_at INTEGER NOT NULL
+        accessed_at INTEGER NOT NULL,
+        size INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS fs_fields (
         key TEXT NOT NULL,
         name TEXT NOT NULL,
         value TEXT NOT NULL,
+        size INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (key, name)
     ) WITHOUT ROWID""",
     "CREATE TABLE IF NOT EXISTS fs_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -62,8 +80,22 @@ _DDL = [
 ]
 
 
+_INSERT_FIELD = "INSERT INTO fs_fields (key, name, value, size) VALUES (?, ?, ?, ?)"
 _BY_KEY = "key = ?"
 _IN_RANGE = "key >= ? AND key < ?"
+# 2 → 3: add the size columns to tables made before them, and compute every size (pushed items
+# not yet folded count as they will once folded: their bytes and a comma each, but for the
+# first one pushed onto an empty array).
+_SIZES = [
+    "ALTER TABLE fs_records ADD COLUMN size INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE fs_fields ADD COLUMN size INTEGER NOT NULL DEFAULT 0",
+    """UPDATE fs_fields SET size = length(CAST(value AS BLOB)) + coalesce((
+        SELECT sum(length(CAST(i.items AS BLOB)) + 1) - (fs_fields.value = '[]')
+        FROM fs_items i WHERE i.key = fs_fields.key AND i.name = fs_fields.name), 0)""",
+    """UPDATE fs_records SET size = coalesce(length(CAST(content AS BLOB)), 0) + coalesce((
+        SELECT sum(length(CAST(f.name AS BLOB)) + f.size)
+        FROM fs_fields f WHERE f.key = fs_records.key), 0)""",
+]
 
 _JSON_TYPES = {
     "integer": "int",
@@ -77,6 +109,18 @@ _JSON_TYPES = {
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _encoded(record: Record) -> tuple[list[tuple[str, str, str, int]], int]:
+    """A whole record's field rows (key, name, JSON text, size) and its size."""
+    rows = []
+    size = text_bytes(record.content)
+    for name, value in record.fields.items():
+        text = _dumps(value)
+        n = text_bytes(text)
+        rows.append((record.key, name, text, n))
+        size += field_bytes(name, n)
+    return rows, size
 
 
 def _joined(array: str, items: str) -> str:
@@ -130,8 +174,9 @@ class SQLiteStore(Store):
         synchronous: str = "FULL",
         busy_timeout: float = 30.0,
         max_batch: int = 64,
+        max_record_bytes: int = MAX_RECORD_BYTES,
     ) -> None:
-        super().__init__()
+        super().__init__(max_record_bytes=max_record_bytes)
         self.path = str(path)
         self.url = f"sqlite:///{self.path}"
         sync = synchronous.upper()
@@ -180,7 +225,11 @@ class SQLiteStore(Store):
                     f"{self.path}: the flowstate tables are at schema version {found}, newer "
                     f"than this flowstate ({SCHEMA_VERSION}); upgrade flowstate"
                 )
-            if found < SCHEMA_VERSION:  # 1 → 2: fs_items, created above
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(fs_records)")}
+            if "size" not in columns:  # made before version 3
+                for sql in _SIZES:
+                    conn.execute(sql)
+            if found < SCHEMA_VERSION:  # 1 → 2: fs_items, created above; 2 → 3: sizes
                 conn.execute(
                     "INSERT INTO fs_meta (name, value) VALUES ('schema_version', ?) "
                     "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
@@ -370,19 +419,25 @@ class SQLiteStore(Store):
 
     def _append(
         self, conn: sqlite3.Connection, key: str, name: str, base: list[Any], items: list[Any]
-    ) -> None:
-        """Append without reading or rewriting the stored list: one small row per push."""
+    ) -> int:
+        """Append without reading or rewriting the stored list: one small row per push.
+
+        Returns how many bytes the record grew by (the field's ``size`` is kept up to date).
+        """
         row = conn.execute(
-            "SELECT substr(value, 1, 1) FROM fs_fields WHERE key = ? AND name = ?", (key, name)
+            "SELECT substr(value, 1, 1), size FROM fs_fields WHERE key = ? AND name = ?",
+            (key, name),
         ).fetchone()
         if row is None or row[0] == "n":  # absent or null: store the whole list
+            whole = _dumps([*base, *items])
+            size = text_bytes(whole)
             conn.execute(
-                "INSERT INTO fs_fields (key, name, value) VALUES (?, ?, ?) "
-                "ON CONFLICT(key, name) DO UPDATE SET value = excluded.value",
-                (key, name, _dumps([*base, *items])),
+                "INSERT INTO fs_fields (key, name, value, size) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(key, name) DO UPDATE SET value = excluded.value, size = excluded.size",
+                (key, name, whole, size),
             )
             conn.execute("DELETE FROM fs_items WHERE key = ? AND name = ?", (key, name))
-            return
+            return field_bytes(name, size) - field_bytes(name, None if row is None else row[1])
         if row[0] != "[":
             (kind,) = conn.execute(
                 "SELECT json_type(value) FROM fs_fields WHERE key = ? AND name = ?", (key, name)
@@ -392,9 +447,14 @@ class SQLiteStore(Store):
             "SELECT coalesce(max(seq), 0) + 1 FROM fs_items WHERE key = ? AND name = ?",
             (key, name),
         ).fetchone()
+        joined = ",".join(_dumps(item) for item in items)
+        grown = pushed_bytes(row[1], False, 0, text_bytes(joined))
         conn.execute(
             "INSERT INTO fs_items (key, name, seq, items) VALUES (?, ?, ?, ?)",
-            (key, name, seq, ",".join(_dumps(item) for item in items)),
+            (key, name, seq, joined),
+        )
+        conn.execute(
+            "UPDATE fs_fields SET size = size + ? WHERE key = ? AND name = ?", (grown, key, name)
         )
         if seq % self.fold_after == 0:  # fold the rows into the array (1 push in fold_after)
             parts = [
@@ -412,6 +472,7 @@ class SQLiteStore(Store):
                 (_joined(stored, ",".join(parts)), key, name),
             )
             conn.execute("DELETE FROM fs_items WHERE key = ? AND name = ?", (key, name))
+        return grown
 
     def _read(
         self, conn: sqlite3.Connection, key: str, fields: frozenset[str] | None
@@ -452,7 +513,7 @@ class SQLiteStore(Store):
         def job(conn: sqlite3.Connection) -> Applied:
             self._check(conn, guard)
             row = conn.execute(
-                "SELECT version, content FROM fs_records WHERE key = ?", (key,)
+                "SELECT version, content, size FROM fs_records WHERE key = ?", (key,)
             ).fetchone()
             version = None if row is None else row[0]
             planned = plan_commit(
@@ -462,50 +523,69 @@ class SQLiteStore(Store):
                 return planned
             mutation = planned
             now = self._now()
-            if mutation.set:
-                conn.executemany(
-                    "INSERT INTO fs_fields (key, name, value) VALUES (?, ?, ?) "
-                    "ON CONFLICT(key, name) DO UPDATE SET value = excluded.value",
-                    [(key, name, _dumps(value)) for name, value in mutation.set.items()],
-                )
+            size = 0 if row is None else row[2]
             dropped = [*mutation.set, *mutation.delete]
+            if dropped and row is not None:
+                marks = ",".join("?" * len(dropped))
+                for name, old in conn.execute(
+                    f"SELECT name, size FROM fs_fields WHERE key = ? AND name IN ({marks})",
+                    (key, *dropped),
+                ):
+                    size -= field_bytes(name, old)
+            if mutation.set:
+                rows = []
+                for name, value in mutation.set.items():
+                    text = _dumps(value)
+                    n = text_bytes(text)
+                    size += field_bytes(name, n)
+                    rows.append((key, name, text, n))
+                conn.executemany(
+                    "INSERT INTO fs_fields (key, name, value, size) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(key, name) DO UPDATE SET value = excluded.value, "
+                    "size = excluded.size",
+                    rows,
+                )
             if dropped and row is not None:
                 conn.executemany(
                     "DELETE FROM fs_items WHERE key = ? AND name = ?",
                     [(key, name) for name in dropped],
                 )
             for name, (base, items) in mutation.append.items():
-                self._append(conn, key, name, base, items)
+                size += self._append(conn, key, name, base, items)
             if mutation.delete:
                 conn.executemany(
                     "DELETE FROM fs_fields WHERE key = ? AND name = ?",
                     [(key, name) for name in mutation.delete],
                 )
-            new_content = None if mutation.content is UNCHANGED else mutation.content
+            new_content = mutation.content if isinstance(mutation.content, str) else None
+            if mutation.content is not UNCHANGED:
+                size += text_bytes(new_content) - text_bytes(None if row is None else row[1])
+            self.check_size(key, size)  # raising rolls this job back: nothing is written
             if row is None:
                 conn.execute(
-                    "INSERT INTO fs_records (key, version, content, created_at, accessed_at) "
-                    "VALUES (?, 1, ?, ?, ?)",
-                    (key, new_content, now, now),
+                    "INSERT INTO fs_records (key, version, content, created_at, accessed_at, "
+                    "size) VALUES (?, 1, ?, ?, ?, ?)",
+                    (key, new_content, now, now, size),
                 )
             elif mutation.content is UNCHANGED:
                 conn.execute(
-                    "UPDATE fs_records SET version = version + 1, accessed_at = ? WHERE key = ?",
-                    (now, key),
+                    "UPDATE fs_records SET version = version + 1, accessed_at = ?, size = ? "
+                    "WHERE key = ?",
+                    (now, size, key),
                 )
             else:
                 conn.execute(
-                    "UPDATE fs_records SET version = version + 1, accessed_at = ?, content = ? "
-                    "WHERE key = ?",
-                    (now, new_content, key),
+                    "UPDATE fs_records SET version = version + 1, accessed_at = ?, content = ?, "
+                    "size = ? WHERE key = ?",
+                    (now, new_content, size, key),
                 )
             return Applied("committed", (version or 0) + 1, mutation)
 
         return await self._submit(job)
 
     async def _create(self, key: str, new: Creation) -> Created:
-        encoded = [(key, name, _dumps(value)) for name, value in new.fields.items()]
-        content, cap = new.content, new.cap
+        encoded = [(key, name, text, new.sizes[name]) for name, text in new.texts.items()]
+        content, cap, size = new.content, new.cap, new.size
 
         def job(conn: sqlite3.Connection) -> Created:
             self._check(conn, new.guard)
@@ -519,13 +599,11 @@ class SQLiteStore(Store):
                     return Created("exists", row[0])
                 previous = Record(key, row[0], self._load_fields(conn, key, None), *row[1:])
                 self._drop(conn, _BY_KEY, [(key,)], records=False)
-                conn.executemany(
-                    "INSERT INTO fs_fields (key, name, value) VALUES (?, ?, ?)", encoded
-                )
+                conn.executemany(_INSERT_FIELD, encoded)
                 conn.execute(
-                    "UPDATE fs_records SET version = version + 1, content = ?, accessed_at = ? "
-                    "WHERE key = ?",
-                    (content, now, key),
+                    "UPDATE fs_records SET version = version + 1, content = ?, accessed_at = ?, "
+                    "size = ? WHERE key = ?",
+                    (content, now, size, key),
                 )
                 return Created("replaced", row[0] + 1, previous=previous)
             evicted: list[str] = []
@@ -548,11 +626,11 @@ class SQLiteStore(Store):
                     ]
                     self._drop(conn, _BY_KEY, [(k,) for k in evicted])
             conn.execute(
-                "INSERT INTO fs_records (key, version, content, created_at, accessed_at) "
-                "VALUES (?, 1, ?, ?, ?)",
-                (key, content, now, now),
+                "INSERT INTO fs_records (key, version, content, created_at, accessed_at, size) "
+                "VALUES (?, 1, ?, ?, ?, ?)",
+                (key, content, now, now, size),
             )
-            conn.executemany("INSERT INTO fs_fields (key, name, value) VALUES (?, ?, ?)", encoded)
+            conn.executemany(_INSERT_FIELD, encoded)
             return Created("created", 1, tuple(evicted))
 
         return await self._submit(job)
@@ -656,20 +734,25 @@ class SQLiteStore(Store):
 
     async def import_records(self, records: Sequence[Record]) -> int:
         latest = list({r.key: r for r in records}.values())  # the last of one key wins
-        rows = [(r.key, r.version, r.content, r.created_at, r.accessed_at) for r in latest]
-        values = [(r.key, n, _dumps(v)) for r in latest for n, v in r.fields.items()]
+        rows = []
+        values = []
+        for r in latest:
+            fields, size = _encoded(r)
+            rows.append((r.key, r.version, r.content, r.created_at, r.accessed_at, size))
+            values += fields
         keys = [(r.key,) for r in latest]
 
         def job(conn: sqlite3.Connection) -> int:
             self._drop(conn, _BY_KEY, keys, records=False)
             conn.executemany(
-                "INSERT INTO fs_records (key, version, content, created_at, accessed_at) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                "INSERT INTO fs_records (key, version, content, created_at, accessed_at, size) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
                 "version = excluded.version, content = excluded.content, "
-                "created_at = excluded.created_at, accessed_at = excluded.accessed_at",
+                "created_at = excluded.created_at, accessed_at = excluded.accessed_at, "
+                "size = excluded.size",
                 rows,
             )
-            conn.executemany("INSERT INTO fs_fields (key, name, value) VALUES (?, ?, ?)", values)
+            conn.executemany(_INSERT_FIELD, values)
             return len(rows)
 
         return await self._submit(job)
@@ -682,14 +765,16 @@ class SQLiteStore(Store):
         def job(conn: sqlite3.Connection) -> list[str]:
             written: list[str] = []
             for r, expected in pairs:
+                fields, size = _encoded(r)
                 cursor = conn.execute(
                     "UPDATE fs_records SET version = ?, content = ?, created_at = ?, "
-                    "accessed_at = ? WHERE key = ? AND version = ? AND created_at = ?",
+                    "accessed_at = ?, size = ? WHERE key = ? AND version = ? AND created_at = ?",
                     (
                         r.version,
                         r.content,
                         r.created_at,
                         r.accessed_at,
+                        size,
                         r.key,
                         expected,
                         r.created_at,
@@ -698,10 +783,7 @@ class SQLiteStore(Store):
                 if cursor.rowcount != 1:
                     continue
                 self._drop(conn, _BY_KEY, [(r.key,)], records=False)
-                conn.executemany(
-                    "INSERT INTO fs_fields (key, name, value) VALUES (?, ?, ?)",
-                    [(r.key, n, _dumps(v)) for n, v in r.fields.items()],
-                )
+                conn.executemany(_INSERT_FIELD, fields)
                 written.append(r.key)
             return written
 

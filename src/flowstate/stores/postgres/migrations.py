@@ -205,6 +205,30 @@ MIGRATIONS: tuple[tuple[int, tuple[str, ...]], ...] = (
             END $$""",
         ),
     ),
+    (
+        3,
+        (
+            # Each record's size as ``max_record_bytes`` counts it (its fields' names and JSON
+            # texts with their pushed items, its content, in UTF-8 bytes), kept by every write,
+            # so that a push is held to the limit without the list being read.
+            "ALTER TABLE fs_records ADD COLUMN IF NOT EXISTS size BIGINT NOT NULL DEFAULT 0",
+            """UPDATE fs_records r SET size = coalesce(octet_length(r.content), 0) + coalesce((
+                SELECT sum(octet_length(f.name) + octet_length(f.value::text) + coalesce((
+                    SELECT sum(octet_length(i.items) + 1)
+                        - CASE WHEN f.value::text = '[]' THEN 1 ELSE 0 END
+                    FROM fs_items i WHERE i.key = f.key AND i.name = f.name AND i.seq > 0), 0))
+                FROM fs_fields f WHERE f.key = r.key), 0)""",
+            # A record's new size, or FS002 (its key as the message) past the limit.
+            """CREATE OR REPLACE FUNCTION fs_sized(p_key TEXT, p_size BIGINT, p_limit BIGINT)
+            RETURNS BIGINT LANGUAGE plpgsql IMMUTABLE AS $$
+            BEGIN
+                IF p_size > p_limit THEN
+                    RAISE EXCEPTION USING ERRCODE = 'FS002', MESSAGE = p_key;
+                END IF;
+                RETURN p_size;
+            END $$""",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -12,7 +12,7 @@ from typing import Any, Literal, NamedTuple
 import asyncpg  # type: ignore[import-untyped]
 
 from ...ops import UNCHANGED, Change, Mutation, append_target_error
-from ..base import Guard
+from ..base import Guard, field_bytes, record_too_large, text_bytes
 from .cache import Encoded, Entry, dumps
 
 __all__ = [
@@ -117,6 +117,7 @@ def batch_sql(shape: Shape) -> str:
     results: list[str] = []
     touched: list[str] = []
     unguarded = ""
+    limit = p("int8")  # max_record_bytes: fs_sized raises FS002 past it
     if shape.guards:
         keys, gkeys, gfields, gvalues = p("text[]"), p("text[]"), p("text[]"), p("text[]")
         parts.append(
@@ -135,11 +136,35 @@ def batch_sql(shape: Shape) -> str:
         )
         parts.append("gbad AS (SELECT gd.k FROM gd WHERE gd.k NOT IN (SELECT k FROM gl))")
         unguarded = " AND {0} NOT IN (SELECT k FROM gbad)"
+    grown = "0"
+    if shape.updates and shape.appends:
+        # What pushes add to each updated record's size, from the fields as they are (this
+        # statement's snapshot, which the version guard below makes the latest): onto an
+        # absent field the whole list and the name, onto null the whole list for the null,
+        # onto an array the items and a comma, but none onto an empty one. A field with
+        # pushed rows (or a fold's marker) is a non-empty array: its value is not read.
+        # Parameters: keys, names, byte sizes of the whole list and of the joined items.
+        keys, names, wholes, items = p("text[]"), p("text[]"), p("int8[]"), p("int8[]")
+        parts.append(
+            "ag AS (SELECT v.key, sum(CASE WHEN s.pushed THEN v.items + 1 "
+            "WHEN x.kind IS NULL THEN octet_length(v.name) + v.whole "
+            "WHEN x.kind = 'null' THEN v.whole - 4 WHEN x.kind <> 'array' THEN 0 "
+            "WHEN x.empty THEN v.items ELSE v.items + 1 END)::int8 AS grown "
+            f"FROM unnest({keys}, {names}, {wholes}, {items}) AS v(key, name, whole, items) "
+            "CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM fs_items i "
+            "WHERE i.key = v.key AND i.name = v.name) AS pushed) s "
+            "LEFT JOIN LATERAL (SELECT json_typeof(y.value) AS kind, "
+            "y.value::text = '[]' AS empty FROM fs_fields y "
+            "WHERE NOT s.pushed AND y.key = v.key AND y.name = v.name) x ON true "
+            "GROUP BY v.key)"
+        )
+        grown = "coalesce((SELECT ag.grown FROM ag WHERE ag.key = f.key), 0)"
     if shape.updates:
         keys, versions, gens = p("text[]"), p("int8[]"), p("int8[]")
         touched.append(keys)
         at = f"array_position({keys}, f.key)"
         bump = f"({p('int8[]')})[{at}]" if shape.steps else "1"
+        deltas = p("int8[]")  # what sets, deletes and content add to the size
         content = ""
         if shape.update_content:
             flags, texts = p("bool[]"), p("text[]")
@@ -147,8 +172,9 @@ def batch_sql(shape: Shape) -> str:
                 f", content = CASE WHEN ({flags})[{at}] THEN ({texts})[{at}] ELSE f.content END"
             )
         parts.append(
-            f"ru AS (UPDATE fs_records f SET version = f.version + {bump}, accessed_at = {NOW}"
-            f"{content} WHERE f.key = ANY({keys}) AND f.version = ({versions})[{at}] "
+            f"ru AS (UPDATE fs_records f SET version = f.version + {bump}, accessed_at = {NOW}, "
+            f"size = fs_sized(f.key, f.size + ({deltas})[{at}] + {grown}, {limit}){content} "
+            f"WHERE f.key = ANY({keys}) AND f.version = ({versions})[{at}] "
             f"AND f.gen = ({gens})[{at}]{unguarded.format('f.key')} "
             "RETURNING f.key, f.version, f.gen)"
         )
@@ -157,10 +183,12 @@ def batch_sql(shape: Shape) -> str:
         keys, texts = p("text[]"), p("text[]")
         touched.append(keys)
         first = f", {p('int8[]')}" if shape.steps else ""
+        sizes = p("int8[]")
         parts.append(
-            "ri AS (INSERT INTO fs_records (key, version, content, created_at, accessed_at) "
-            f"SELECT u.key, {'u.s' if shape.steps else '1'}, u.c, t.now, t.now "
-            f"FROM unnest({keys}, {texts}{first}) AS u(key, c{', s' if shape.steps else ''}), "
+            "ri AS (INSERT INTO fs_records (key, version, content, created_at, accessed_at, size) "
+            f"SELECT u.key, {'u.s' if shape.steps else '1'}, u.c, t.now, t.now, "
+            f"fs_sized(u.key, u.z, {limit}) FROM unnest({keys}, {texts}{first}, {sizes}) "
+            f"AS u(key, c{', s' if shape.steps else ''}, z), "
             f"(SELECT {NOW} AS now) t WHERE true{unguarded.format('u.key')} ORDER BY u.key "
             "ON CONFLICT (key) DO NOTHING RETURNING key, version, gen)"
         )
@@ -285,8 +313,38 @@ def _may_have_items(entry: Entry, name: str) -> bool:
     return text.lstrip(" \t\r\n")[:1] == "["
 
 
-def batch_args(jobs: list[Job], fold_after: int = FOLD_AFTER) -> tuple[Shape, list[Any]]:
-    """The statement shape and parameters that write ``jobs`` (distinct keys)."""
+def _size_change(job: Job) -> int:
+    """What ``job`` adds to its record's size, but for its pushes onto stored fields (which
+    the statement counts); all of it for a new record.
+
+    The entry it was resolved against holds every field it sets or deletes (they were loaded
+    for it), and the content if it changes it.
+    """
+    entry, enc, mutation = job.entry, job.enc, job.mutation
+    fields = {} if entry is None else entry.fields
+    delta = 0
+    for name, text in enc.sets.items():
+        old = fields.get(name)
+        delta += field_bytes(name, text_bytes(text))
+        delta -= field_bytes(name, None if old is None else text_bytes(old))
+    for name in mutation.delete:
+        old = fields.get(name)
+        delta -= field_bytes(name, None if old is None else text_bytes(old))
+    if entry is None:
+        delta += sum(
+            field_bytes(name, text_bytes(whole)) for name, (whole, _) in enc.appends.items()
+        )
+    if mutation.content is not UNCHANGED:
+        new = mutation.content if isinstance(mutation.content, str) else None
+        delta += text_bytes(new) - text_bytes(None if entry is None else entry.content)
+    return delta
+
+
+def batch_args(
+    jobs: list[Job], fold_after: int = FOLD_AFTER, *, limit: int
+) -> tuple[Shape, list[Any]]:
+    """The statement shape and parameters that write ``jobs`` (distinct keys), none of whose
+    records may grow past ``limit`` bytes."""
     upd: list[Job] = []
     ins: list[Job] = []
     changed: tuple[list[str], list[str], list[str]] = ([], [], [])
@@ -333,18 +391,25 @@ def batch_args(jobs: list[Job], fold_after: int = FOLD_AFTER) -> tuple[Shape, li
         clears=bool(clears[0]),
         fold_after=fold_after,
     )
-    args: list[Any] = []
+    args: list[Any] = [limit]
     if shape.guards:
         guarded = [(j.key, j.guard) for j in jobs if j.guard is not None]
         args.append([k for k, _ in guarded])
         args.append([g.key for _, g in guarded])
         args.append([g.name for _, g in guarded])
         args.append([dumps(g.value, g.name) for _, g in guarded])
+    if upd and shape.appends:
+        grows = [(j.key, n, a) for j in upd for n, a in j.enc.appends.items()]
+        args.append([key for key, _, _ in grows])
+        args.append([name for _, name, _ in grows])
+        args.append([text_bytes(whole) for _, _, (whole, _) in grows])
+        args.append([text_bytes(items) for _, _, (_, items) in grows])
     if upd:
         args += [[j.key for j in upd], [j.entry.version for j in upd if j.entry]]
         args.append([j.entry.gen for j in upd if j.entry])
         if shape.steps:
             args.append([j.steps for j in upd])
+        args.append([_size_change(j) for j in upd])
         if update_content:
             args.append([j.mutation.content is not UNCHANGED for j in upd])
             args.append(
@@ -355,6 +420,7 @@ def batch_args(jobs: list[Job], fold_after: int = FOLD_AFTER) -> tuple[Shape, li
         args.append([None if j.mutation.content is UNCHANGED else j.mutation.content for j in ins])
         if shape.steps:
             args.append([j.steps for j in ins])
+        args.append([_size_change(j) for j in ins])
     for part in (changed, added, deletes, appends, clears):
         if part[0]:
             args += part
@@ -388,15 +454,20 @@ async def check_guard(conn: Connection, guard: Guard | None) -> None:
 
 
 async def write_batch(
-    conn: Connection, jobs: list[Job], fold_after: int = FOLD_AFTER
+    conn: Connection, jobs: list[Job], fold_after: int = FOLD_AFTER, *, limit: int
 ) -> dict[str, Outcome]:
-    """Write ``jobs`` in one statement; ``key → outcome`` (absent: not written, unknown)."""
-    shape, args = batch_args(jobs, fold_after)
+    """Write ``jobs`` in one statement; ``key → outcome`` (absent: not written, unknown).
+
+    A record that would grow past ``limit`` bytes fails the statement (nothing is written)
+    with :func:`record_too_large`."""
+    shape, args = batch_args(jobs, fold_after, limit=limit)
     try:
         rows = await conn.fetch(batch_sql(shape), *args)
     except asyncpg.PostgresError as exc:
         if getattr(exc, "sqlstate", None) == "FS001":  # raised by fs_not_a_list
             raise append_target_error(exc.message, exc.detail) from None
+        if getattr(exc, "sqlstate", None) == "FS002":  # raised by fs_sized
+            raise record_too_large(exc.message, limit) from None
         raise
     return {row[0]: Outcome(row[3], row[1], row[2]) for row in rows}
 

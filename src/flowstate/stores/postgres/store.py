@@ -24,8 +24,20 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import asyncpg  # type: ignore[import-untyped]
 
 from ...errors import StateValidationError, StoreUnavailableError
+from ...limits import MAX_RECORD_BYTES
 from ...ops import UNCHANGED, Change, Mutation, append_target_error, compose
-from ..base import Applied, Created, Creation, Guard, Record, Store, plan_commit, prefix_end
+from ..base import (
+    Applied,
+    Created,
+    Creation,
+    Guard,
+    Record,
+    Store,
+    field_bytes,
+    plan_commit,
+    prefix_end,
+    text_bytes,
+)
 from .cache import BLANK, Cache, Encoded, Entry, dumps
 from .events import Events
 from .migrations import check_version, migrate_conn, parse_url, quote_ident
@@ -184,18 +196,23 @@ async def _delete_rows_of(conn: Connection, keys: list[str]) -> None:
 
 
 async def _replace_fields(conn: Connection, records: Iterable[Record]) -> None:
-    """Make the stored fields of ``records`` exactly theirs (inside the caller's transaction,
-    which holds or has just written their record rows, and has run ``_BY_INDEX``)."""
+    """Make the stored fields of ``records`` exactly theirs, and the records' sizes match
+    (inside the caller's transaction, which holds or has just written their record rows, and
+    has run ``_BY_INDEX``)."""
     keys: list[str] = []
+    sizes: list[int] = []
     owners: list[str] = []
     names: list[str] = []
     values: list[str] = []
     for r in records:
         keys.append(r.key)
+        size = text_bytes(r.content)
         for name, value in r.fields.items():
             owners.append(r.key)
             names.append(name)
             values.append(dumps(value, name))
+            size += field_bytes(name, text_bytes(values[-1]))
+        sizes.append(size)
     if not keys:
         return
     await _delete_rows_of(conn, keys)
@@ -205,6 +222,18 @@ async def _replace_fields(conn: Connection, records: Iterable[Record]) -> None:
         owners,
         names,
         values,
+    )
+    await conn.execute(  # their sizes, as written (bulk writes are not held to the limit)
+        "UPDATE fs_records r SET size = u.size FROM unnest($1::text[], $2::bigint[]) "
+        "AS u(key, size) WHERE r.key = u.key",
+        keys,
+        sizes,
+    )
+    await conn.execute(  # their sizes, as written (bulk writes are not held to the limit)
+        "UPDATE fs_records r SET size = u.size FROM unnest($1::text[], $2::bigint[]) "
+        "AS u(key, size) WHERE r.key = u.key",
+        keys,
+        sizes,
     )
 
 
@@ -217,8 +246,14 @@ class PostgresStore(Store):
     fold_after = FOLD_AFTER
     """Pushes kept as ``fs_items`` rows before they are folded into the stored array."""
 
-    def __init__(self, url: str, *, migrate: bool | None = None) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        url: str,
+        *,
+        migrate: bool | None = None,
+        max_record_bytes: int = MAX_RECORD_BYTES,
+    ) -> None:
+        super().__init__(max_record_bytes=max_record_bytes)
         self._config = parse_url(url)
         if migrate is not None:
             self._config = dataclasses.replace(self._config, migrate=migrate)
@@ -444,7 +479,9 @@ class PostgresStore(Store):
     async def _write_alone(self, conn: Connection, job: Job) -> Outcome | None:
         job.sent = self._tick()
         try:
-            return (await write_batch(conn, [job], self.fold_after)).get(job.key)
+            return (
+                await write_batch(conn, [job], self.fold_after, limit=self.max_record_bytes)
+            ).get(job.key)
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError):
             return None  # treated like a moved record: the caller reloads and tries again
 
@@ -494,7 +531,9 @@ class PostgresStore(Store):
                     for job in batch:
                         job.sent = sent
                     try:
-                        written = await write_batch(conn, batch, self.fold_after)
+                        written = await write_batch(
+                            conn, batch, self.fold_after, limit=self.max_record_bytes
+                        )
                     except (asyncpg.PostgresError, StateValidationError):
                         pass  # one job's error (or a deadlock): write them one by one
                     else:
@@ -737,7 +776,9 @@ class PostgresStore(Store):
                     mutation = planned
                     enc = Encoded.of(mutation)
                     job = Job(key, entry, mutation, enc, sent=self._tick())
-                    written = (await write_batch(conn, [job], self.fold_after)).get(key)
+                    written = (
+                        await write_batch(conn, [job], self.fold_after, limit=self.max_record_bytes)
+                    ).get(key)
                     if written is None or not written.written:
                         raise Retry  # created meanwhile (we saw no row to lock): again
             except RETRYABLE:
@@ -779,7 +820,7 @@ class PostgresStore(Store):
                 )
                 new = await conn.fetchrow(
                     "WITH r AS (UPDATE fs_records SET version = version + 1, content = $4, "
-                    f"accessed_at = {NOW} WHERE key = $1 RETURNING version, gen), "
+                    f"size = $5, accessed_at = {NOW} WHERE key = $1 RETURNING version, gen), "
                     "d AS (DELETE FROM fs_fields f USING r "
                     "WHERE f.key = $1 AND NOT (f.name = ANY($2::text[]))), "
                     "s AS (INSERT INTO fs_fields (key, name, value) SELECT $1, u.name, u.value "
@@ -791,6 +832,7 @@ class PostgresStore(Store):
                     names,
                     values,
                     content,
+                    creation.size,
                 )
                 gen = new[1]
                 return Created("replaced", new[0], previous=previous)
@@ -819,7 +861,9 @@ class PostgresStore(Store):
                     await conn.execute("DELETE FROM fs_fields WHERE key = ANY($1::text[])", evicted)
                     await conn.execute("DELETE FROM fs_items WHERE key = ANY($1::text[])", evicted)
             job = Job(key, None, Mutation(set=fields, content=content), Encoded(encoded, {}))
-            new = (await write_batch(conn, [job], self.fold_after)).get(key)
+            new = (
+                await write_batch(conn, [job], self.fold_after, limit=self.max_record_bytes)
+            ).get(key)
             if new is None or not new.written:
                 raise Retry  # created meanwhile without the cap lock: look again
             gen = new.gen
