@@ -17,7 +17,7 @@ def test_migrate_sqlite_creates_the_tables_and_can_repeat(tmp_path: Path) -> Non
     for _ in range(2):
         result = CliRunner().invoke(main, ["db", "migrate", "--store", url])
         assert result.exit_code == 0, result.output
-        assert result.output.strip() == f"{url}: flowstate schema version 2"
+        assert result.output.strip() == f"{url}: flowstate schema version 3"
     assert (tmp_path / "db" / "state.db").exists()
 
 
@@ -34,7 +34,7 @@ def test_migrate_postgres_is_idempotent_and_the_store_then_works(
     for _ in range(2):
         result = CliRunner().invoke(main, ["db", "migrate", "--store", postgres_store_url])
         assert result.exit_code == 0, result.output
-        assert result.output.strip().endswith("flowstate schema version 2")
+        assert result.output.strip().endswith("flowstate schema version 3")
 
     async def use() -> int:
         store = open_store(postgres_store_url + "&migrate=false")

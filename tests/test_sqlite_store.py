@@ -88,7 +88,9 @@ async def test_a_version_1_database_is_upgraded_and_keeps_its_data(tmp_path: Pat
     finally:
         await store.aclose()
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT value FROM fs_meta").fetchall() == [("2",)]
+    assert conn.execute("SELECT value FROM fs_meta").fetchall() == [("3",)]
+    # schema version 3: the record's size was computed on open and kept by the push
+    assert conn.execute("SELECT size FROM fs_records").fetchall() == [(3 + len('["a","b","c"]'),)]
     # the push is one small row; the stored array was not rewritten
     assert conn.execute("SELECT value FROM fs_fields").fetchall() == [('["a","b"]',)]
     assert conn.execute("SELECT seq, items FROM fs_items").fetchall() == [(1, '"c"')]
@@ -105,5 +107,5 @@ def test_a_database_from_a_newer_flowstate_is_refused(tmp_path: Path) -> None:
         SQLiteStore(path)
     assert str(info.value) == (
         f"{path}: the flowstate tables are at schema version 99, newer than this "
-        "flowstate (2); upgrade flowstate"
+        "flowstate (3); upgrade flowstate"
     )
