@@ -303,3 +303,46 @@ async def test_deleting_under_concurrent_writers_leaves_nothing(store_url: str) 
             assert isinstance(result, SessionNotFoundError), result
         assert await server.store.scan("session/s/") == []
         assert await server.store.read("_sessions/s") is None
+
+
+async def test_get_or_create_racing_a_deletion_answers_session_not_found(store_url: str) -> None:
+    """get_or_create finds no instance, its create loses to a concurrent one, and then the
+    session is deleted: the run fails with SessionNotFoundError (not "resource not found"),
+    and nothing of the session is left."""
+
+    seen: list[BaseException] = []
+
+    async def write(input: Any, ctx: Any) -> None:
+        try:
+            await ctx.session.resources.notes.get_or_create("n", {"text": "mine"})
+        except BaseException as exc:
+            seen.append(exc)
+            raise
+
+    flow = define_flow(
+        "w",
+        actions={"write": handler(name="write", execute=write)},
+        session=ScopeConfig(resources={"notes": define_resource_collection("notes/*", state=Doc)}),
+    )
+    async with FlowServer([flow], store=store_url) as server:
+        await server.create_session("w", user_id="alice", session_id="s")
+        store = server.store
+        real_create = store.create
+        raced = False
+
+        async def create(key: str, *args: Any, **kwargs: Any) -> Any:
+            nonlocal raced
+            if raced or "notes" not in key:
+                return await real_create(key, *args, **kwargs)
+            raced = True
+            # Another writer creates the instance first, then the session is deleted.
+            other = await real_create(key, *args, **kwargs)
+            await server.delete_session("s", user_id="alice")
+            return type(other)("exists", other.version)
+
+        store.create = create  # type: ignore[method-assign]
+        with pytest.raises(SessionNotFoundError):
+            await server.run("w", "write", user_id="alice", session_id="s")
+        assert raced
+        assert [type(e) for e in seen] == [SessionNotFoundError]
+        assert await store.scan("session/s/") == []

@@ -504,13 +504,18 @@ class CollectionRef:
         initial: Mapping[str, Any] | BaseModel | None = None,
     ) -> ResourceRef:
         """The existing instance, or a new one with ``initial`` (schema defaults otherwise)."""
-        ref = await self.get_optional(key)
-        if ref is not None:
-            return ref
-        try:
-            return await self.create(key, initial)
-        except ResourceAlreadyExistsError:  # created concurrently
-            return await self.get(key)
+        for _ in range(3):
+            ref = await self.get_optional(key)
+            if ref is not None:
+                return ref
+            try:
+                return await self.create(key, initial)
+            except ResourceAlreadyExistsError:
+                # Created concurrently, and maybe deleted again since: look again. (Reading it
+                # with ``get`` here answered "not found" when the session was being deleted;
+                # the guarded create answers SessionNotFoundError instead.)
+                continue
+        raise self._racing("get_or_create", key)
 
     async def upsert(
         self,
@@ -531,12 +536,15 @@ class CollectionRef:
                 return await self.create(key, {**(create_only or {}), **update})
             except ResourceAlreadyExistsError:
                 continue
+        raise self._racing("upsert", key)
+
+    def _racing(self, what: str, key: str | Mapping[str, object]) -> Exception:
         storage_key = self.resolve_key(key)
         racing = ResourceNotFoundError(
-            f'upsert of "{storage_key}" in collection "{self.name}" kept racing '
+            f'{what} of "{storage_key}" in collection "{self.name}" kept racing '
             "with concurrent creates and deletes"
         )
-        raise self._public(racing, storage_key)
+        return self._public(racing, storage_key)
 
     def _list_prefix(self, prefix: str) -> str:
         if not isinstance(prefix, str):
