@@ -43,7 +43,9 @@ def test_two_servers_share_one_database(postgres_store_url: str, tmp_path: Path)
     with running(args[0], tmp_path, env), running(args[1], tmp_path, env):
 
         async def main() -> None:
-            limits = httpx.Limits(max_connections=32)
+            # Idle connections expire before the server's 5 s keep-alive closes them (else a
+            # reused connection may be reset under load: httpx.ReadError).
+            limits = httpx.Limits(max_connections=32, keepalive_expiry=2.0)
             async with httpx.AsyncClient(headers=HEADERS, timeout=60, limits=limits) as client:
                 created = await client.post(f"{bases[0]}/demo/sessions", json={})
                 assert created.status_code in (200, 201), created.text

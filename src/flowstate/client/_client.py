@@ -223,6 +223,12 @@ def _action_body(input: Any, session_id: str | None, project_id: str | None) -> 
 # ----------------------------------------------------------------------------------- async
 
 
+# `flowstate serve` closes a connection idle for 5 s (its --timeout-keep-alive default). A
+# client that keeps idle connections as long (httpx's default) races it: a request sent on a
+# connection the server is closing fails with a reset. Dropping idle ones sooner avoids that.
+_LIMITS = httpx.Limits(keepalive_expiry=2.0)
+
+
 class AsyncClient:
     """The flowstate HTTP API from asyncio code.
 
@@ -247,7 +253,11 @@ class AsyncClient:
         if token is not None:
             all_headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.AsyncClient(
-            base_url=base.rstrip("/"), headers=all_headers, timeout=timeout, transport=transport
+            base_url=base.rstrip("/"),
+            headers=all_headers,
+            timeout=timeout,
+            transport=transport,
+            limits=_LIMITS,
         )
         # Streams may be quiet for long stretches (the server pings every 15 s by default).
         self._stream_timeout = httpx.Timeout(timeout, read=None)
