@@ -542,7 +542,9 @@ figures are in [`{json}`](../bench/results/{json}). Nothing in the test suite as
   inside the database (`INSERT … SELECT`) to reach each size, then times the operation.
 - **HTTP**: each server in its own uvicorn process on loopback, a separate load process, fresh
   SQLite files (WAL, `synchronous=FULL`), rounds in alternating order; server CPU per request
-  from `/proc`.
+  from `/proc`, read after the warm-up (10 requests per client, not counted) and after the
+  timed requests; the ratio is the median of per-round ratios. The full run and `--quick`
+  differ only in rounds and requests (3 x 800 and 2 x 300).
 
 ## Reproduce
 
