@@ -438,8 +438,9 @@ router = APIRouter(responses=ERROR_RESPONSES)
 
 
 def _run_stream(api: _Api, request: Request, request_log: RequestLog, after: int) -> Response:
-    """A run's events as SSE, for as long as the caller may read them (its owner, while a
-    member of the run's project; a run whose session is deleted fails and its stream ends)."""
+    """A run's events as SSE, for as long as the caller may read them: its owner, while a
+    member of the run's project. (A run whose session is deleted can write nothing more: its
+    next write fails the run, which ends the stream.)"""
 
     async def rule(identity: Identity) -> bool:
         return access.can_reach_project(identity, request_log.project_id)
