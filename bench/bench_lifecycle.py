@@ -133,7 +133,7 @@ async def generate(url: str, what: str, n: int) -> None:
                 key = f"user/u{i:08d}/state"
                 await store.apply(key, Change(free, ops=(FieldOp("set", "log", [0]),)))
                 for j in range(1, 4):
-                    await store.apply(key, Change(free, ops=(FieldOp("append", "log", j),)))
+                    await store.apply(key, Change(free, ops=(FieldOp("push", "log", j),)))
     finally:
         await store.aclose()
 

@@ -77,15 +77,15 @@ def test_a_new_record_resolves_against_nothing_and_content_only_when_asked() -> 
 
 
 def test_load_fields_leaves_out_lists_only_pushed_to() -> None:
-    push = Change(TYPED, ops=(FieldOp("append", "log", 1), FieldOp("inc", "n", 1)))
+    push = Change(TYPED, ops=(FieldOp("push", "log", 1), FieldOp("inc", "n", 1)))
     assert push.needed_fields == frozenset({"log", "n", SCHEMA_FIELD})
     assert push.load_fields == frozenset({"n", SCHEMA_FIELD})
     load = Loader({"n": 1, "log": [0]})
     planned = plan_commit(push, 1, load)
     assert load.asked == [frozenset({"n", SCHEMA_FIELD})]
     assert isinstance(planned, Mutation)
-    assert dict(planned.set) == {"n": 2} and dict(planned.append) == {"log": ([], [1])}
+    assert dict(planned.set) == {"n": 2} and dict(planned.push) == {"log": ([], [1])}
     # a list that is also set is loaded; a whole-state replace loads everything
-    both = Change(TYPED, ops=(FieldOp("set", "log", []), FieldOp("append", "log", 1)))
+    both = Change(TYPED, ops=(FieldOp("set", "log", []), FieldOp("push", "log", 1)))
     assert both.load_fields == frozenset({"log", SCHEMA_FIELD})
     assert Change(TYPED, replace={"n": 1}).load_fields is None

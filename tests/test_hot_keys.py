@@ -51,10 +51,10 @@ async def test_one_failing_caller_fails_alone(store: Store) -> None:
         if i == 5:
             calls.append(store.apply("hot", change(FieldOp("inc", "word", 1))))
         elif i == 7:
-            calls.append(store.apply("hot", change(FieldOp("append", "word", 1))))
+            calls.append(store.apply("hot", change(FieldOp("push", "word", 1))))
         else:
             calls.append(
-                store.apply("hot", change(FieldOp("inc", "n", 1), FieldOp("append", "log", i)))
+                store.apply("hot", change(FieldOp("inc", "n", 1), FieldOp("push", "log", i)))
             )
     results = await asyncio.gather(*calls, return_exceptions=True)
     errors = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
@@ -71,7 +71,7 @@ async def test_one_failing_caller_fails_alone(store: Store) -> None:
     assert sorted(record.fields["log"]) == [i for i in range(12) if i not in (5, 7)]
     # the list order is the commit order
     by_version = sorted(good, key=lambda r: r.version)
-    order = [r.mutation.append["log"][1][0] for r in by_version if r.mutation is not None]
+    order = [r.mutation.push["log"][1][0] for r in by_version if r.mutation is not None]
     assert record.fields["log"] == order
 
 
@@ -98,9 +98,9 @@ async def test_mixed_sets_deletes_and_record_ops_in_one_crowd(store: Store) -> N
         store.apply("mix", change(FieldOp("record_set", "d", 2, "b"))),
         store.apply("mix", change(FieldOp("record_delete", "d", None, "a"))),
         store.apply("mix", change(FieldOp("set", "list", [1]))),
-        store.apply("mix", change(FieldOp("append", "list", 2))),
+        store.apply("mix", change(FieldOp("push", "list", 2))),
         store.apply("mix", Change(FREE, replace={"d": {"z": 0}, "list": [9]})),
-        store.apply("mix", change(FieldOp("append", "list", 10))),
+        store.apply("mix", change(FieldOp("push", "list", 10))),
         store.apply("mix", change(FieldOp("set", "n", 1), must_exist=True)),
     )
     assert [r.status for r in results] == ["committed"] * 8
@@ -111,14 +111,14 @@ async def test_mixed_sets_deletes_and_record_ops_in_one_crowd(store: Store) -> N
 
 
 def test_compose_is_the_same_as_writing_in_order() -> None:
-    first = Mutation(set={"a": [1]}, append={"b": ([], [1])})
-    second = Mutation(set={}, append={"a": ([], [2]), "b": ([], [2]), "c": ([0], [5])})
+    first = Mutation(set={"a": [1]}, push={"b": ([], [1])})
+    second = Mutation(set={}, push={"a": ([], [2]), "b": ([], [2]), "c": ([0], [5])})
     third = Mutation(set={"c": None}, delete=frozenset({"b"}), content="t")
-    fourth = Mutation(set={}, append={"c": ([], [6]), "b": ([7], [8])})
+    fourth = Mutation(set={}, push={"c": ([], [6]), "b": ([7], [8])})
     net = compose([first, second, third, fourth])
     assert dict(net.set) == {"a": [1, 2], "c": [6], "b": [7, 8]}
-    assert net.delete == frozenset() and net.content == "t" and dict(net.append) == {}
-    assert compose([first, second]).append == {"b": ([], [1, 2]), "c": ([0], [5])}
+    assert net.delete == frozenset() and net.content == "t" and dict(net.push) == {}
+    assert compose([first, second]).push == {"b": ([], [1, 2]), "c": ([0], [5])}
 
 
 class Hits(BaseModel):
@@ -184,7 +184,7 @@ def _hammer(url: str, tasks: int, each: int) -> None:
             async def worker() -> None:
                 for _ in range(each):
                     await store.apply(
-                        "shared", change(FieldOp("inc", "n", 1), FieldOp("append", "log", 1))
+                        "shared", change(FieldOp("inc", "n", 1), FieldOp("push", "log", 1))
                     )
 
             await asyncio.gather(*(worker() for _ in range(tasks)))

@@ -39,7 +39,7 @@ FREE = Schema(None)
 
 
 def push(field: str, *items: Any, **kw: Any) -> Change:
-    return Change(FREE, ops=tuple(FieldOp("append", field, i) for i in items), **kw)
+    return Change(FREE, ops=tuple(FieldOp("push", field, i) for i in items), **kw)
 
 
 def put(field: str, value: Any) -> Change:

@@ -72,16 +72,16 @@ async def test_version_2_tables_get_their_sizes_on_migration(postgres_store_url:
         assert await sizes(store) == {"a": size_of(a), "b": size_of(b), "c": size_of(c)}
         assert await sizes(store) == {"a": 3 + 17 + 1 + 1 + 6, "b": 1 + 3, "c": 1 + 3}
         # from the computed size on: 28 + 12 fits exactly, one byte more does not
-        await store.apply("a", Change(FREE, ops=(FieldOp("append", "log", "x" * 9),)))
+        await store.apply("a", Change(FREE, ops=(FieldOp("push", "log", "x" * 9),)))
         assert (await sizes(store))["a"] == 40 == size_of(await store.read("a"))
         # pushes onto arrays that have pushed rows or only a fold's marker
-        await store.apply("c", Change(FREE, ops=(FieldOp("append", "f", 1),)))
-        await store.apply("b", Change(FREE, ops=(FieldOp("append", "e", 1),)))
+        await store.apply("c", Change(FREE, ops=(FieldOp("push", "f", 1),)))
+        await store.apply("b", Change(FREE, ops=(FieldOp("push", "e", 1),)))
         b, c = await store.read("b"), await store.read("c")
         assert b is not None and c is not None and c.fields["f"] == [0, 1]
         assert (await sizes(store))["b"] == size_of(b) and (await sizes(store))["c"] == size_of(c)
         with pytest.raises(StateValidationError, match='record "a" would be larger'):
-            await store.apply("a", Change(FREE, ops=(FieldOp("append", "log", 0),)))
+            await store.apply("a", Change(FREE, ops=(FieldOp("push", "log", 0),)))
     finally:
         await store.aclose()
 
@@ -91,7 +91,7 @@ async def test_whole_record_writes_keep_sizes_exact(postgres_store_url: str) -> 
     try:
         await store.apply("k", Change(FREE, ops=(FieldOp("set", "log", []),)))
         for i in range(3):
-            items = (FieldOp("append", "log", f"é{i}"), FieldOp("append", "log", i))
+            items = (FieldOp("push", "log", f"é{i}"), FieldOp("push", "log", i))
             await store.apply("k", Change(FREE, ops=items))
         await store.apply("k", Change(FREE, content="çontent"))
         record = await store.read("k")

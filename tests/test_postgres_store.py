@@ -144,15 +144,15 @@ async def test_appends_stay_in_order_across_instances(
 ) -> None:
     a, b = pair
     await a.apply("k", put("l", [1]))
-    await b.apply("k", ops(FieldOp("append", "l", 2)))
-    await a.apply("k", ops(FieldOp("append", "l", 3)))
-    await a.apply("k", ops(FieldOp("append", "l", {"z": 1, "a": [4]})))
+    await b.apply("k", ops(FieldOp("push", "l", 2)))
+    await a.apply("k", ops(FieldOp("push", "l", 3)))
+    await a.apply("k", ops(FieldOp("push", "l", {"z": 1, "a": [4]})))
     expected = [1, 2, 3, {"z": 1, "a": [4]}]
     assert await fields_of(b, "k") == {"l": expected}
     assert await fields_of(a, "k") == {"l": expected}
     await b.apply("k", put("l", "no longer a list"))
     with pytest.raises(StateValidationError, match="found str"):
-        await a.apply("k", ops(FieldOp("append", "l", 5)))
+        await a.apply("k", ops(FieldOp("push", "l", 5)))
 
 
 async def test_no_lost_writes_between_instances_under_contention(
@@ -162,7 +162,7 @@ async def test_no_lost_writes_between_instances_under_contention(
     stores[2].optimistic_attempts = 0  # one of them always takes the row lock
     try:
         changes = [
-            stores[i % 3].apply("k", ops(FieldOp("inc", "n", 1), FieldOp("append", "l", i)))
+            stores[i % 3].apply("k", ops(FieldOp("inc", "n", 1), FieldOp("push", "l", i)))
             for i in range(60)
         ]
         results = await asyncio.gather(*changes)
@@ -197,7 +197,7 @@ def _inc_worker(url: str, who: str) -> None:
     async def main() -> None:
         store = open_store(url)
         try:
-            change = ops(FieldOp("inc", "n", 1), FieldOp("append", "log", who))
+            change = ops(FieldOp("inc", "n", 1), FieldOp("push", "log", who))
             await asyncio.gather(*(store.apply("shared", change) for _ in range(N)))
             for _ in range(N // 4):  # and a compare-and-swap loop
                 while True:
@@ -434,7 +434,7 @@ def _random_change(rng: random.Random, i: int) -> Change:
     if kind == "set":
         return put(rng.choice(["a", "b", "c"]), rng.choice([i, "s", [i], {"z": i, "a": 1}]))
     if kind == "append":
-        return ops(FieldOp("append", rng.choice(["l", "l2"]), i))
+        return ops(FieldOp("push", rng.choice(["l", "l2"]), i))
     if kind == "record":
         op: OpKind = rng.choice(["record_set", "record_delete"])
         return ops(FieldOp(op, "d", i if op == "record_set" else None, key=rng.choice("xyz")))
@@ -500,7 +500,7 @@ async def test_one_failing_write_in_a_batch_fails_alone(postgres_store_url: str)
         for i in range(10):
             await store.apply(f"k/{i}", put("v", "text" if i == 3 else [i]))
         results = await asyncio.gather(
-            *(store.apply(f"k/{i}", ops(FieldOp("append", "v", "x"))) for i in range(10)),
+            *(store.apply(f"k/{i}", ops(FieldOp("push", "v", "x"))) for i in range(10)),
             return_exceptions=True,
         )
         assert isinstance(results[3], StateValidationError)

@@ -75,10 +75,10 @@ async def test_a_version_2_file_gets_its_sizes_on_open(tmp_path: Path) -> None:
         assert fields[("a", "log")] == len(text([1, 2, 3, 4, "ü"]).encode())
         assert fields[("b", "e")] == 3
         # the computed sizes are what the limit counts from now on: 25 + 15 fits exactly
-        await store.apply("a", Change(FREE, ops=(FieldOp("append", "log", "x" * 12),)))
+        await store.apply("a", Change(FREE, ops=(FieldOp("push", "log", "x" * 12),)))
         assert stored_sizes(path)[0]["a"] == 40 == size_of(await store.read("a"))
         with pytest.raises(StateValidationError, match='record "a" would be larger'):
-            await store.apply("a", Change(FREE, ops=(FieldOp("append", "log", 0),)))
+            await store.apply("a", Change(FREE, ops=(FieldOp("push", "log", 0),)))
     finally:
         await store.aclose()
     with sqlite3.connect(path) as conn:
@@ -92,10 +92,10 @@ async def test_sizes_stay_exact_through_pushes_folds_and_bulk_writes(tmp_path: P
     try:
         await store.apply("k", Change(FREE, ops=(FieldOp("set", "log", []),)))
         for i in range(8):  # folded twice, two pushes left as rows
-            items = (FieldOp("append", "log", f"é{i}"), FieldOp("append", "log", i))
+            items = (FieldOp("push", "log", f"é{i}"), FieldOp("push", "log", i))
             await store.apply("k", Change(FREE, ops=items))
         await store.apply("k", Change(FREE, ops=(FieldOp("set", "z", None),)))
-        await store.apply("k", Change(FREE, ops=(FieldOp("append", "z", [1]),)))
+        await store.apply("k", Change(FREE, ops=(FieldOp("push", "z", [1]),)))
         await store.apply("k", Change(FREE, content="çontent"))
         record = await store.read("k")
         sizes, fields = stored_sizes(path)

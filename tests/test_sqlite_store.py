@@ -81,7 +81,7 @@ async def test_a_version_1_database_is_upgraded_and_keeps_its_data(tmp_path: Pat
     try:
         record = await store.read("k")
         assert record is not None and record.version == 3 and record.fields == {"log": ["a", "b"]}
-        push = Change(Schema(None), ops=(FieldOp("append", "log", "c"),))
+        push = Change(Schema(None), ops=(FieldOp("push", "log", "c"),))
         assert (await store.apply("k", push)).version == 4
         again = await store.read("k")
         assert again is not None and again.fields == {"log": ["a", "b", "c"]}

@@ -161,7 +161,7 @@ async def test_the_store_shares_no_mutable_values_with_callers(store: Store) -> 
     assert record is not None and dict(record.fields) == {"l": [1], "d": {"a": [1]}}
     record.fields["l"].append("reader")
     item: dict[str, list[Any]] = {"x": [1]}
-    result = await store.apply("k", ops(FieldOp("set", "m", [1]), FieldOp("append", "l", item)))
+    result = await store.apply("k", ops(FieldOp("set", "m", [1]), FieldOp("push", "l", item)))
     assert result.mutation is not None
     result.mutation.set["m"].append("writer")
     item["x"].append("pusher")
@@ -172,7 +172,7 @@ async def test_appending_keeps_the_stored_items_exactly(store: Store) -> None:
     items = [1.0, 1e16, 2**63 - 1, {"z": 1, "a": [None, True]}, "é 😀 \u0001", -0.5, 1e-7]
     await store.apply("k", put("l", items))
     await store.apply(
-        "k", ops(FieldOp("append", "l", 3.0), FieldOp("append", "l", {"y": 1, "b": 2}))
+        "k", ops(FieldOp("push", "l", 3.0), FieldOp("push", "l", {"y": 1, "b": 2}))
     )
     got = (await fields_of(store, "k") or {})["l"]
     assert got == [*items, 3.0, {"y": 1, "b": 2}]
@@ -186,7 +186,7 @@ async def test_many_pushes_read_back_in_order_through_every_path(store: Store) -
     await store.apply("k", put("l", ["a"]))
     expected: list[Any] = ["a"]
     for i in range(30):
-        await store.apply("k", ops(FieldOp("append", "l", i), FieldOp("append", "m", -i)))
+        await store.apply("k", ops(FieldOp("push", "l", i), FieldOp("push", "m", -i)))
         expected.append(i)
         if i % 9 == 4:
             assert (await fields_of(store, "k") or {})["l"] == expected
@@ -197,25 +197,25 @@ async def test_many_pushes_read_back_in_order_through_every_path(store: Store) -
     # a set replaces the pushed items too; pushes go on from the new value
     await store.apply("k", put("l", {"not": "a list"}))
     with pytest.raises(StateValidationError, match="push_state needs a list field, found dict"):
-        await store.apply("k", ops(FieldOp("append", "l", 1)))
+        await store.apply("k", ops(FieldOp("push", "l", 1)))
     await store.apply("k", put("l", []))
-    await store.apply("k", ops(FieldOp("append", "l", "x")))
+    await store.apply("k", ops(FieldOp("push", "l", "x")))
     assert (await fields_of(store, "k") or {})["l"] == ["x"]
     # a deleted field, a deleted record, a replaced record: no pushed item survives them
     await store.apply("k", Change(FREE, replace={"m": [0]}))
     assert await fields_of(store, "k") == {"m": [0]}
-    await store.apply("k", ops(FieldOp("append", "m", 1)))
+    await store.apply("k", ops(FieldOp("push", "m", 1)))
     deleted = await store.delete("k")
     assert deleted is not None and deleted.fields == {"m": [0, 1]}
-    await store.apply("k", ops(FieldOp("append", "m", 2)))
+    await store.apply("k", ops(FieldOp("push", "m", 2)))
     assert await fields_of(store, "k") == {"m": [2]}
-    await store.apply("k", ops(FieldOp("append", "m", 3)))
+    await store.apply("k", ops(FieldOp("push", "m", 3)))
     await store.create("k", {"m": []}, replace=True)
     assert await fields_of(store, "k") == {"m": []}
-    await store.apply("k/x", ops(FieldOp("append", "m", 1), FieldOp("append", "m", 2)))
+    await store.apply("k/x", ops(FieldOp("push", "m", 1), FieldOp("push", "m", 2)))
     assert await store.delete_prefix("k/") == 1
     await store.apply("k/x", put("m", None))
-    await store.apply("k/x", ops(FieldOp("append", "m", 5)))
+    await store.apply("k/x", ops(FieldOp("push", "m", 5)))
     assert await fields_of(store, "k/x") == {"m": [5]}
 
 
@@ -240,7 +240,7 @@ async def test_apply_creates_at_version_one_then_bumps_by_one(store: Store) -> N
 
 async def test_apply_writes_only_the_changed_fields(store: Store) -> None:
     await store.apply("k", ops(FieldOp("set", "a", 1), FieldOp("set", "b", 2)))
-    result = await store.apply("k", ops(FieldOp("inc", "a", 1), FieldOp("append", "l", "x")))
+    result = await store.apply("k", ops(FieldOp("inc", "a", 1), FieldOp("push", "l", "x")))
     assert result.mutation is not None
     assert result.mutation.changed_fields == ["a", "l"]
     assert await fields_of(store, "k") == {"a": 2, "b": 2, "l": ["x"]}
@@ -248,12 +248,12 @@ async def test_apply_writes_only_the_changed_fields(store: Store) -> None:
 
 async def test_appends_extend_the_stored_list_or_start_one(store: Store) -> None:
     await store.apply("k", ops(FieldOp("set", "l", [1, 2])))
-    await store.apply("k", ops(FieldOp("append", "l", 3), FieldOp("append", "l", 4)))
-    await store.apply("k", ops(FieldOp("append", "fresh", "x")))
+    await store.apply("k", ops(FieldOp("push", "l", 3), FieldOp("push", "l", 4)))
+    await store.apply("k", ops(FieldOp("push", "fresh", "x")))
     assert await fields_of(store, "k") == {"l": [1, 2, 3, 4], "fresh": ["x"]}
     await store.apply("k", ops(FieldOp("set", "n", 5)))
     with pytest.raises(StateValidationError, match='field "n": push_state needs a list field'):
-        await store.apply("k", ops(FieldOp("append", "n", 1)))
+        await store.apply("k", ops(FieldOp("push", "n", 1)))
     assert await fields_of(store, "k") == {"l": [1, 2, 3, 4], "fresh": ["x"], "n": 5}
 
 
@@ -270,17 +270,17 @@ async def test_append_creates_extends_and_refuses_non_lists(store: Store) -> Non
     await store.apply("k", ops(*(FieldOp("set", k, v) for k, v in stored.items())))
     for name, found in [("s", "str"), ("f", "float"), ("i", "int"), ("d", "dict"), ("b", "bool")]:
         with pytest.raises(StateValidationError) as info:
-            await store.apply("k", ops(FieldOp("append", "l", 0), FieldOp("append", name, 1)))
+            await store.apply("k", ops(FieldOp("push", "l", 0), FieldOp("push", name, 1)))
         assert info.value.errors[0]["type"] == "push_target"
         assert info.value.errors[0]["loc"][0] == name
         assert f"found {found}" in str(info.value)
     record = await store.read("k")
     assert record is not None and record.version == 1 and dict(record.fields) == stored
     for name in ("nul", "l", "new", "l"):
-        result = await store.apply("k", ops(FieldOp("append", name, {"x": [name]})))
+        result = await store.apply("k", ops(FieldOp("push", name, {"x": [name]})))
         assert result.status == "committed"
     assert (
-        await store.apply("k", ops(FieldOp("append", "l", 2), FieldOp("append", "l", 3)))
+        await store.apply("k", ops(FieldOp("push", "l", 2), FieldOp("push", "l", 3)))
     ).version == 6
     got = await fields_of(store, "k")
     assert got is not None
@@ -293,11 +293,11 @@ async def test_append_to_a_typed_list_uses_its_default(store: Store) -> None:
         log: list[int] = [1, 2]
 
     schema = Schema(Log)
-    await store.apply("k", ops(FieldOp("append", "log", 3), schema=schema))
-    await store.apply("k", ops(FieldOp("append", "log", "4"), schema=schema))
+    await store.apply("k", ops(FieldOp("push", "log", 3), schema=schema))
+    await store.apply("k", ops(FieldOp("push", "log", "4"), schema=schema))
     assert await fields_of(store, "k") == {"log": [1, 2, 3, 4]}
     with pytest.raises(StateValidationError):
-        await store.apply("k", ops(FieldOp("append", "log", "x"), schema=schema))
+        await store.apply("k", ops(FieldOp("push", "log", "x"), schema=schema))
     assert await fields_of(store, "k") == {"log": [1, 2, 3, 4]}
 
 
@@ -372,7 +372,7 @@ async def test_an_error_in_resolve_propagates_and_nothing_is_written(
             "k", ops(FieldOp("inc", "n", 1), FieldOp("inc", "name", 1), schema=schema)
         )
     with pytest.raises(StateValidationError):
-        await store.apply("k", ops(FieldOp("append", "name", 1), schema=schema))
+        await store.apply("k", ops(FieldOp("push", "name", 1), schema=schema))
     after = await store.read("k")
     assert before is not None and after is not None
     assert after.version == before.version == 1
@@ -640,7 +640,7 @@ async def test_the_cap_holds_under_concurrent_creates(
 
 async def test_no_lost_writes_under_concurrent_inc_and_append(store: Store) -> None:
     changes = [inc() for _ in range(50)]
-    changes += [ops(FieldOp("append", "items", i)) for i in range(50)]
+    changes += [ops(FieldOp("push", "items", i)) for i in range(50)]
     results = await asyncio.gather(*(store.apply("k", c) for c in changes))
     assert all(r.status == "committed" for r in results)
     assert sorted(r.version for r in results) == list(range(1, 101))
@@ -698,7 +698,7 @@ def over_limit(key: str) -> str:
 
 
 def push(*items: Any) -> Change:
-    return ops(*(FieldOp("append", "log", item) for item in items))
+    return ops(*(FieldOp("push", "log", item) for item in items))
 
 
 async def test_a_push_over_the_record_limit_fails_and_leaves_the_list_as_it_was(
@@ -731,7 +731,7 @@ async def test_pushes_onto_an_empty_list_and_onto_null_count_exactly(store: Stor
     store.max_record_bytes = LIMIT
     await store.apply("k", ops(FieldOp("set", "log", []), FieldOp("set", "z", None)))
     await store.apply("k", push("a", "b"))  # two items in one write
-    await store.apply("k", ops(FieldOp("append", "z", 1)))  # null becomes [1]
+    await store.apply("k", ops(FieldOp("push", "z", 1)))  # null becomes [1]
     record = await store.read("k")
     assert record is not None and dict(record.fields) == {"log": ["a", "b"], "z": [1]}
     assert size_of(record) == 3 + len('["a","b"]') + 1 + len("[1]")
@@ -739,7 +739,7 @@ async def test_pushes_onto_an_empty_list_and_onto_null_count_exactly(store: Stor
     await store.apply("k", push(big))
     assert size_of(await store.read("k")) == LIMIT
     with pytest.raises(StateValidationError, match="max_record_bytes"):
-        await store.apply("k", ops(FieldOp("append", "z", 2)))
+        await store.apply("k", ops(FieldOp("push", "z", 2)))
 
 
 async def test_replacing_a_big_field_with_a_small_one_frees_the_room(store: Store) -> None:
@@ -859,7 +859,7 @@ def _sqlite_worker(path: str, who: str) -> None:
     async def main() -> None:
         store = SQLiteStore(path)
         try:
-            changes = [ops(FieldOp("inc", "n", 1), FieldOp("append", "log", who))]
+            changes = [ops(FieldOp("inc", "n", 1), FieldOp("push", "log", who))]
             await asyncio.gather(*(store.apply("shared", changes[0]) for _ in range(PROCESS_INCS)))
         finally:
             await store.aclose()
@@ -986,7 +986,7 @@ async def test_delete_records_deletes_only_records_unchanged_since_read(store: S
     await store.apply("x/2", ops(FieldOp("set", "a", 2)))
     await store.apply("x/3", ops(FieldOp("set", "l", [0])))
     for i in range(1, 4):  # pushes not folded yet (SQLite: rows of their own)
-        await store.apply("x/3", ops(FieldOp("append", "l", i)))
+        await store.apply("x/3", ops(FieldOp("push", "l", i)))
     await store.apply("x/4", ops(FieldOp("set", "a", 4)))
     await store.apply("y/1", ops(FieldOp("set", "a", 1)))
     read = {r.key: r for r in await store.export_records("")}
@@ -1009,7 +1009,7 @@ async def test_delete_records_deletes_only_records_unchanged_since_read(store: S
     # a deleted record is gone whole: created again, no field or pushed item reappears
     assert (await store.create("x/1", {"fresh": True})).version == 1
     assert await fields_of(store, "x/1") == {"fresh": True}
-    await store.apply("x/3", ops(FieldOp("append", "l", "z")))
+    await store.apply("x/3", ops(FieldOp("push", "l", "z")))
     assert await fields_of(store, "x/3") == {"l": ["z"]}
     # the same for swap_records: the record created again is not swapped
     x4 = Record("x/4", 2, {"swapped": True}, None, read["x/4"].created_at, 0)
@@ -1078,7 +1078,7 @@ async def test_bulk_operations_see_and_clear_pushed_items(store: Store) -> None:
     for key in ("b/1", "b/2", "c/1", "d/1"):
         await store.apply(key, ops(FieldOp("set", "l", [0])))
         for i in range(1, 6):
-            await store.apply(key, ops(FieldOp("append", "l", i)))
+            await store.apply(key, ops(FieldOp("push", "l", i)))
     exported = await store.export_records("b/")
     assert [r.fields["l"] for r in exported] == [[0, 1, 2, 3, 4, 5]] * 2
     assert exported == [await store.read("b/1"), await store.read("b/2")]
@@ -1089,7 +1089,7 @@ async def test_bulk_operations_see_and_clear_pushed_items(store: Store) -> None:
     # import replaces the whole record: no earlier pushed item reappears; pushes go on
     assert await store.import_records([Record("b/1", 9, {"l": [9]}, None, 1, 2)]) == 1
     assert (await store.read("b/1")).fields == {"l": [9]}  # type: ignore[union-attr]
-    await store.apply("b/1", ops(FieldOp("append", "l", 10)))
+    await store.apply("b/1", ops(FieldOp("push", "l", 10)))
     assert (await store.read("b/1")).fields == {"l": [9, 10]}  # type: ignore[union-attr]
 
     b2 = await store.read("b/2")
@@ -1105,5 +1105,5 @@ async def test_bulk_operations_see_and_clear_pushed_items(store: Store) -> None:
 
     assert await store.delete_prefixes(["d/"]) == 1
     assert (await store.create("d/1", {"l": []})).status == "created"
-    await store.apply("d/1", ops(FieldOp("append", "l", "x")))
+    await store.apply("d/1", ops(FieldOp("push", "l", "x")))
     assert (await store.read("d/1")).fields == {"l": ["x"]}  # type: ignore[union-attr]

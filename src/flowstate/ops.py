@@ -48,7 +48,7 @@ MISSING: Final = _Sentinel.MISSING
 UNCHANGED: Final = _Sentinel.UNCHANGED
 """Content left as it is by a change."""
 
-OpKind = Literal["set", "inc", "append", "record_set", "record_delete"]
+OpKind = Literal["set", "inc", "push", "record_set", "record_delete"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +96,7 @@ def apply_field_op(op: FieldOp, current: Any) -> Any:
             found = type(current).__name__
             raise _op_error(op, f"inc_state needs a number field, found {found}", "inc_target")
         return current + op.value
-    if op.kind == "append":
+    if op.kind == "push":
         if current is MISSING or current is None:
             return [op.value]
         if not isinstance(current, list):
@@ -136,10 +136,10 @@ def same_json(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-def append_target_error(name: str, found: str) -> StateValidationError:
+def push_target_error(name: str, found: str) -> StateValidationError:
     """The error for appending to a stored field that is not a list (raised by stores)."""
     message = f"push_state needs a list field, found {found}"
-    return _op_error(FieldOp("append", name), message, "push_target")
+    return _op_error(FieldOp("push", name), message, "push_target")
 
 
 def _check_content(text: str) -> None:
@@ -155,23 +155,23 @@ def _check_content(text: str) -> None:
 class Mutation:
     """What a store writes: fields to set, fields to delete, content (or ``UNCHANGED``).
 
-    ``append`` maps a list field to ``(base, items)``: the store appends ``items`` to the stored
+    ``push`` maps a list field to ``(base, items)``: the store appends ``items`` to the stored
     list without it being loaded, or stores ``base + items`` when the field is absent (or
-    null); a stored non-list raises :func:`append_target_error`.
+    null); a stored non-list raises :func:`push_target_error`.
     """
 
     set: Mapping[str, JSON]
     delete: frozenset[str] = frozenset()
     content: str | _Sentinel | None = UNCHANGED
     before: Mapping[str, JSON] = field(default_factory=dict)
-    append: Mapping[str, tuple[list[JSON], list[JSON]]] = field(default_factory=dict)
+    push: Mapping[str, tuple[list[JSON], list[JSON]]] = field(default_factory=dict)
     quiet: frozenset[str] = frozenset()
     """Fields written only to bring the record to the current schema version (not changes
     the operation made to the state as its readers saw it)."""
 
     @property
     def changed_fields(self) -> list[str]:
-        return sorted({*self.set, *self.delete, *self.append} - self.quiet - {SCHEMA_FIELD})
+        return sorted({*self.set, *self.delete, *self.push} - self.quiet - {SCHEMA_FIELD})
 
 
 class NeedsUpgrade(Exception):
@@ -223,30 +223,30 @@ class Change:
         return frozenset(op.field for op in self.ops) | {SCHEMA_FIELD}
 
     @cached_property
-    def lazy_appends(self) -> frozenset[str]:
+    def lazy_pushes(self) -> frozenset[str]:
         """Fields only appended to, whose items validate alone: no need to load the list.
 
-        :meth:`resolve` returns their items in :attr:`Mutation.append`, for the store to
+        :meth:`resolve` returns their items in :attr:`Mutation.push`, for the store to
         append in place, so a push costs the same on a list of any length.
         """
         if self.replace is not None or self.schema.full_validation or self.upgrade:
             return frozenset()
-        appended = {op.field for op in self.ops if op.kind == "append"}
-        other = {op.field for op in self.ops if op.kind != "append"}
+        appended = {op.field for op in self.ops if op.kind == "push"}
+        other = {op.field for op in self.ops if op.kind != "push"}
         return frozenset(f for f in appended - other if self.schema.appendable(f))
 
     @cached_property
     def load_fields(self) -> frozenset[str] | None:
         """Fields a store must load before :meth:`resolve`: :attr:`needed_fields` but the
-        lists only appended to (:attr:`lazy_appends`); None means all of them."""
+        lists only appended to (:attr:`lazy_pushes`); None means all of them."""
         needed = self.needed_fields
-        return None if needed is None else needed - self.lazy_appends
+        return None if needed is None else needed - self.lazy_pushes
 
     def resolve(
         self, stored: Mapping[str, JSON], content: str | _Sentinel | None = UNCHANGED
     ) -> Mutation | None:
         """Compute the mutation from the stored fields (only :attr:`load_fields` need be
-        given; lists only appended to come back as :attr:`Mutation.append`).
+        given; lists only appended to come back as :attr:`Mutation.push`).
 
         Raises :class:`NeedsUpgrade` when the record is at an older schema version (unless
         ``upgrade``), :class:`~flowstate.SchemaVersionError` when it is newer.
@@ -326,7 +326,7 @@ class Change:
         lazy: bool = False,
     ) -> Mutation | None:
         """The mutation against current-version ``stored``; ``lazy``: appends to
-        :attr:`lazy_appends` come back as :attr:`Mutation.append` (else resolved on the list)."""
+        :attr:`lazy_pushes` come back as :attr:`Mutation.push` (else resolved on the list)."""
         schema = self.schema
         if isinstance(self.content, str):
             _check_content(self.content)
@@ -334,7 +334,7 @@ class Change:
             self.replace is not None and SCHEMA_FIELD in self.replace
         ):
             raise _reserved_error()
-        if lazy and self.lazy_appends:
+        if lazy and self.lazy_pushes:
             return self._resolve_lazy(stored, content)
         if self.replace is not None:
             new = schema.validate_state(self.replace)
@@ -359,7 +359,7 @@ class Change:
                     has, current = schema.default(op.field)
                     if not has:
                         current = MISSING
-                if op.kind == "append" and schema.appendable(op.field):
+                if op.kind == "push" and schema.appendable(op.field):
                     # Same error, at the same location, as stores that append without loading.
                     schema.validate_item(op.field, op.value)
                 work[op.field] = apply_field_op(op, current)
@@ -394,16 +394,16 @@ class Change:
     def _resolve_lazy(
         self, stored: Mapping[str, JSON], content: str | _Sentinel | None
     ) -> Mutation:
-        lazy = self.lazy_appends
+        lazy = self.lazy_pushes
         schema = self.schema
         schema.check_known(op.field for op in self.ops)
-        append: dict[str, tuple[list[JSON], list[JSON]]] = {}
+        pushed: dict[str, tuple[list[JSON], list[JSON]]] = {}
         for op in self.ops:
             if op.field in lazy:
-                if op.field not in append:
+                if op.field not in pushed:
                     has, default = schema.default(op.field)
-                    append[op.field] = (list(default) if has and default else [], [])
-                append[op.field][1].append(schema.validate_item(op.field, op.value))
+                    pushed[op.field] = (list(default) if has and default else [], [])
+                pushed[op.field][1].append(schema.validate_item(op.field, op.value))
         rest = Change(
             schema,
             ops=tuple(op for op in self.ops if op.field not in lazy),
@@ -414,13 +414,13 @@ class Change:
         if rest.ops or rest.content is not UNCHANGED:
             base = rest._resolve_current(stored, content)
         if base is None:
-            return Mutation(set={}, append=append)
+            return Mutation(set={}, push=pushed)
         return Mutation(
             set=base.set,
             delete=base.delete,
             content=base.content,
             before=base.before,
-            append=append,
+            push=pushed,
         )
 
 
@@ -433,32 +433,32 @@ def compose(mutations: Sequence[Mutation]) -> Mutation:
     """
     sets: dict[str, JSON] = {}
     deletes: set[str] = set()
-    append: dict[str, tuple[list[JSON], list[JSON]]] = {}
+    pushed: dict[str, tuple[list[JSON], list[JSON]]] = {}
     content: str | _Sentinel | None = UNCHANGED
     for mutation in mutations:
         for name in mutation.delete:
             sets.pop(name, None)
-            append.pop(name, None)
+            pushed.pop(name, None)
             deletes.add(name)
         for name, value in mutation.set.items():
             sets[name] = value
             deletes.discard(name)
-            append.pop(name, None)
-        for name, (base, items) in mutation.append.items():
+            pushed.pop(name, None)
+        for name, (base, items) in mutation.push.items():
             if name in sets:
                 current = sets[name]
                 sets[name] = [*(base if current is None else current), *items]
             elif name in deletes:
                 deletes.discard(name)
                 sets[name] = [*base, *items]
-            elif name in append:
-                first, earlier = append[name]
-                append[name] = (first, [*earlier, *items])
+            elif name in pushed:
+                first, earlier = pushed[name]
+                pushed[name] = (first, [*earlier, *items])
             else:
-                append[name] = (list(base), list(items))
+                pushed[name] = (list(base), list(items))
         if mutation.content is not UNCHANGED:
             content = mutation.content
-    return Mutation(set=sets, delete=frozenset(deletes), content=content, append=append)
+    return Mutation(set=sets, delete=frozenset(deletes), content=content, push=pushed)
 
 
 _UNVERSIONED = SchemaLineage()

@@ -391,7 +391,7 @@ class CollectionRef:
             prev = {**new, **commit.mutation.before}
             for name in commit.mutation.delete:
                 prev.setdefault(name, None)
-            for name, (_, items) in commit.mutation.append.items():
+            for name, (_, items) in commit.mutation.push.items():
                 prev[name] = list(new.get(name) or [])[: -len(items)]
             self._call_hook(
                 self.definition.on_instance_updated, key, self._view(new), self._view(prev)

@@ -311,7 +311,7 @@ class StateCell:
         values = dict(self.values)
         values.update(mutation.set)
         values.pop(SCHEMA_FIELD, None)
-        for name, (base, items) in mutation.append.items():
+        for name, (base, items) in mutation.push.items():
             if self.fields is not None and name not in self.fields:
                 continue  # not loaded (a push never loads the list): stays unloaded
             current = values.get(name)
@@ -467,7 +467,7 @@ class StateHandle(Generic[S]):
     async def push_state(self, field: str | Mapping[str, Any], value: Any = None) -> bool:
         """Append one value to a list field: ``push_state("log", x)`` or ``({"log": x})``."""
         items = dict(field) if isinstance(field, Mapping) else {field: value}
-        ops = [FieldOp("append", k, v) for k, v in items.items()]
+        ops = [FieldOp("push", k, v) for k, v in items.items()]
         return await self._cell.apply(self._change("push", ops))
 
     async def set_state_record(self, field: str, key: str, value: Any) -> bool:

@@ -178,6 +178,12 @@ def text_bytes(text: str | None) -> int:
 
 def json_bytes(value: JSON) -> int:
     """UTF-8 bytes of a value stored as compact JSON."""
+    if value is None or value is True:
+        return 4
+    if value is False:
+        return 5
+    if type(value) is int:
+        return len(str(value))  # what json.dumps writes for an int (counters: the hot path)
     return text_bytes(json_text(value))
 
 
@@ -447,7 +453,7 @@ class Store(PubSub, ABC):
         (all when None) and, unless ``change.content`` is UNCHANGED, the content; a missing
         record has version 0 and no fields. A mutation is written: its sets and deletes, its
         appends onto the stored lists without loading them (a stored non-list raises
-        :func:`~flowstate.ops.append_target_error`), the version bumped (creating the record
+        :func:`~flowstate.ops.push_target_error`), the version bumped (creating the record
         at version 1 with ``created_at`` = now), ``accessed_at`` = now, commit →
         ``committed``. A noop changes nothing (not ``accessed_at``: :meth:`touch` does). With
         ``guard``, a write (not a noop) first checks the guard in the same transaction (see

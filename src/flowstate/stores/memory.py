@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..limits import MAX_RECORD_BYTES
-from ..ops import MISSING, UNCHANGED, Change, Mutation, append_target_error, same_json
+from ..ops import MISSING, UNCHANGED, Change, Mutation, push_target_error, same_json
 from ..schema import copy_json
 from .base import (
     Applied,
@@ -142,7 +142,7 @@ class MemoryStore(Store):
             if row is None:
                 row = _Row(0, {}, None, now)
                 self._insert(key, row)
-            for name, (base, items) in mutation.append.items():
+            for name, (base, items) in mutation.push.items():
                 current = row.fields.get(name)
                 if current is None:
                     row.fields[name] = [*base, *copy_json(items)]
@@ -175,10 +175,10 @@ class MemoryStore(Store):
             sizes[name] = json_bytes(value)
         for name in mutation.delete:
             sizes[name] = None
-        for name, (base, items) in mutation.append.items():
+        for name, (base, items) in mutation.push.items():
             current = fields.get(name, MISSING)
             if current is not MISSING and current is not None and not isinstance(current, list):
-                raise append_target_error(name, type(current).__name__)
+                raise push_target_error(name, type(current).__name__)
             joined = sum(json_bytes(item) for item in items) + len(items) - 1
             whole = json_bytes([*base, *items]) if current is MISSING or current is None else 0
             old = stored.get(name) if current is not MISSING else None

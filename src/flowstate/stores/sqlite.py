@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..limits import MAX_RECORD_BYTES
-from ..ops import UNCHANGED, Change, append_target_error, same_json
+from ..ops import UNCHANGED, Change, push_target_error, same_json
 from .base import (
     Applied,
     Created,
@@ -388,10 +388,15 @@ class SQLiteStore(Store):
 
     @staticmethod
     def _load_fields(
-        conn: sqlite3.Connection, key: str, names: frozenset[str] | None
+        conn: sqlite3.Connection,
+        key: str,
+        names: frozenset[str] | None,
+        sizes: dict[str, int] | None = None,
     ) -> dict[str, Any]:
+        """The fields ``names`` (None: all) of ``key``, their pushed items included; their
+        value sizes go into ``sizes`` if given."""
         if names is None:
-            rows = conn.execute("SELECT name, value FROM fs_fields WHERE key = ?", (key,))
+            rows = conn.execute("SELECT name, value, size FROM fs_fields WHERE key = ?", (key,))
             pushed = conn.execute(
                 "SELECT name, items FROM fs_items WHERE key = ? ORDER BY name, seq", (key,)
             )
@@ -400,7 +405,7 @@ class SQLiteStore(Store):
         else:
             marks = ",".join("?" * len(names))
             rows = conn.execute(
-                f"SELECT name, value FROM fs_fields WHERE key = ? AND name IN ({marks})",
+                f"SELECT name, value, size FROM fs_fields WHERE key = ? AND name IN ({marks})",
                 (key, *names),
             )
             pushed = conn.execute(
@@ -408,7 +413,11 @@ class SQLiteStore(Store):
                 "ORDER BY name, seq",
                 (key, *names),
             )
-        texts = dict(rows.fetchall())
+        texts: dict[str, str] = {}
+        for name, value, size in rows:
+            texts[name] = value
+            if sizes is not None:
+                sizes[name] = size
         extra: dict[str, list[str]] = {}
         for name, items in pushed:
             extra.setdefault(name, []).append(items)
@@ -417,7 +426,7 @@ class SQLiteStore(Store):
                 texts[name] = _joined(texts[name], ",".join(parts))
         return {name: json.loads(value) for name, value in texts.items()}
 
-    def _append(
+    def _push(
         self, conn: sqlite3.Connection, key: str, name: str, base: list[Any], items: list[Any]
     ) -> int:
         """Append without reading or rewriting the stored list: one small row per push.
@@ -442,7 +451,7 @@ class SQLiteStore(Store):
             (kind,) = conn.execute(
                 "SELECT json_type(value) FROM fs_fields WHERE key = ? AND name = ?", (key, name)
             ).fetchone()
-            raise append_target_error(name, _JSON_TYPES.get(kind, kind))
+            raise push_target_error(name, _JSON_TYPES.get(kind, kind))
         (seq,) = conn.execute(
             "SELECT coalesce(max(seq), 0) + 1 FROM fs_items WHERE key = ? AND name = ?",
             (key, name),
@@ -516,9 +525,14 @@ class SQLiteStore(Store):
                 "SELECT version, content, size FROM fs_records WHERE key = ?", (key,)
             ).fetchone()
             version = None if row is None else row[0]
-            planned = plan_commit(
-                change, version, lambda names: (self._load_fields(conn, key, names), row[1])
-            )
+            loaded: dict[str, int] = {}  # value sizes of the fields the plan loads
+            asked: list[frozenset[str] | None] = []
+
+            def load(names: frozenset[str] | None) -> tuple[dict[str, Any], str | None]:
+                asked.append(names)
+                return self._load_fields(conn, key, names, loaded), row[1]
+
+            planned = plan_commit(change, version, load)
             if isinstance(planned, Applied):
                 return planned
             mutation = planned
@@ -526,12 +540,18 @@ class SQLiteStore(Store):
             size = 0 if row is None else row[2]
             dropped = [*mutation.set, *mutation.delete]
             if dropped and row is not None:
-                marks = ",".join("?" * len(dropped))
-                for name, old in conn.execute(
-                    f"SELECT name, size FROM fs_fields WHERE key = ? AND name IN ({marks})",
-                    (key, *dropped),
-                ):
-                    size -= field_bytes(name, old)
+                seen = asked[0] if asked else frozenset()
+                unread = [] if seen is None else [n for n in dropped if n not in seen]
+                if unread:  # not loaded for the plan (every set field is, in practice)
+                    marks = ",".join("?" * len(unread))
+                    loaded.update(
+                        conn.execute(
+                            f"SELECT name, size FROM fs_fields WHERE key = ? AND name IN ({marks})",
+                            (key, *unread),
+                        ).fetchall()
+                    )
+                for name in dropped:
+                    size -= field_bytes(name, loaded.get(name))
             if mutation.set:
                 rows = []
                 for name, value in mutation.set.items():
@@ -550,8 +570,8 @@ class SQLiteStore(Store):
                     "DELETE FROM fs_items WHERE key = ? AND name = ?",
                     [(key, name) for name in dropped],
                 )
-            for name, (base, items) in mutation.append.items():
-                size += self._append(conn, key, name, base, items)
+            for name, (base, items) in mutation.push.items():
+                size += self._push(conn, key, name, base, items)
             if mutation.delete:
                 conn.executemany(
                     "DELETE FROM fs_fields WHERE key = ? AND name = ?",

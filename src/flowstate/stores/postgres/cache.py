@@ -101,7 +101,7 @@ class Entry:
         fields.update(enc.sets)
         known = None if self.known is None else set(self.known | set(enc.sets) | mutation.delete)
         forgotten = set(self.forgotten) - set(enc.sets) - mutation.delete
-        for name, (full, items) in enc.appends.items():
+        for name, (full, items) in enc.pushes.items():
             if name in forgotten:
                 continue  # still a list, still not kept
             old = fields.get(name)
@@ -142,19 +142,19 @@ def append_text(old: str, items: str) -> str:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Encoded:
-    """A mutation's values as JSON text: ``sets``, and ``appends`` as (full list, items)."""
+    """A mutation's values as JSON text: ``sets``, and ``pushes`` as (full list, items)."""
 
     sets: dict[str, str]
-    appends: dict[str, tuple[str, str]]
+    pushes: dict[str, tuple[str, str]]
 
     @classmethod
     def of(cls, mutation: Mutation) -> Encoded:
         sets = {name: dumps(value, name) for name, value in mutation.set.items()}
-        appends = {
+        pushes = {
             name: (dumps([*base, *items], name), ",".join(dumps(i, name) for i in items))
-            for name, (base, items) in mutation.append.items()
+            for name, (base, items) in mutation.push.items()
         }
-        return cls(sets, appends)
+        return cls(sets, pushes)
 
 
 class Cache:

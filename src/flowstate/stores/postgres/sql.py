@@ -11,7 +11,7 @@ from typing import Any, Literal, NamedTuple
 
 import asyncpg  # type: ignore[import-untyped]
 
-from ...ops import UNCHANGED, Change, Mutation, append_target_error
+from ...ops import UNCHANGED, Change, Mutation, push_target_error
 from ..base import Guard, field_bytes, record_too_large, text_bytes
 from .cache import Encoded, Entry, dumps
 
@@ -77,7 +77,7 @@ class Shape:
     changed: bool = False  # fields that exist: UPDATE
     added: bool = False  # fields that do not: INSERT
     deletes: bool = False
-    appends: bool = False
+    pushes: bool = False
     report: bool = False  # also return the current version of records not written
     guards: bool = False  # some records are written only while a guard record holds
     steps: bool = False  # some record takes several versions at once (combined writes)
@@ -94,7 +94,7 @@ def batch_sql(shape: Shape) -> str:
     batches from several processes cannot deadlock each other. Field rows are touched only for
     records this statement wrote, whose row locks it holds. Parameters, in order, for the parts
     present: update keys, versions, gens, [content flags, contents]; insert keys, contents;
-    changed keys, names, values; added keys, names, values; delete keys, names; append keys,
+    changed keys, names, values; added keys, names, values; delete keys, names; push keys,
     names, whole lists, items; cleared keys, names. With guards, first: guarded keys, guard
     keys, fields, values (JSON text); a guarded record whose guard fails is not written and
     comes back with ``written`` NULL.
@@ -137,7 +137,7 @@ def batch_sql(shape: Shape) -> str:
         parts.append("gbad AS (SELECT gd.k FROM gd WHERE gd.k NOT IN (SELECT k FROM gl))")
         unguarded = " AND {0} NOT IN (SELECT k FROM gbad)"
     grown = "0"
-    if shape.updates and shape.appends:
+    if shape.updates and shape.pushes:
         # What pushes add to each updated record's size, from the fields as they are (this
         # statement's snapshot, which the version guard below makes the latest): onto an
         # absent field the whole list and the name, onto null the whole list for the null,
@@ -214,7 +214,7 @@ def batch_sql(shape: Shape) -> str:
             f"fd AS (DELETE FROM fs_fields f USING unnest({keys}, {names}) AS v(key, name), r "
             "WHERE f.key = v.key AND f.name = v.name AND r.key = v.key)"
         )
-    if shape.appends:
+    if shape.pushes:
         keys, names, wholes, items = p("text[]"), p("text[]"), p("text[]"), p("text[]")
         fold = shape.fold_after
         blank = "(' ', E'\\t', E'\\n', E'\\r')"
@@ -332,7 +332,7 @@ def _size_change(job: Job) -> int:
         delta -= field_bytes(name, None if old is None else text_bytes(old))
     if entry is None:
         delta += sum(
-            field_bytes(name, text_bytes(whole)) for name, (whole, _) in enc.appends.items()
+            field_bytes(name, text_bytes(whole)) for name, (whole, _) in enc.pushes.items()
         )
     if mutation.content is not UNCHANGED:
         new = mutation.content if isinstance(mutation.content, str) else None
@@ -350,13 +350,13 @@ def batch_args(
     changed: tuple[list[str], list[str], list[str]] = ([], [], [])
     added: tuple[list[str], list[str], list[str]] = ([], [], [])
     deletes: tuple[list[str], list[str]] = ([], [])
-    appends: tuple[list[str], list[str], list[str], list[str]] = ([], [], [], [])
+    pushes: tuple[list[str], list[str], list[str], list[str]] = ([], [], [], [])
     clears: tuple[list[str], list[str]] = ([], [])
     for job in sorted(jobs, key=lambda j: j.key):
         entry, enc, key = job.entry, job.enc, job.key
         if entry is None:
             ins.append(job)
-            sets = {**enc.sets, **{name: whole for name, (whole, _) in enc.appends.items()}}
+            sets = {**enc.sets, **{name: whole for name, (whole, _) in enc.pushes.items()}}
             for name, value in sets.items():
                 for column, item in zip(added, (key, name, value), strict=True):
                     column.append(item)
@@ -373,8 +373,8 @@ def batch_args(
             if _may_have_items(entry, name):
                 clears[0].append(key)
                 clears[1].append(name)
-        for name, (whole, items) in enc.appends.items():
-            for column, value in zip(appends, (key, name, whole, items), strict=True):
+        for name, (whole, items) in enc.pushes.items():
+            for column, value in zip(pushes, (key, name, whole, items), strict=True):
                 column.append(value)
     update_content = any(j.mutation.content is not UNCHANGED for j in upd)
     shape = Shape(
@@ -384,7 +384,7 @@ def batch_args(
         changed=bool(changed[0]),
         added=bool(added[0]),
         deletes=bool(deletes[0]),
-        appends=bool(appends[0]),
+        pushes=bool(pushes[0]),
         report=any(j.report for j in jobs),
         guards=any(j.guard is not None for j in jobs),
         steps=any(j.steps != 1 for j in jobs),
@@ -398,8 +398,8 @@ def batch_args(
         args.append([g.key for _, g in guarded])
         args.append([g.name for _, g in guarded])
         args.append([dumps(g.value, g.name) for _, g in guarded])
-    if upd and shape.appends:
-        grows = [(j.key, n, a) for j in upd for n, a in j.enc.appends.items()]
+    if upd and shape.pushes:
+        grows = [(j.key, n, a) for j in upd for n, a in j.enc.pushes.items()]
         args.append([key for key, _, _ in grows])
         args.append([name for _, name, _ in grows])
         args.append([text_bytes(whole) for _, _, (whole, _) in grows])
@@ -421,7 +421,7 @@ def batch_args(
         if shape.steps:
             args.append([j.steps for j in ins])
         args.append([_size_change(j) for j in ins])
-    for part in (changed, added, deletes, appends, clears):
+    for part in (changed, added, deletes, pushes, clears):
         if part[0]:
             args += part
     return shape, args
@@ -465,7 +465,7 @@ async def write_batch(
         rows = await conn.fetch(batch_sql(shape), *args)
     except asyncpg.PostgresError as exc:
         if getattr(exc, "sqlstate", None) == "FS001":  # raised by fs_not_a_list
-            raise append_target_error(exc.message, exc.detail) from None
+            raise push_target_error(exc.message, exc.detail) from None
         if getattr(exc, "sqlstate", None) == "FS002":  # raised by fs_sized
             raise record_too_large(exc.message, limit) from None
         raise
@@ -489,7 +489,7 @@ READ_MANY_SQL = (
 def fields_to_load(change: Change) -> frozenset[str] | None:
     """Fields to load for ``change``: lists that are only appended to are appended in SQL."""
     names = change.needed_fields
-    return None if names is None else names - change.lazy_appends
+    return None if names is None else names - change.lazy_pushes
 
 
 async def _keep_session(conn: Connection) -> None:

@@ -25,7 +25,7 @@ import asyncpg  # type: ignore[import-untyped]
 
 from ...errors import StateValidationError, StoreUnavailableError
 from ...limits import MAX_RECORD_BYTES
-from ...ops import UNCHANGED, Change, Mutation, append_target_error, compose
+from ...ops import UNCHANGED, Change, Mutation, compose, push_target_error
 from ..base import (
     Applied,
     Created,
@@ -149,12 +149,12 @@ def _resolve_group(
                 change, None if state is None else version, (state or BLANK).loaded
             )
             if not isinstance(planned, Applied) and state is not None:
-                for name in planned.append:  # a known stored non-list: this caller's error
+                for name in planned.push:  # a known stored non-list: this caller's error
                     text = state.fields.get(name)
                     if text is not None and not text.lstrip().startswith(("[", "null")):
                         value = json.loads(text)
                         found = {float: "float", int: "int", str: "str", dict: "dict"}
-                        raise append_target_error(name, found.get(type(value), "bool"))
+                        raise push_target_error(name, found.get(type(value), "bool"))
         except Exception as exc:
             results.append(exc)
             continue
