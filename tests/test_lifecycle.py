@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+import flowstate.resources
 from flowstate import (
     FlowServer,
     ScopeConfig,
@@ -204,8 +205,24 @@ async def probe(input: Any, ctx: Any) -> Any:
     return None if await items.get_optional("x") is None else "present"
 
 
-async def test_expired_instances_read_as_deleted_and_gc_frees_them(store: Store) -> None:
-    items = define_resource_collection("items/*", Old, max_age=timedelta(milliseconds=500))
+class _ShiftedClock:
+    """Stands in for the ``time`` module where expiry is decided: real time plus ``ahead``."""
+
+    def __init__(self) -> None:
+        self.ahead = 0
+
+    def time_ns(self) -> int:
+        return time.time_ns() + self.ahead
+
+
+async def test_expired_instances_read_as_deleted_and_gc_frees_them(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The clock that decides expiry is moved forward instead of sleeping, so a slow machine
+    # cannot make a fresh instance look expired.
+    clock = _ShiftedClock()
+    monkeypatch.setattr(flowstate.resources, "time", clock)
+    items = define_resource_collection("items/*", Old, max_age=timedelta(minutes=1))
     flow = define_flow(
         "app",
         actions={"write": write, "probe": probe},
@@ -219,13 +236,14 @@ async def test_expired_instances_read_as_deleted_and_gc_frees_them(store: Store)
 
     await run({"name": "n"}, "write")
     assert await run() == "present"
-    await asyncio.sleep(0.7)
+    clock.ahead = 61 * 10**9
     assert await run() is None  # expired: reads as deleted before gc runs
-    report = await collect_garbage(server)
+    assert (await collect_garbage(server)).instances == 0  # not expired at gc's own clock
+    report = await collect_garbage(server, now_ns=clock.time_ns())
     assert report.instances == 1 and report.sessions == 0
     assert await store.count("session/s1/c/") == 0
     assert await run("create") == "again"
-    await asyncio.sleep(0.7)
+    clock.ahead += 61 * 10**9
     assert await run("create") == "again"  # an expired key can be created anew, before gc
 
 
