@@ -2,8 +2,9 @@
 
 Both walk the store in key order, one batch at a time (memory stays bounded whatever the
 store holds), and can be interrupted and run again: :func:`migrate_state` skips records that
-are already current, :func:`collect_garbage` finds only what is still there, and both take
-``after=`` (the last key a previous run reported) to skip ahead.
+are already current and takes ``after=`` (the last key a previous run reported) to skip
+ahead; :func:`collect_garbage` finds only what is still there, so a second run simply
+scans again from the start.
 
 A record key says what it is (see docs/architecture.md): ``{scope}/{id}/state``,
 ``{scope}/{id}/r/{name}``, ``{scope}/{id}/c/{name}/{key}``, with ``{scope}@{kind}`` for
