@@ -369,3 +369,48 @@ def test_request_log_bytes_flag_sets_the_replay_budget(
             "(like 65536, 500KB, 64MiB, 1GB)" in result.output
         ), result.output
     assert budgets == []  # a refused value serves nothing
+
+
+def test_max_record_bytes_flag_limits_what_the_served_store_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flowstate import StateValidationError
+    from flowstate.limits import MAX_RECORD_BYTES
+
+    serving = importlib.import_module("flowstate.cli._serve")
+    apps: list[Any] = []
+
+    def serve_app(app: Any, sock: socket.socket, **_: Any) -> None:  # instead of serving
+        apps.append(app)
+        sock.close()
+
+    monkeypatch.setattr(serving, "serve_app", serve_app)
+    runner = CliRunner()
+
+    def invoke(command: str, *flags: str) -> Any:
+        args = [command] + ([APP] if command == "serve" else ["--no-open"])
+        args += ["--port", str(free_port()), "--store", "memory://", *flags]
+        return runner.invoke(main, args, env=CLEAN)
+
+    async def note(server: Any, text: str) -> Any:
+        try:
+            return await server.run("demo", "increment", {"note": text}, user_id="ann")
+        finally:
+            await server.aclose()
+
+    assert invoke("serve").exit_code == 0
+    assert apps.pop().state.flowstate.server.store.max_record_bytes == MAX_RECORD_BYTES
+    for command in ("serve", "demo"):
+        result = invoke(command, "--max-record-bytes", "1KB")
+        assert result.exit_code == 0, result.output
+        server = apps.pop().state.flowstate.server
+        assert server.store.max_record_bytes == 1000
+        with pytest.raises(StateValidationError) as caught:
+            asyncio.run(note(server, "x" * 1000))
+        assert [e["type"] for e in caught.value.errors] == ["record_size"]
+        assert "larger than the limit of 1,000 bytes (max_record_bytes)" in str(caught.value)
+
+    result = invoke("serve", "--max-record-bytes", "0")
+    assert result.exit_code == 2
+    assert "Invalid value for --max-record-bytes: '0' must be at least 1 byte" in result.output
+    assert apps == []

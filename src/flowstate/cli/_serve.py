@@ -213,6 +213,7 @@ def _serve(
     limits: Limits,
     gc_every: float | None = None,
     request_log_bytes: int = DEFAULT_REQUEST_LOG_BYTES,
+    max_record_bytes: int | None = None,
 ) -> None:
     from ..http import create_app
 
@@ -220,6 +221,9 @@ def _serve(
         server = load()
     except (ValueError, FlowStateError) as exc:  # a malformed store URL, a bad app
         raise _fail(_one_line(exc)) from None
+    if max_record_bytes is not None:
+        # Read by the store at every write, so setting it before serving covers every request.
+        server.store.max_record_bytes = max_record_bytes
     try:
         auth, auth_line, link_token = _resolve_auth(server, token, tokens_file, user, project)
         sock = bind(host, port)
@@ -336,6 +340,14 @@ def _serving_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 "bytes (or with a unit: 500KB, 64MiB, 1GB); past it the oldest finished runs "
                 "are dropped first.",
             ),
+            click.option(
+                "--max-record-bytes",
+                default=None,
+                metavar="SIZE",
+                help="The most one stored record (a scope's state, a resource, a collection "
+                "instance) may take, in bytes or with a unit (default: the app's store, 16MiB "
+                "unless it says otherwise); a larger write fails with 422 record_size.",
+            ),
             click.option("--log-level", default="info", show_default=True),
         ]
     ):
@@ -388,6 +400,7 @@ def serve(
     """
     every = None if gc_every is None else parse_duration(gc_every, "--gc-every")
     log_bytes = parse_size(options["request_log_bytes"], "--request-log-bytes")
+    record_bytes = _record_bytes(options)
     limits = _limits(options)
     _warn_token_flag(options["token"])
     _serve(
@@ -403,6 +416,7 @@ def serve(
         limits=limits,
         gc_every=every,
         request_log_bytes=log_bytes,
+        max_record_bytes=record_bytes,
     )
 
 
@@ -442,6 +456,11 @@ def parse_size(text: str, what: str) -> int:
     raise click.BadParameter(f"{text!r} {problem} (like 65536, 500KB, 64MiB, 1GB)", param_hint=what)
 
 
+def _record_bytes(options: dict[str, Any]) -> int | None:
+    text = options.pop("max_record_bytes")
+    return None if text is None else parse_size(text, "--max-record-bytes")
+
+
 def parse_duration(text: str, what: str) -> float:
     """Seconds in ``30s``, ``5m``, ``1h``, ``2d``, ``500ms`` or a bare number of seconds."""
     value = text.strip().lower()
@@ -467,6 +486,7 @@ def demo(store_url: str, no_open: bool, **options: Any) -> None:
     from .demo import create_server
 
     log_bytes = parse_size(options["request_log_bytes"], "--request-log-bytes")
+    record_bytes = _record_bytes(options)
     limits = _limits(options)
     _warn_token_flag(options["token"])
     _serve(
@@ -481,6 +501,7 @@ def demo(store_url: str, no_open: bool, **options: Any) -> None:
         log_level=options["log_level"],
         limits=limits,
         request_log_bytes=log_bytes,
+        max_record_bytes=record_bytes,
     )
 
 
