@@ -57,7 +57,7 @@ def text_problem(text: str, *, allow_nul: bool = False) -> tuple[str, str] | Non
     """Why ``text`` cannot be stored as a JSON string (``(message, type)``), or None."""
     if "\x00" in text and not allow_nul:
         return "strings must not contain NUL (\\u0000)", "string_nul"
-    if _SURROGATE.search(text):
+    if not text.isascii() and _SURROGATE.search(text):  # isascii: a flag, no scan
         return "strings must be valid Unicode (a lone surrogate was found)", "string_unicode"
     return None
 
@@ -150,7 +150,7 @@ def broken_key_rule(text: str, *, max_bytes: int = MAX_KEY_BYTES) -> KeyRule | N
     is worded is up to its checker: :func:`key_problem` here, ``flowstate.layout.check_text``
     for ids and paths.
     """
-    if _SURROGATE.search(text):
+    if not text.isascii() and _SURROGATE.search(text):
         return "unicode"
     if CONTROL.search(text):
         return "control"

@@ -533,9 +533,14 @@ class Schema:
             return True, self._adapters[name].dump_python(value, mode="json")
         return False, None
 
+    @cached_property
+    def _scalar_defaults(self) -> bool:
+        """No fixed default is a list or an object: a shallow copy of them is a deep one."""
+        return not any(isinstance(v, dict | list) for v in self._defaults[0].values())
+
     def defaults(self) -> dict[str, JSON]:
         fixed, dynamic = self._defaults
-        out: dict[str, JSON] = copy_json(fixed)
+        out: dict[str, JSON] = dict(fixed) if self._scalar_defaults else copy_json(fixed)
         for name in dynamic:
             out[name] = self.default(name)[1]
         return out

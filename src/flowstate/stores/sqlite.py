@@ -392,38 +392,42 @@ class SQLiteStore(Store):
         key: str,
         names: frozenset[str] | None,
         sizes: dict[str, int] | None = None,
+        pushed: set[str] | None = None,
     ) -> dict[str, Any]:
-        """The fields ``names`` (None: all) of ``key``, their pushed items included; their
-        value sizes go into ``sizes`` if given."""
+        """The fields ``names`` (None: all) of ``key``, their pushed items included, in one
+        statement; their value sizes go into ``sizes`` and the names of fields that have
+        pushed rows into ``pushed``, if given."""
         if names is None:
-            rows = conn.execute("SELECT name, value, size FROM fs_fields WHERE key = ?", (key,))
-            pushed = conn.execute(
-                "SELECT name, items FROM fs_items WHERE key = ? ORDER BY name, seq", (key,)
+            rows = conn.execute(
+                "SELECT 0, name, value, size FROM fs_fields WHERE key = ? "
+                "UNION ALL SELECT 1, name, items, seq FROM fs_items WHERE key = ?",
+                (key, key),
             )
         elif not names:
             return {}
         else:
             marks = ",".join("?" * len(names))
             rows = conn.execute(
-                f"SELECT name, value, size FROM fs_fields WHERE key = ? AND name IN ({marks})",
-                (key, *names),
-            )
-            pushed = conn.execute(
-                f"SELECT name, items FROM fs_items WHERE key = ? AND name IN ({marks}) "
-                "ORDER BY name, seq",
-                (key, *names),
+                f"SELECT 0, name, value, size FROM fs_fields WHERE key = ? AND name IN ({marks}) "
+                f"UNION ALL SELECT 1, name, items, seq FROM fs_items "
+                f"WHERE key = ? AND name IN ({marks})",
+                (key, *names, key, *names),
             )
         texts: dict[str, str] = {}
-        for name, value, size in rows:
+        extra: dict[str, list[tuple[int, str]]] = {}
+        for kind, name, value, size in rows:
+            if kind:  # a pushed row: value is its items, size its sequence number
+                extra.setdefault(name, []).append((size, value))
+                continue
             texts[name] = value
             if sizes is not None:
                 sizes[name] = size
-        extra: dict[str, list[str]] = {}
-        for name, items in pushed:
-            extra.setdefault(name, []).append(items)
         for name, parts in extra.items():
+            if pushed is not None:
+                pushed.add(name)
             if name in texts:
-                texts[name] = _joined(texts[name], ",".join(parts))
+                parts.sort()  # in push order, whatever order the rows came in
+                texts[name] = _joined(texts[name], ",".join(items for _, items in parts))
         return {name: json.loads(value) for name, value in texts.items()}
 
     def _push(
@@ -527,10 +531,11 @@ class SQLiteStore(Store):
             version = None if row is None else row[0]
             loaded: dict[str, int] = {}  # value sizes of the fields the plan loads
             asked: list[frozenset[str] | None] = []
+            pushed: set[str] = set()  # of those, the fields with pushed rows
 
             def load(names: frozenset[str] | None) -> tuple[dict[str, Any], str | None]:
                 asked.append(names)
-                return self._load_fields(conn, key, names, loaded), row[1]
+                return self._load_fields(conn, key, names, loaded, pushed), row[1]
 
             planned = plan_commit(change, version, load)
             if isinstance(planned, Applied):
@@ -539,6 +544,7 @@ class SQLiteStore(Store):
             now = self._now()
             size = 0 if row is None else row[2]
             dropped = [*mutation.set, *mutation.delete]
+            unread: list[str] = []
             if dropped and row is not None:
                 seen = asked[0] if asked else frozenset()
                 unread = [] if seen is None else [n for n in dropped if n not in seen]
@@ -566,10 +572,14 @@ class SQLiteStore(Store):
                     rows,
                 )
             if dropped and row is not None:
-                conn.executemany(
-                    "DELETE FROM fs_items WHERE key = ? AND name = ?",
-                    [(key, name) for name in dropped],
-                )
+                # The pushed rows of a field set or deleted go with it; a field read above
+                # is known to have none unless ``pushed`` says so.
+                stale = [n for n in dropped if n in pushed or n in unread]
+                if stale:
+                    conn.executemany(
+                        "DELETE FROM fs_items WHERE key = ? AND name = ?",
+                        [(key, name) for name in stale],
+                    )
             for name, (base, items) in mutation.push.items():
                 size += self._push(conn, key, name, base, items)
             if mutation.delete:
