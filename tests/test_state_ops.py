@@ -360,6 +360,50 @@ async def test_update_state_gives_up_with_concurrent_modification_error(store: S
         assert fields == {"count": 3}  # the other writer's commits, none of ours
 
 
+async def test_update_state_retries_once_at_once_then_backs_off(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first retry re-reads and goes without sleeping (the write it lost to is done);
+    only later retries wait, each for the policy's jittered delay."""
+    import random
+
+    from flowstate.ops import Change, FieldOp
+    from flowstate.schema import Schema
+
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float, result: Any = None) -> Any:
+        if delay:  # sleep(0) is how the stores yield to other tasks
+            slept.append(delay)
+        return await real_sleep(0, result)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    monkeypatch.setattr(random, "uniform", lambda lo, hi: hi)  # the cap, no jitter
+    policy = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=1.0)
+    async with probe_server(store, session_state=Chat, session=ScopeConfig(retry=policy)) as server:
+        lost = [1]  # how many attempts the other writer beats
+
+        async def body(ctx: Any) -> Any:
+            async def fn(current: Chat) -> dict[str, Any]:
+                if lost[0] > 0:
+                    lost[0] -= 1
+                    await store.apply(
+                        "session/s1/state",
+                        Change(Schema(Chat), ops=(FieldOp("inc", "count", 1),)),
+                    )
+                return {"count": current.count + 10}
+
+            await ctx.session.update_state(fn)
+            return ctx.session.state.count
+
+        assert (await run_body(server, body)).output == 11
+        assert slept == []  # one lost race: retried at once
+        lost[0] = 3
+        assert (await run_body(server, body)).output == 24
+        assert slept == [0.01, 0.02]  # then the backoff, from base_delay
+
+
 async def test_state_sees_own_writes_at_once_and_others_after_refresh(server: FlowServer) -> None:
     from flowstate.ops import Change, FieldOp
     from flowstate.schema import Schema

@@ -43,7 +43,9 @@ E = TypeVar("E", bound=FlowStateError)
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How ``update_state`` retries a lost compare-and-swap: bounded, exponential, jittered."""
+    """How ``update_state`` retries a lost compare-and-swap: bounded; the first retry at once
+    (within a process the write it lost to is already done), later ones after a jittered
+    exponential backoff (:meth:`delay`)."""
 
     max_attempts: int = 10
     base_delay: float = 0.001
@@ -347,7 +349,11 @@ class StateCell:
         policy = self.retry
         for attempt in range(1, policy.max_attempts + 1):
             if attempt > 1:
-                await asyncio.sleep(policy.delay(attempt - 1))
+                # The first retry goes at once: this task holds the record's turn in this
+                # process, so the write it lost to is done (typically another run's, made
+                # after this cell's read); backing off is for writers in other processes.
+                if attempt > 2:
+                    await asyncio.sleep(policy.delay(attempt - 2))
                 await self.load()
             else:
                 await self.ensure_loaded()
