@@ -287,3 +287,66 @@ async def test_concurrent_runs_on_one_record_are_committed_together(
         assert statements < 24  # runs' writes of one record went out in groups
     finally:
         await store.aclose()
+
+
+
+class Counter(BaseModel):
+    n: int = 0
+
+
+async def test_after_a_write_that_skipped_versions_the_state_shows_the_record_at_it(
+    store_url: str,
+) -> None:
+    """A run's state reflects other writers' commits after its next operation: a commit
+    whose version jumped (another run and another process wrote in between) leaves the cell
+    with the record as of that commit — taken from the store's copy when it has one
+    (SQLite and PostgreSQL keep this process's last commit of a record), without reading
+    again — and ``update_state`` computes on it."""
+    store = open_store(store_url)
+    other = store if store_url == "memory://" else open_store(store_url)  # another process
+    reads: list[str] = []
+    seen: list[tuple[int, int]] = []
+
+    async def body(input: Any, ctx: Any) -> None:
+        seen.append((ctx.user.state.n, ctx.user.version))
+        await other.apply("user/u/state", change(FieldOp("inc", "n", 5)))
+        await server.run("c", "bump", None, user_id="u")  # another run of this process
+        reads.clear()
+        await ctx.user.inc_state(n=1)
+        seen.append((ctx.user.state.n, ctx.user.version))
+        await ctx.user.update_state(lambda s: {"n": s.n * 10})
+        seen.append((ctx.user.state.n, ctx.user.version))
+
+    async def bump(input: Any, ctx: Any) -> None:
+        await ctx.user.inc_state(n=100)
+
+    flow = define_flow(
+        "c",
+        {
+            "body": handler(name="body", execute=body, user_state=Counter),
+            "bump": handler(name="bump", execute=bump, user_state=Counter),
+        },
+    )
+    real_read = store.read
+
+    async def counted(key: str, fields: frozenset[str] | None = None) -> Any:
+        reads.append(key)
+        return await real_read(key, fields)
+
+    store.read = counted  # type: ignore[method-assign]
+    try:
+        async with FlowServer([flow], store=store) as server:
+            await server.run("c", "bump", None, user_id="u")  # n = 100 at version 1
+            await server.run("c", "body", None, user_id="u")
+            record = await real_read("user/u/state")
+    finally:
+        if other is not store:
+            await other.aclose()
+    # 100 at v1; another process adds 5 (v2), another run 100 (v3); the run's inc lands at
+    # v4 on 205, and update_state computes on that: no conflict, nothing lost
+    assert seen == [(100, 1), (206, 4), (2060, 5)]
+    assert record is not None and record.fields["n"] == 2060 and record.version == 5
+    if store_url == "memory://":
+        assert reads == ["user/u/state"]  # read once, after the commit (no I/O there)
+    else:  # SQLite and PostgreSQL remember the record as this process's commit left it
+        assert reads == []

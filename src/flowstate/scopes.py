@@ -76,6 +76,7 @@ class ScopeBinding:
             fields=fields,
             lineage=lineage,
             shared=shared,
+            has_content=False,
         )
         self.registry = ResourceRegistry(self)
         self._static: dict[str, ResourceRef] = {}

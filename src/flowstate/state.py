@@ -116,8 +116,11 @@ class StateCell:
         fields: frozenset[str] | None = None,
         lineage: SchemaLineage | None = None,
         shared: bool = False,
+        has_content: bool = True,
     ) -> None:
         self.store = store
+        # Whether the record has content to keep up to date (a scope's state record has none).
+        self.has_content = has_content
         self.guard = guard
         self.key = key
         self.schema = schema
@@ -329,8 +332,12 @@ class StateCell:
         self.version = result.version
         self.generation += 1
         await self._notify(change, result.version, mutation)
-        if moved:
-            await self.load()
+        if moved:  # take the record as of this commit at least; a store may know it already
+            recent = self.store.recent(self.key, self.read_fields, self.has_content)
+            if recent is not None and recent.version >= result.version:
+                self.absorb(recent)
+            else:
+                await self.load()
         return True
 
     async def _notify(self, change: Change, version: int, mutation: Mutation) -> None:

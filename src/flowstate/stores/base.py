@@ -518,6 +518,17 @@ class Store(PubSub, ABC):
     async def touch(self, key: str) -> None:
         """Mark a record accessed now (for LRU eviction); a missing key is ignored."""
 
+    def recent(self, key: str, fields: frozenset[str] | None, content: bool) -> Record | None:
+        """The record as this process last wrote or read it, without I/O, if that shows
+        ``fields`` (None: all of them) and, with ``content``, the content; else None.
+
+        A state cell whose commit skipped versions (others wrote in between) takes this
+        instead of reading the record again, so it must be exactly the record at its
+        ``version`` (which may be older than the database's, never older than a commit this
+        process has seen acknowledged). Stores without such a copy answer None.
+        """
+        return None
+
     @abstractmethod
     async def scan(
         self, prefix: str, *, after: str | None = None, limit: int | None = None

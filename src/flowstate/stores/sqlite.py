@@ -21,12 +21,13 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..limits import MAX_RECORD_BYTES
-from ..ops import UNCHANGED, Change, push_target_error, same_json
+from ..ops import UNCHANGED, Change, Mutation, push_target_error, same_json
 from .base import (
     Applied,
     Created,
@@ -147,6 +148,39 @@ class _Job:
         self.future = future
 
 
+_Recent = tuple[int, frozenset[str] | None, dict[str, str], str | None]
+"""A record as one commit of this process left it: version, the fields whose presence is
+known (None: all), their JSON texts, content."""
+
+
+def _recent_after(
+    mutation: Mutation,
+    new: bool,
+    asked: list[frozenset[str] | None],
+    texts: dict[str, str],
+    version: int,
+    content: str | None,
+) -> _Recent | None:
+    """The record after ``mutation``, written onto what the commit loaded (``asked``,
+    ``texts``; for a ``new`` record, nothing), or None where that is not known."""
+    if new:
+        for name, (base, items) in mutation.push.items():
+            texts[name] = _dumps([*base, *items])  # what _push writes onto no field
+        return version, None, texts, content
+    names = asked[0] if asked else frozenset()
+    if names is None:
+        if mutation.push:
+            return None
+        known = None
+    else:  # pushed-onto lists were not loaded: their values stay unknown
+        known = (names | set(mutation.set) | mutation.delete) - set(mutation.push)
+    for name in mutation.delete:
+        texts.pop(name, None)
+    for name in mutation.push:
+        texts.pop(name, None)
+    return version, known, texts, content
+
+
 def _settle(job: _Job, ok: bool, value: Any) -> None:
     def done() -> None:
         if job.future.done():
@@ -166,6 +200,7 @@ class SQLiteStore(Store):
     """Records in one SQLite file, safe for several processes on one machine."""
 
     fold_after = 1024  # pushes kept as rows of fs_items before they join the stored array
+    recent_records = 1024  # records remembered as this process's last commit left them
 
     def __init__(
         self,
@@ -193,6 +228,7 @@ class SQLiteStore(Store):
         self._conn_lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._waiting = 0
+        self._recent: OrderedDict[str, _Recent] = OrderedDict()
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         ready: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
@@ -393,10 +429,11 @@ class SQLiteStore(Store):
         names: frozenset[str] | None,
         sizes: dict[str, int] | None = None,
         pushed: set[str] | None = None,
+        texts_out: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         """The fields ``names`` (None: all) of ``key``, their pushed items included, in one
-        statement; their value sizes go into ``sizes`` and the names of fields that have
-        pushed rows into ``pushed``, if given."""
+        statement; their value sizes go into ``sizes``, the names of fields that have pushed
+        rows into ``pushed`` and their JSON texts into ``texts_out``, if given."""
         if names is None:
             rows = conn.execute(
                 "SELECT 0, name, value, size FROM fs_fields WHERE key = ? "
@@ -428,6 +465,8 @@ class SQLiteStore(Store):
             if name in texts:
                 parts.sort()  # in push order, whatever order the rows came in
                 texts[name] = _joined(texts[name], ",".join(items for _, items in parts))
+        if texts_out is not None:
+            texts_out.update(texts)
         return {name: json.loads(value) for name, value in texts.items()}
 
     def _push(
@@ -523,7 +562,7 @@ class SQLiteStore(Store):
             raise guard.gone()
 
     async def apply(self, key: str, change: Change, *, guard: Guard | None = None) -> Applied:
-        def job(conn: sqlite3.Connection) -> Applied:
+        def job(conn: sqlite3.Connection) -> tuple[Applied, _Recent | None]:
             self._check(conn, guard)
             row = conn.execute(
                 "SELECT version, content, size FROM fs_records WHERE key = ?", (key,)
@@ -532,14 +571,15 @@ class SQLiteStore(Store):
             loaded: dict[str, int] = {}  # value sizes of the fields the plan loads
             asked: list[frozenset[str] | None] = []
             pushed: set[str] = set()  # of those, the fields with pushed rows
+            texts: dict[str, str] = {}  # and their JSON texts
 
             def load(names: frozenset[str] | None) -> tuple[dict[str, Any], str | None]:
                 asked.append(names)
-                return self._load_fields(conn, key, names, loaded, pushed), row[1]
+                return self._load_fields(conn, key, names, loaded, pushed, texts), row[1]
 
             planned = plan_commit(change, version, load)
             if isinstance(planned, Applied):
-                return planned
+                return planned, None
             mutation = planned
             now = self._now()
             size = 0 if row is None else row[2]
@@ -562,6 +602,7 @@ class SQLiteStore(Store):
                 rows = []
                 for name, value in mutation.set.items():
                     text = _dumps(value)
+                    texts[name] = text
                     n = text_bytes(text)
                     size += field_bytes(name, n)
                     rows.append((key, name, text, n))
@@ -609,9 +650,28 @@ class SQLiteStore(Store):
                     "size = ? WHERE key = ?",
                     (now, new_content, size, key),
                 )
-            return Applied("committed", (version or 0) + 1, mutation)
+            new_version = (version or 0) + 1
+            content = new_content if mutation.content is not UNCHANGED or row is None else row[1]
+            recent = _recent_after(mutation, row is None, asked, texts, new_version, content)
+            return Applied("committed", new_version, mutation), recent
 
-        return await self._submit(job)
+        applied, recent = await self._submit(job)
+        if recent is not None:  # committed: remember the record as of this commit
+            self._recent[key] = recent
+            self._recent.move_to_end(key)
+            if len(self._recent) > self.recent_records:
+                self._recent.popitem(last=False)
+        return applied
+
+    def recent(self, key: str, fields: frozenset[str] | None, content: bool) -> Record | None:
+        seen = self._recent.get(key)
+        if seen is None:
+            return None
+        version, known, texts, stored_content = seen
+        if known is not None and (fields is None or not fields <= known):
+            return None
+        picked = texts.items() if fields is None else [(k, texts[k]) for k in fields if k in texts]
+        return Record(key, version, {k: json.loads(v) for k, v in picked}, stored_content)
 
     async def _create(self, key: str, new: Creation) -> Created:
         encoded = [(key, name, text, new.sizes[name]) for name, text in new.texts.items()]

@@ -1125,6 +1125,15 @@ class PostgresStore(Store):
         self.broker.publish_local(topic, message)
         self._event_hub().send(topic, message)
 
+    def recent(self, key: str, fields: frozenset[str] | None, content: bool) -> Record | None:
+        # The write cache: every entry is the record as one statement of this process saw
+        # or wrote it, at the entry's version (a version-guarded write is cached only once
+        # it succeeded).
+        entry = self._cache.get(key)
+        if entry is None or not entry.covers(fields, content):
+            return None
+        return Record(key, entry.version, entry.decoded(fields), entry.content)
+
     def may_deliver(self, topic: str) -> bool:
         return True  # other processes may subscribe: NOTIFY reaches them
 
