@@ -350,3 +350,31 @@ async def test_after_a_write_that_skipped_versions_the_state_shows_the_record_at
         assert reads == ["user/u/state"]  # read once, after the commit (no I/O there)
     else:  # SQLite and PostgreSQL remember the record as this process's commit left it
         assert reads == []
+
+
+async def test_recent_is_the_record_as_the_last_commit_left_it_or_nothing(store: Store) -> None:
+    """``Store.recent`` (no I/O) answers exactly what a read at that version would, for the
+    fields asked, or None; a pushed list that was never loaded and a large value are not
+    remembered."""
+    await store.apply("r", change(FieldOp("set", "n", 1), FieldOp("set", "s", "x")))
+    await store.apply("r", change(FieldOp("push", "l", 1)))
+    await store.apply("r", change(FieldOp("inc", "n", 1), FieldOp("set", "s", "y")))
+    await store.apply("r", change(FieldOp("push", "l", 2), FieldOp("inc", "n", 1)))
+    answered = 0
+    for fields in (frozenset({"n"}), frozenset({"n", "s"}), frozenset({"l"}), None):
+        got = store.recent("r", fields, False)
+        if got is not None:
+            answered += 1
+            read = await store.read("r", fields)
+            assert read is not None
+            assert (got.version, dict(got.fields)) == (read.version, dict(read.fields))
+    if store.url and store.url.startswith("sqlite"):
+        # what the last commit loaded (n) is known; the list it only pushed onto is not
+        assert answered == 1 and store.recent("r", frozenset({"l"}), False) is None
+        await store.apply("r", change(FieldOp("set", "s", "x" * (70 << 10))))  # past 64 KiB
+        assert store.recent("r", frozenset({"s"}), False) is None  # too large to keep
+        await store.apply("r", change(FieldOp("set", "s", "small")))
+        got = store.recent("r", frozenset({"s"}), False)
+        assert got is not None and got.version == 6 and dict(got.fields) == {"s": "small"}
+    if store.url == "memory://":
+        assert answered == 0  # nothing to save: a read costs no I/O

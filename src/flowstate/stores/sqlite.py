@@ -200,7 +200,10 @@ class SQLiteStore(Store):
     """Records in one SQLite file, safe for several processes on one machine."""
 
     fold_after = 1024  # pushes kept as rows of fs_items before they join the stored array
-    recent_records = 1024  # records remembered as this process's last commit left them
+    # Records remembered as this process's last commit left them (Store.recent): at most
+    # this many, each at most recent_bytes of JSON (a larger one is read again instead).
+    recent_records = 256
+    recent_bytes = 64 << 10
 
     def __init__(
         self,
@@ -656,8 +659,9 @@ class SQLiteStore(Store):
             return Applied("committed", new_version, mutation), recent
 
         applied, recent = await self._submit(job)
-        if recent is not None:  # committed: remember the record as of this commit
-            self._recent[key] = recent
+        self._recent.pop(key, None)  # whatever it held is older than this commit
+        if recent is not None and sum(map(len, recent[2].values())) <= self.recent_bytes:
+            self._recent[key] = recent  # committed: remember the record as of this commit
             self._recent.move_to_end(key)
             if len(self._recent) > self.recent_records:
                 self._recent.popitem(last=False)
