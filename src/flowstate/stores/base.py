@@ -523,9 +523,9 @@ class Store(PubSub, ABC):
         ``fields`` (None: all of them) and, with ``content``, the content; else None.
 
         A state cell whose commit skipped versions (others wrote in between) takes this
-        instead of reading the record again, so it must be exactly the record at its
-        ``version`` (which may be older than the database's, never older than a commit this
-        process has seen acknowledged). Stores without such a copy answer None.
+        instead of reading the record again when its ``version`` is at least the commit's, so
+        it must be exactly the record at that version (the database may be newer). Stores
+        without such a copy answer None.
         """
         return None
 
