@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -318,17 +319,16 @@ def test_a_wrong_id_is_an_error(tmp_path: Path) -> None:
         assert f"nothing stored under {scope}/{scope_id}/" in wrong.output
 
 
-def test_request_log_bytes_flag_sets_the_replay_budget(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from flowstate.http._requestlog import DEFAULT_REQUEST_LOG_BYTES
-
+def serve_without_serving(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[list[Any], Callable[..., Any]]:
+    """``flowstate serve|demo`` run in-process up to the point of serving: the apps they
+    would serve, and a function invoking the command (memory store, a free port)."""
     serving = importlib.import_module("flowstate.cli._serve")
-
-    budgets: list[int] = []
+    apps: list[Any] = []
 
     def serve_app(app: Any, sock: socket.socket, **_: Any) -> None:  # instead of serving
-        budgets.append(app.state.flowstate.logs.max_bytes)
+        apps.append(app)
         sock.close()
 
     monkeypatch.setattr(serving, "serve_app", serve_app)
@@ -339,6 +339,16 @@ def test_request_log_bytes_flag_sets_the_replay_budget(
         args += ["--port", str(free_port()), "--store", "memory://", *flags]
         return runner.invoke(main, args, env=CLEAN)
 
+    return apps, invoke
+
+
+def test_request_log_bytes_flag_sets_the_replay_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flowstate.http._requestlog import DEFAULT_REQUEST_LOG_BYTES
+
+    apps, invoke = serve_without_serving(monkeypatch)
+
     for text, expected in (
         ("65536", 65536),
         ("500KB", 500_000),
@@ -348,10 +358,11 @@ def test_request_log_bytes_flag_sets_the_replay_budget(
     ):
         result = invoke("serve", "--request-log-bytes", text)
         assert result.exit_code == 0, result.output
-        assert budgets.pop() == expected
-    assert invoke("serve").exit_code == 0 and budgets.pop() == DEFAULT_REQUEST_LOG_BYTES
+        assert apps.pop().state.flowstate.logs.max_bytes == expected
+    assert invoke("serve").exit_code == 0
+    assert apps.pop().state.flowstate.logs.max_bytes == DEFAULT_REQUEST_LOG_BYTES
     assert invoke("demo", "--request-log-bytes", "8MiB").exit_code == 0
-    assert budgets.pop() == 8 * 1024**2
+    assert apps.pop().state.flowstate.logs.max_bytes == 8 * 1024**2
 
     for text, problem in (
         ("0", "must be at least 1 byte"),
@@ -368,7 +379,7 @@ def test_request_log_bytes_flag_sets_the_replay_budget(
             f"Invalid value for --request-log-bytes: {text!r} {problem} "
             "(like 65536, 500KB, 64MiB, 1GB)" in result.output
         ), result.output
-    assert budgets == []  # a refused value serves nothing
+    assert apps == []  # a refused value serves nothing
 
 
 def test_max_record_bytes_flag_limits_what_the_served_store_takes(
@@ -377,20 +388,7 @@ def test_max_record_bytes_flag_limits_what_the_served_store_takes(
     from flowstate import StateValidationError
     from flowstate.limits import MAX_RECORD_BYTES
 
-    serving = importlib.import_module("flowstate.cli._serve")
-    apps: list[Any] = []
-
-    def serve_app(app: Any, sock: socket.socket, **_: Any) -> None:  # instead of serving
-        apps.append(app)
-        sock.close()
-
-    monkeypatch.setattr(serving, "serve_app", serve_app)
-    runner = CliRunner()
-
-    def invoke(command: str, *flags: str) -> Any:
-        args = [command] + ([APP] if command == "serve" else ["--no-open"])
-        args += ["--port", str(free_port()), "--store", "memory://", *flags]
-        return runner.invoke(main, args, env=CLEAN)
+    apps, invoke = serve_without_serving(monkeypatch)
 
     async def note(server: Any, text: str) -> Any:
         try:
