@@ -62,6 +62,8 @@ export class LiveSession<F extends FlowMap, K extends Kind<F>> {
   private controller: AbortController | null = null;
   private fetching: Promise<void> | null = null;
   private refetchAgain = false;
+  /** Live values merged so far: a snapshot fetched across a merge may predate it. */
+  private merges = 0;
   private refetchTimer: ReturnType<typeof setTimeout> | null = null;
   private started = false;
 
@@ -222,6 +224,7 @@ export class LiveSession<F extends FlowMap, K extends Kind<F>> {
     }
     const merged = exposed.filter((f) => f in values);
     if (merged.length) {
+      this.merges += 1;
       const clientData = { ...(snapshot.clientData as Record<string, Record<string, unknown>>) };
       clientData[event.scope] = {
         ...(clientData[event.scope] ?? {}),
@@ -250,8 +253,15 @@ export class LiveSession<F extends FlowMap, K extends Kind<F>> {
     do {
       this.refetchAgain = false;
       if (!this.current.snapshot) this.update({ loading: true });
+      const merges = this.merges;
       try {
         const [snapshot] = await Promise.all([this.client.snapshot<K>(this.id), this.loadFlow()]);
+        if (this.merges !== merges) {
+          // A live change was merged while this snapshot was on its way; it may have been
+          // read before that change and would undo it: fetch again instead.
+          this.refetchAgain = true;
+          continue;
+        }
         const changed = diffNames(
           this.current.snapshot?.clientData as Record<string, Record<string, unknown>> | undefined,
           snapshot.clientData as Record<string, Record<string, unknown>>,

@@ -36,6 +36,36 @@ describe("session(id).subscribe", () => {
     await tabA.runAction("counter", "theme", { theme: "light" });
   });
 
+  it("a snapshot read before a live change does not undo it when it arrives after", async () => {
+    const writer = alice();
+    const client = alice();
+    const { sessionId } = await writer.runAction("counter", "add", { amount: 1 });
+    const live = client.session(sessionId);
+    const stop = live.subscribe(() => {});
+    await until(() => live.state.fetches === 1, "the first snapshot");
+    // The next snapshot is read now (theme "light") but delivered only after a live change
+    // to "dark" has been merged: what a slow refetch racing an event looks like.
+    const original = client.snapshot.bind(client);
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    let delayed = 0;
+    (client as { snapshot: typeof client.snapshot }).snapshot = (async (...args: Parameters<typeof original>) => {
+      const stale = await original(...args);
+      if (delayed++ === 0) await held;
+      return stale;
+    }) as typeof client.snapshot;
+    const refetch = live.refresh();
+    await new Promise((r) => setTimeout(r, 100)); // the stale snapshot has been read
+    await writer.runAction("counter", "theme", { theme: "dark" });
+    await until(() => live.clientData.user?.theme === "dark", "the live change");
+    release();
+    await refetch;
+    expect(live.clientData.user?.theme).toBe("dark"); // not undone by the stale snapshot
+    expect(delayed).toBe(2); // it was fetched again instead
+    stop();
+    await writer.runAction("counter", "theme", { theme: "light" });
+  });
+
   it("refetches when events carry no values (derived client data)", async () => {
     const client = alice();
     const { sessionId } = await client.runAction("stats", "add", { amount: 2 });
