@@ -11,11 +11,12 @@ applies the field operations and validates the result against the schema; it is 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from dataclasses import replace as _replace
 from enum import Enum
-from typing import Any, Final, Generic, Literal, TypeVar, overload
+from functools import cached_property
+from typing import Any, Final, Literal
 
 from .errors import StateValidationError
 from .limits import text_problem
@@ -46,30 +47,6 @@ MISSING: Final = _Sentinel.MISSING
 """A field or record that does not exist."""
 UNCHANGED: Final = _Sentinel.UNCHANGED
 """Content left as it is by a change."""
-
-T = TypeVar("T")
-
-
-class _cached(Generic[T]):
-    """``functools.cached_property`` without its lock: Python 3.11 takes a class-wide lock on
-    every first access, a few microseconds per change written (a run writes several)."""
-
-    def __init__(self, fn: Callable[[Any], T]) -> None:
-        self.fn = fn
-        self.name = fn.__name__
-        self.__doc__ = fn.__doc__
-
-    @overload
-    def __get__(self, obj: None, owner: type | None = None) -> _cached[T]: ...
-    @overload
-    def __get__(self, obj: object, owner: type | None = None) -> T: ...
-    def __get__(self, obj: object | None, owner: type | None = None) -> Any:
-        if obj is None:
-            return self
-        value = self.fn(obj)
-        obj.__dict__[self.name] = value  # read from there next time: this is not a data descriptor
-        return value
-
 
 OpKind = Literal["set", "inc", "push", "record_set", "record_delete"]
 
@@ -238,14 +215,14 @@ class Change:
     shared: bool = False
     """The record may hold other flows' fields (shared user/project state)."""
 
-    @_cached
+    @cached_property
     def needed_fields(self) -> frozenset[str] | None:
         """Fields the store must load for :meth:`resolve`; None means all of them."""
         if self.replace is not None or self.schema.full_validation or self.upgrade:
             return None
         return frozenset(op.field for op in self.ops) | {SCHEMA_FIELD}
 
-    @_cached
+    @cached_property
     def lazy_pushes(self) -> frozenset[str]:
         """Fields only appended to, whose items validate alone: no need to load the list.
 
@@ -258,7 +235,7 @@ class Change:
         other = {op.field for op in self.ops if op.kind != "push"}
         return frozenset(f for f in appended - other if self.schema.appendable(f))
 
-    @_cached
+    @cached_property
     def load_fields(self) -> frozenset[str] | None:
         """Fields a store must load before :meth:`resolve`: :attr:`needed_fields` but the
         lists only appended to (:attr:`lazy_pushes`); None means all of them."""
